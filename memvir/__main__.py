@@ -1,0 +1,31 @@
+"""`python -m memvir <command>`: prepare a data set, train a model, build the report.
+
+Each command's module owns its own argument parser; this file only dispatches, so that
+`python -m memvir train --help` costs no import of the data-preparation code and vice versa.
+"""
+import importlib
+import sys
+
+COMMANDS = {
+    "prepare": ("memvir.data.prepare", "prepare a paper benchmark (cars196, cub200, sop, inshop) from its archives"),
+    "train": ("memvir.train", "train (and periodically evaluate) a model; accepts the official main.py flags"),
+    "report": ("memvir.report", "build the result tables and figures from run folders"),
+}
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        lines = [f"  {name:<8} {help_}" for name, (_, help_) in COMMANDS.items()]
+        msg = "usage: python -m memvir <command> [options]\n\ncommands:\n" + "\n".join(lines)
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"error: unknown command {argv[0]!r}\n\n{msg}", file=sys.stderr)
+            return 2
+        print(msg)
+        return 0
+    module = importlib.import_module(COMMANDS[argv[0]][0])
+    return module.main(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

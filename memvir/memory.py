@@ -1,0 +1,309 @@
+"""MemVir: a memory of past steps whose embeddings and proxies come back as virtual classes (Ko et al. 2021, Sec. 3).
+
+Symbols of the paper and their names here (notebooks/04_memvir.py has the same table):
+
+    N  num_steps       how many past steps are taken as virtual classes
+    M  step_gap        how many steps are skipped between two taken steps
+    U  warmup_epochs   epochs trained before the memory starts filling
+    C  num_classes     classes of the training set (= len(loss.proxies))
+
+Per training step, exactly:
+  1. Look at the memory as it is *before* this step.
+  2. If epoch >= U, push this step's detached embeddings (B, D), labels (B,) and a copy of the proxies (C, D);
+     keep only the newest N*(M+1) steps.
+  3. From the memory of step 1, newest first, take positions M, 2M+1, 3M+2, ... (every (M+1)-th step), at most N.
+  4. The k-th taken step adds its embeddings with labels + k*C and its proxies as C more classes; the loss is the
+     wrapped loss over [current; taken embeddings] against [current proxies; taken proxies].
+The memory starts empty after warm-up and fills one step at a time, so the number of classes grows from C to
+(N+1)*C: the paper's curriculum.
+
+Two ways to compute step 4, equal to float tolerance (tests/test_memory.py checks values and gradients):
+  * plain: concatenate everything and call the loss, as the official code does. Cost O(N^2 B C D).
+  * fast (default for losses with `decomposable = True`): a past embedding row only needs its target logit and the
+    log-sum-exp of its logits against each taken step's proxies. Between two frozen past steps those numbers never
+    change, and a step taken now is taken again M+1 steps later together with the same older steps, so only the
+    pairs with the newest taken step are new. We cache one log-sum-exp per (row, pair of steps) and compute only
+    what depends on the current parameters: current embeddings x all proxies and past embeddings x current proxies.
+    Cost O(N B C D) per step.
+"""
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .losses import check_batch
+
+__all__ = ["MemVir"]
+
+
+class MemVir(nn.Module):
+    """Wrap a proxy loss with a memory of past steps used as virtual classes (MemVir, Sec. 3.2).
+
+    Args:
+        loss: a loss of memvir.losses (owns `proxies` (C, D)); it becomes `self.loss`.
+        num_steps: N, past steps taken as virtual classes (0 turns MemVir off).
+        step_gap: M, steps skipped between two taken steps.
+        warmup_epochs: U, epochs (counted from 0) before the memory starts filling.
+        fast: use the cached O(N) computation when the loss allows it (`loss.decomposable`); else the plain one.
+        storage: "device" keeps the memory beside the proxies (the default, as the official code); "host" keeps it
+            in host memory (pinned when CUDA is present) and moves to the device only the K taken steps a step
+            needs: for SOP with N=5, M=100 the proxy snapshots alone are 505 x 11,318 x 512 floats (11.7 GB).
+        storage_dtype: dtype of the stored embeddings and proxies; None keeps the proxies' dtype (exact fp32).
+            torch.float16 or torch.bfloat16 halve the memory; both paths then read the same rounded values.
+    """
+
+    STORED = ("mem_emb", "mem_labels", "mem_sizes", "mem_proxies", "num_pushed")
+
+    def __init__(self, loss, num_steps, step_gap, warmup_epochs=0, fast=True, storage="device", storage_dtype=None):
+        super().__init__()
+        for name, value in (("num_steps", num_steps), ("step_gap", step_gap), ("warmup_epochs", warmup_epochs)):
+            if isinstance(value, bool) or int(value) != value or value < 0:
+                raise ValueError(f"MemVir {name}: expected an integer >= 0, got {value!r}")
+        if not isinstance(getattr(loss, "proxies", None), torch.Tensor) or loss.proxies.dim() != 2:
+            raise ValueError("MemVir loss: expected a loss with a `proxies` parameter of shape (C, D)")
+        self.loss = loss
+        self.num_steps, self.step_gap, self.warmup_epochs = int(num_steps), int(step_gap), int(warmup_epochs)
+        self.capacity = self.num_steps * (self.step_gap + 1)  # N*(M+1) steps kept
+        self.fast = bool(fast)
+        if storage not in ("device", "host"):
+            raise ValueError(f"MemVir storage: expected 'device' or 'host', got {storage!r}")
+        if storage_dtype not in (None, torch.float32, torch.float64, torch.float16, torch.bfloat16):
+            raise ValueError(f"MemVir storage_dtype: expected None or a torch float dtype, got {storage_dtype!r}")
+        self.storage, self.storage_dtype = storage, storage_dtype
+        C, D = loss.proxies.shape
+        dtype = storage_dtype or loss.proxies.dtype
+        S, W = self.capacity, max(2 * self.num_steps - 1, 0)
+        # The ring buffers. Their batch dimension is allocated at the first push (and grows if a larger batch
+        # comes); they are buffers, so they follow .to(device) and are saved in state_dict().
+        self.register_buffer("mem_emb", torch.zeros(S, 0, D, dtype=dtype))  # (S, Bmax, D) past embeddings
+        self.register_buffer("mem_labels", torch.zeros(S, 0, dtype=torch.long))  # (S, Bmax) their labels
+        self.register_buffer("mem_sizes", torch.zeros(S, dtype=torch.long))  # (S,) rows used in each slot
+        self.register_buffer("mem_proxies", torch.zeros(0, C, D, dtype=dtype))  # (S, C, D) proxies, allocated lazily
+        self.register_buffer("num_pushed", torch.zeros((), dtype=torch.long))  # steps pushed so far
+        # Fast-path cache, derivable from the memory and therefore not saved: for the slot of a past step q,
+        # lse_cache[slot, d, i] = logsumexp_c logit(emb_q[i], proxies_q'[c]) with q' = q + (d - N + 1)(M+1), and
+        # target_cache[slot, i] = logit(emb_q[i], proxies_q[label_i]).
+        self.register_buffer("lse_cache", torch.zeros(S, W, 0), persistent=False)  # (S, 2N-1, Bmax)
+        self.register_buffer("target_cache", torch.zeros(S, 0), persistent=False)  # (S, Bmax)
+        self.num_taken = 0  # past steps used by the last call (for the curriculum plot)
+        self.num_embeddings_in_use = 0  # rows in the last call's loss: B + sum of taken batch sizes
+        self._sync_from_buffers()
+
+    # ---- what the rest of the code reads -------------------------------------------------------------------
+    @property
+    def num_classes(self):
+        return self.loss.proxies.shape[0]
+
+    @property
+    def num_classes_in_use(self):
+        """C * (1 + number of past steps taken by the last call)."""
+        return self.num_classes * (1 + self.num_taken)
+
+    @property
+    def memory_bytes(self):
+        """Bytes held by the memory (embeddings, labels, proxy snapshots), wherever it is stored."""
+        return sum(self._buffers[n].numel() * self._buffers[n].element_size() for n in self.STORED)
+
+    def reset(self):
+        """Empty the memory (as at the start of training)."""
+        self.num_pushed.zero_()
+        self.mem_sizes.zero_()
+        self.num_taken = self.num_embeddings_in_use = 0
+        self._sync_from_buffers()
+
+    def taken_steps(self):
+        """Return the push indices of the past steps the next call takes, newest first (rule 3)."""
+        count = min(self._num_pushed, self.capacity)
+        positions = [k * (self.step_gap + 1) - 1 for k in range(1, self.num_steps + 1)]  # M, 2M+1, ...
+        return [self._num_pushed - 1 - j for j in positions if j < count]
+
+    # ---- the step --------------------------------------------------------------------------------------------
+    def forward(self, emb, labels, epoch):
+        """Return this step's loss over the current batch and the virtual classes of the taken past steps.
+
+        Args:
+            emb: (B, D) embeddings of the current batch (gradients flow to them).
+            labels: (B,) labels in [0, C).
+            epoch: the current epoch, counted from 0; the memory fills only when epoch >= warmup_epochs.
+        """
+        check_batch(emb, labels, self.num_classes, self.loss.embedding_size)
+        if isinstance(epoch, bool) or int(epoch) != epoch or epoch < 0:
+            raise ValueError(f"MemVir epoch: expected an integer >= 0, got {epoch!r}")
+        steps = self.taken_steps()  # rule 1 and 3: memory as it is before this step
+        slots = [q % self.capacity for q in steps]
+        self.num_taken = len(steps)
+        self.num_embeddings_in_use = emb.shape[0] + sum(self._sizes[s] for s in slots)
+        if not steps:
+            loss = self.loss(emb, labels)
+        elif self.fast and getattr(self.loss, "decomposable", False):
+            loss = self._fast_loss(emb, labels, steps, slots)
+        else:
+            loss = self._plain_loss(emb, labels, slots)
+        if epoch >= self.warmup_epochs and self.capacity > 0:
+            self._push(emb, labels)  # rule 2; after the loss, whose inputs are copies, not views of the buffers
+        return loss
+
+    def _plain_loss(self, emb, labels, slots):
+        """Rule 4 as written: one concatenated batch against one concatenated proxy list."""
+        C = self.num_classes
+        embs, labs, proxies = [emb], [labels], [self.loss.proxies]
+        for k, slot in enumerate(slots, start=1):
+            n = self._sizes[slot]
+            embs.append(self._fetch(self.mem_emb[slot, :n]))  # (n, D), no gradient
+            labs.append(self._fetch(self.mem_labels[slot, :n]) + k * C)  # virtual class labels
+            proxies.append(self._fetch(self.mem_proxies[slot]))  # (C, D), no gradient
+        # torch.cat copies, so pushing into the buffers later cannot change what backward reads.
+        return self.loss(torch.cat(embs), torch.cat(labs), torch.cat(proxies))
+
+    def _fast_loss(self, emb, labels, steps, slots):
+        """Rule 4 with the constant past x past logits cached: same value and gradients, O(N) per step."""
+        C, D = self.loss.proxies.shape
+        K, B = len(slots), emb.shape[0]
+        proxies = self.loss.proxies  # (C, D), trainable
+        slot_idx = torch.tensor(slots, device=emb.device)
+        stored_idx = slot_idx.to(self.mem_emb.device)
+        past_emb = self._fetch(self.mem_emb[stored_idx])  # (K, Bmax, D) copies (advanced indexing)
+        past_labels = self._fetch(self.mem_labels[stored_idx])  # (K, Bmax)
+        past_proxies = self._fetch(self.mem_proxies[stored_idx])  # (K, C, D)
+        Bmax = past_emb.shape[1]
+        sizes = torch.tensor([self._sizes[s] for s in slots], device=emb.device)
+        valid = torch.arange(Bmax, device=emb.device)[None, :] < sizes[:, None]  # (K, Bmax) real rows
+
+        # Current rows against all (1+K)C classes: the only block where embeddings get gradients. Two pieces, so
+        # that backward computes no gradient for the K*C frozen proxies.
+        logits = torch.cat([self.loss.logits(emb, proxies),  # (B, C)
+                            self.loss.logits(emb, past_proxies.reshape(K * C, D))], dim=1)  # (B, (1+K)C)
+        current = F.cross_entropy(logits, labels, reduction="sum")
+
+        # Past rows: logsumexp over the current proxies (gradient to proxies) and over the taken steps' proxies
+        # (constant, from the cache).
+        self._fill_cache(steps, slots, past_emb, past_labels, past_proxies)
+        k = torch.arange(K, device=emb.device)
+        d = k[:, None] - k[None, :] + self.num_steps - 1  # (K, K): offset of step j seen from step k
+        frozen_lse = torch.logsumexp(self.lse_cache[slot_idx[:, None], d], dim=1)  # (K, Bmax)
+        live = self.loss.logits(past_emb.reshape(K * Bmax, D), proxies)  # (K*Bmax, C)
+        lse = torch.logaddexp(torch.logsumexp(live, dim=1).view(K, Bmax), frozen_lse)  # (K, Bmax)
+        past = torch.where(valid, lse - self.target_cache[slot_idx], torch.zeros_like(lse)).sum()
+        return (current + past) / (B + int(sizes.sum()))
+
+    @torch.no_grad()
+    def _fill_cache(self, steps, slots, past_emb, past_labels, past_proxies):
+        """Compute the cache entries the taken steps need and do not have yet (normally: the newest step's)."""
+        K, C = len(slots), self.num_classes
+        Bmax = past_emb.shape[1]
+        ks = np.arange(K)
+        d = ks[:, None] - ks[None, :] + self.num_steps - 1  # (K, K)
+        q = np.asarray(steps)
+        missing = self._lse_owner[np.asarray(slots)[:, None], d] != q[:, None]  # (K, K): pair (k, j) not cached
+        # A step whose target is not cached is new to the cache: compute its whole row of pairs at once.
+        for kk in range(K):
+            if self._target_owner[slots[kk]] == steps[kk]:
+                continue
+            logits = self.loss.logits(past_emb[kk], past_proxies.reshape(K * C, -1))  # (Bmax, K*C)
+            logits = logits.to(self.lse_cache.dtype)
+            self.lse_cache[slots[kk], torch.as_tensor(d[kk])] = torch.logsumexp(logits.view(Bmax, K, C), dim=2).T
+            own = logits.view(Bmax, K, C)[:, kk]  # (Bmax, C): against its own proxies
+            self.target_cache[slots[kk]] = own.gather(1, past_labels[kk][:, None]).squeeze(1)
+            self._target_owner[slots[kk]] = steps[kk]
+            self._lse_owner[slots[kk], d[kk]] = steps[kk]
+            missing[kk] = False
+        # Remaining gaps, one proxy step at a time (normally the newest taken step's column).
+        for jj in np.flatnonzero(missing.any(axis=0)):
+            rows = np.flatnonzero(missing[:, jj])
+            emb_rows = past_emb[torch.as_tensor(rows, device=past_emb.device)]  # (r, Bmax, D)
+            logits = self.loss.logits(emb_rows.reshape(-1, emb_rows.shape[-1]), past_proxies[jj])  # (r*Bmax, C)
+            logits = logits.to(self.lse_cache.dtype)
+            lse = torch.logsumexp(logits, dim=1).view(len(rows), Bmax)  # (r, Bmax)
+            row_slots = np.asarray(slots)[rows]
+            self.lse_cache[torch.as_tensor(row_slots), torch.as_tensor(d[rows, jj])] = lse
+            self._lse_owner[row_slots, d[rows, jj]] = q[rows]
+
+    # ---- the ring buffers ------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _push(self, emb, labels):
+        """Store this step's embeddings, labels and proxies in the slot of the oldest step (rule 2)."""
+        B = emb.shape[0]
+        if B > self.mem_emb.shape[1] or self.mem_proxies.shape[0] == 0:
+            self._grow(max(B, self.mem_emb.shape[1]))
+        slot = self._num_pushed % self.capacity
+        store = dict(device=self.mem_emb.device, dtype=self.mem_emb.dtype)
+        self.mem_emb[slot, :B] = emb.detach().to(**store)
+        self.mem_labels[slot, :B] = labels.to(self.mem_labels.device)
+        self.mem_sizes[slot] = B
+        self.mem_proxies[slot] = self.loss.proxies.detach().to(**store)
+        self.num_pushed += 1
+        self._sizes[slot] = B
+        self._num_pushed += 1
+        self._target_owner[slot] = -1  # a new step in this slot: its cache entries are stale
+        self._lse_owner[slot] = -1
+
+    def _grow(self, batch):
+        """(Re)allocate the buffers for batches of up to `batch` rows, keeping what is stored."""
+        S, old = self.capacity, self.mem_emb.shape[1]
+        C, D = self.loss.proxies.shape
+
+        def widen(t, shape):
+            new = self._alloc(shape, t.dtype)
+            new[:, :old] = t[:, :old]
+            return new
+
+        self.mem_emb = widen(self.mem_emb, (S, batch, D))
+        self.mem_labels = widen(self.mem_labels, (S, batch))
+        if self.mem_proxies.shape[0] == 0:
+            self.mem_proxies = self._alloc((S, C, D), self.mem_proxies.dtype)
+        self._sync_from_buffers()
+
+    def _alloc(self, shape, dtype):
+        """A zeroed memory buffer where the storage option says (zeros: padding rows must stay finite)."""
+        if self.storage == "device":
+            return torch.zeros(shape, dtype=dtype, device=self.loss.proxies.device)
+        return torch.zeros(shape, dtype=dtype, pin_memory=torch.cuda.is_available())
+
+    def _fetch(self, stored):
+        """Bring stored memory to the proxies' device and dtype (a no-op for default storage)."""
+        p = self.loss.proxies
+        if stored.is_floating_point():
+            return stored.to(device=p.device, dtype=p.dtype, non_blocking=True)
+        return stored.to(device=p.device, non_blocking=True)
+
+    def _invalidate_cache(self):
+        self._lse_owner = np.full((self.capacity, max(2 * self.num_steps - 1, 0)), -1, dtype=np.int64)
+        self._target_owner = np.full(self.capacity, -1, dtype=np.int64)
+
+    def _sync_from_buffers(self):
+        """Mirror the counters on the host (no device sync per step) and drop the derivable cache."""
+        self._num_pushed = int(self.num_pushed)
+        self._sizes = [int(s) for s in self.mem_sizes.tolist()]
+        batch = self.mem_emb.shape[1]
+        # The cache lives beside the proxies, in their dtype, whatever the storage.
+        dev, dtype = self.loss.proxies.device, self.loss.proxies.dtype
+        self.lse_cache = torch.zeros(self.capacity, max(2 * self.num_steps - 1, 0), batch, dtype=dtype, device=dev)
+        self.target_cache = torch.zeros(self.capacity, batch, dtype=dtype, device=dev)
+        self._invalidate_cache()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # The saved memory may hold a different batch width (or be allocated when ours is not): take its shapes.
+        for name in ("mem_emb", "mem_labels", "mem_proxies"):
+            saved = state_dict.get(prefix + name)
+            if saved is not None and saved.shape != getattr(self, name).shape:
+                setattr(self, name, torch.zeros(saved.shape, dtype=getattr(self, name).dtype,
+                                                device=getattr(self, name).device))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._sync_from_buffers()
+
+    def _apply(self, fn, *args, **kwargs):
+        # .to() / .cuda() / .double() reach every buffer. Host storage stays where it is, and an explicit
+        # storage dtype stays that dtype; the cache and the wrapped loss follow the module as usual.
+        stored = {n: self._buffers[n] for n in self.STORED}
+        super()._apply(fn, *args, **kwargs)
+        for n in self.STORED:
+            if self.storage == "host":
+                self._buffers[n] = stored[n]
+            elif self.storage_dtype is not None and stored[n].is_floating_point():
+                self._buffers[n] = self._buffers[n].to(self.storage_dtype)
+        return self
+
+    def extra_repr(self):
+        return (f"num_steps={self.num_steps}, step_gap={self.step_gap}, warmup_epochs={self.warmup_epochs}, "
+                f"capacity={self.capacity}, fast={self.fast}, storage={self.storage}, "
+                f"storage_dtype={self.storage_dtype}")

@@ -1,0 +1,52 @@
+"""The project's own files agree with each other: set-up files, README commands, CI."""
+import re
+import sys
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+from pathlib import Path
+
+import yaml
+from packaging.specifiers import SpecifierSet
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def pyproject():
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def test_environment_yml_matches_pyproject():
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    deps = env["dependencies"]
+    python = next(d for d in deps if isinstance(d, str) and d.startswith("python="))
+    version = python.split("=", 1)[1]
+    assert version in SpecifierSet(pyproject()["project"]["requires-python"]), python
+    pip = next(d["pip"] for d in deps if isinstance(d, dict) and "pip" in d)
+    # The pip section installs this project with the same extras as `make setup`.
+    makefile = (ROOT / "Makefile").read_text()
+    extras_make = re.search(r"pip install -q -e '\.\[([a-z,]+)\]'", makefile).group(1)
+    assert any(re.fullmatch(r'-e "?\.\[' + extras_make + r'\]"?', line) for line in pip), (pip, extras_make)
+    for extra in extras_make.split(","):
+        assert extra in pyproject()["project"]["optional-dependencies"], extra
+    # Nothing pinned in both places (one source of truth): conda lists only python and pip.
+    names = {re.split(r"[=<>]", d)[0] for d in deps if isinstance(d, str)}
+    assert names == {"python", "pip"}, names
+
+
+def test_torch_pins():
+    deps = pyproject()["project"]["dependencies"]
+    assert "torch==2.14.1" in deps and "torchvision==0.29.1" in deps
+    assert any(d.startswith("faiss-cpu") for d in deps)
+    assert any(d.startswith("faiss-gpu") for d in pyproject()["project"]["optional-dependencies"]["gpu"])
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "make test" in readme and re.search(r"^make test$", ci, re.M)
+
+
+def test_python_version_supported():
+    assert sys.version_info[:2] >= (3, 10)

@@ -1,0 +1,230 @@
+"""MemVir against a straightforward reference written here from the four rules of the issue/paper.
+
+The reference keeps a Python list of past steps and builds the loss with torch.cat, as one would on paper.
+Both the plain and the fast (cached) paths of memvir.MemVir must give the same loss values and gradients
+for hundreds of steps: through warm-up, the memory filling (curriculum), wrap-around of the ring buffer,
+varying batch sizes and a state_dict round-trip.
+"""
+import copy
+import io
+
+import pytest
+import torch
+
+from memvir.losses import NormSoftmax, ProxyNCA
+from memvir.memory import MemVir
+
+
+class ReferenceMemVir:
+    """The four rules, literally: a list of (emb, labels, proxies), newest last."""
+
+    def __init__(self, loss, N, M, U, stored_dtype=None):
+        self.loss, self.N, self.M, self.U = loss, N, M, U
+        self.past = []
+        # Storage in half precision = rounding what is stored, then computing in the proxies' dtype.
+        self.round = (lambda t: t.to(stored_dtype).to(t.dtype)) if stored_dtype else (lambda t: t)
+
+    def __call__(self, emb, labels, epoch):
+        C = self.loss.proxies.shape[0]
+        before = list(self.past)  # rule 1: memory before this step
+        if epoch >= self.U:  # rule 2
+            self.past.append((self.round(emb.detach().clone()), labels.clone(),
+                              self.round(self.loss.proxies.detach().clone())))
+            self.past = self.past[-self.N * (self.M + 1):] if self.N > 0 else []
+        newest_first = before[::-1]
+        taken = [newest_first[j] for j in range(self.M, len(newest_first), self.M + 1)][: self.N]  # rule 3
+        embs, labs, prox = [emb], [labels], [self.loss.proxies]
+        for k, (e, y, p) in enumerate(taken, start=1):  # rule 4
+            embs.append(e)
+            labs.append(y + k * C)
+            prox.append(p)
+        self.num_taken = len(taken)
+        return self.loss(torch.cat(embs), torch.cat(labs), torch.cat(prox))
+
+
+def run_side_by_side(loss_cls, N, M, U, steps, fast, steps_per_epoch=7, C=6, D=8, seed=0, roundtrip_at=None,
+                     **storage):
+    """Train a tiny linear 'model' with both implementations and compare every step."""
+    torch.manual_seed(seed)
+    loss_a = loss_cls(C, D)
+    loss_b = copy.deepcopy(loss_a)
+    head_a = torch.nn.Linear(5, D)
+    head_b = copy.deepcopy(head_a)
+    ours = MemVir(loss_a, N, M, warmup_epochs=U, fast=fast, **storage)
+    ref = ReferenceMemVir(loss_b, N, M, U, stored_dtype=storage.get("storage_dtype"))
+    opt_a = torch.optim.SGD(list(head_a.parameters()) + [loss_a.proxies], lr=0.5)
+    opt_b = torch.optim.SGD(list(head_b.parameters()) + [loss_b.proxies], lr=0.5)
+    g = torch.Generator().manual_seed(seed + 1)
+    max_taken = 0
+    for step in range(steps):
+        B = int(torch.randint(3, 10, (1,), generator=g))  # batch sizes vary, like an epoch's last batch
+        x = torch.randn(B, 5, generator=g)
+        y = torch.randint(0, C, (B,), generator=g)
+        epoch = step // steps_per_epoch
+        la = ours(torch.nn.functional.normalize(head_a(x), dim=1), y, epoch)
+        lb = ref(torch.nn.functional.normalize(head_b(x), dim=1), y, epoch)
+        assert ours.num_taken == ref.num_taken, step
+        assert ours.num_classes_in_use == C * (1 + ref.num_taken)
+        torch.testing.assert_close(la, lb, rtol=1e-5, atol=1e-6, msg=f"loss differs at step {step}")
+        opt_a.zero_grad()
+        opt_b.zero_grad()
+        la.backward()
+        lb.backward()
+        torch.testing.assert_close(loss_a.proxies.grad, loss_b.proxies.grad, rtol=1e-4, atol=1e-6,
+                                   msg=f"proxy gradient differs at step {step}")
+        torch.testing.assert_close(head_a.weight.grad, head_b.weight.grad, rtol=1e-4, atol=1e-6,
+                                   msg=f"embedding gradient differs at step {step}")
+        opt_a.step()
+        opt_b.step()
+        # Keep both models on exactly the same parameters so float drift cannot accumulate.
+        with torch.no_grad():
+            head_a.load_state_dict(head_b.state_dict())
+            loss_a.proxies.copy_(loss_b.proxies)
+        if roundtrip_at is not None and step == roundtrip_at:
+            buf = io.BytesIO()
+            torch.save(ours.state_dict(), buf)
+            buf.seek(0)
+            fresh = MemVir(loss_cls(C, D), N, M, warmup_epochs=U, fast=fast, **storage)  # empty memory, new loss
+            fresh.load_state_dict(torch.load(buf, weights_only=True))
+            ours, loss_a = fresh, fresh.loss
+            opt_a = torch.optim.SGD(list(head_a.parameters()) + [loss_a.proxies], lr=0.5)
+        max_taken = max(max_taken, ref.num_taken)
+    return max_taken
+
+
+@pytest.mark.parametrize("loss_cls", [NormSoftmax, ProxyNCA])
+@pytest.mark.parametrize("fast", [True, False])
+@pytest.mark.parametrize("N,M,U", [(3, 2, 2), (5, 0, 0), (2, 4, 1), (1, 0, 0), (4, 1, 3)])
+def test_matches_reference(loss_cls, fast, N, M, U):
+    steps = 200
+    max_taken = run_side_by_side(loss_cls, N, M, U, steps, fast)
+    assert max_taken == N  # the memory really filled up (and, with 200 steps, wrapped around)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_state_dict_round_trip_mid_run(fast):
+    """Saving and loading the memory mid-run continues exactly as if nothing happened."""
+    run_side_by_side(NormSoftmax, 3, 2, 1, steps=120, fast=fast, roundtrip_at=60)
+
+
+def test_zero_steps_is_the_plain_loss():
+    torch.manual_seed(0)
+    loss = NormSoftmax(4, 3)
+    mv = MemVir(loss, num_steps=0, step_gap=5)
+    emb, y = torch.randn(6, 3), torch.randint(0, 4, (6,))
+    for epoch in range(3):
+        assert float(mv(emb, y, epoch)) == pytest.approx(float(loss(emb, y)))
+    assert mv.num_taken == 0
+
+
+def test_curriculum_counts():
+    """With N=3, M=1 and no warm-up the classes grow C, C, 2C, 2C, 3C, 3C, 4C, 4C, ... (taken at 2, 4, 6 steps)."""
+    C = 5
+    mv = MemVir(NormSoftmax(C, 4), num_steps=3, step_gap=1)
+    seen = []
+    for step in range(10):
+        mv(torch.randn(2, 4), torch.zeros(2, dtype=torch.long), 0)
+        seen.append(mv.num_classes_in_use // C)
+    assert seen == [1, 1, 2, 2, 3, 3, 4, 4, 4, 4]
+    assert mv.num_embeddings_in_use == 2 * 4
+
+
+def test_warmup_keeps_memory_empty():
+    mv = MemVir(NormSoftmax(3, 4), num_steps=2, step_gap=0, warmup_epochs=2)
+    for epoch in (0, 0, 1, 1):
+        mv(torch.randn(2, 4), torch.zeros(2, dtype=torch.long), epoch)
+        assert mv.num_taken == 0 and int(mv.num_pushed) == 0
+    mv(torch.randn(2, 4), torch.zeros(2, dtype=torch.long), 2)
+    assert int(mv.num_pushed) == 1 and mv.num_taken == 0
+    mv(torch.randn(2, 4), torch.zeros(2, dtype=torch.long), 2)
+    assert mv.num_taken == 1
+
+
+def test_reset_empties_memory():
+    mv = MemVir(NormSoftmax(3, 4), num_steps=2, step_gap=0)
+    for _ in range(4):
+        mv(torch.randn(2, 4), torch.zeros(2, dtype=torch.long), 0)
+    mv.reset()
+    mv(torch.randn(2, 4), torch.zeros(2, dtype=torch.long), 0)
+    assert mv.num_taken == 0
+
+
+def test_memory_is_in_buffers_and_moves_with_the_module():
+    mv = MemVir(NormSoftmax(3, 4), num_steps=2, step_gap=1)
+    for _ in range(5):
+        mv(torch.randn(2, 4), torch.zeros(2, dtype=torch.long), 0)
+    names = set(mv.state_dict())
+    assert {"mem_emb", "mem_labels", "mem_sizes", "mem_proxies", "num_pushed", "loss.proxies"} <= names
+    assert mv.mem_emb.shape == (4, 2, 4) and mv.mem_proxies.shape == (4, 3, 4)
+    mv = mv.to(torch.float64)
+    assert mv.mem_emb.dtype == torch.float64 and mv.loss.proxies.dtype == torch.float64
+    mv(torch.randn(2, 4, dtype=torch.float64), torch.zeros(2, dtype=torch.long), 0)
+    if torch.cuda.is_available():
+        mv = mv.cuda()
+        assert mv.mem_emb.is_cuda and mv.mem_proxies.is_cuda
+        mv(torch.randn(2, 4, dtype=torch.float64, device="cuda"), torch.zeros(2, dtype=torch.long, device="cuda"), 0)
+
+
+def test_gradients_reach_only_current_embeddings_and_proxies():
+    torch.manual_seed(0)
+    mv = MemVir(NormSoftmax(3, 4), num_steps=2, step_gap=0)
+    for _ in range(3):
+        mv(torch.randn(2, 4), torch.zeros(2, dtype=torch.long), 0)
+    emb = torch.randn(2, 4, requires_grad=True)
+    mv(emb, torch.tensor([1, 2]), 0).backward()
+    assert emb.grad is not None and mv.loss.proxies.grad is not None
+    assert not mv.mem_emb.requires_grad and not mv.mem_proxies.requires_grad
+
+
+@pytest.mark.parametrize("kwargs,match", [(dict(num_steps=-1, step_gap=1), "num_steps"),
+                                          (dict(num_steps=1, step_gap=-2), "step_gap"),
+                                          (dict(num_steps=1, step_gap=1, warmup_epochs=-1), "warmup_epochs"),
+                                          (dict(num_steps=1.5, step_gap=1), "num_steps")])
+def test_bad_parameters(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        MemVir(NormSoftmax(3, 4), **kwargs)
+
+
+@pytest.mark.parametrize("emb,labels,epoch,match", [
+    (torch.randn(2, 5), torch.zeros(2, dtype=torch.long), 0, "columns"),
+    (torch.randn(2, 4), torch.tensor([0, 3]), 0, r"\[0, 3\)"),
+    (torch.full((2, 4), float("nan")), torch.zeros(2, dtype=torch.long), 0, "NaN"),
+    (torch.randn(2, 4), torch.zeros(2, dtype=torch.long), -1, "epoch"),
+])
+def test_bad_input(emb, labels, epoch, match):
+    with pytest.raises(ValueError, match=match):
+        MemVir(NormSoftmax(3, 4), num_steps=1, step_gap=0)(emb, labels, epoch)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+@pytest.mark.parametrize("storage", [dict(storage_dtype=torch.float16), dict(storage_dtype=torch.bfloat16),
+                                     dict(storage="host"), dict(storage="host", storage_dtype=torch.float16)])
+def test_storage_options_match_reference(fast, storage):
+    """Half-precision storage is exact rounding of what is stored; host storage changes nothing but the place."""
+    assert run_side_by_side(ProxyNCA, 3, 1, 1, steps=80, fast=fast, roundtrip_at=40, **storage) == 3
+
+
+def test_memory_bytes_and_storage_stays_put():
+    C, D, B, N, M = 10, 6, 4, 3, 2
+    mv = MemVir(NormSoftmax(C, D), N, M, storage="host", storage_dtype=torch.float16)
+    mv(torch.randn(B, D), torch.zeros(B, dtype=torch.long), 0)
+    S = N * (M + 1)
+    # embeddings and proxies in fp16 (2 bytes), labels and sizes int64 (8 bytes), one int64 counter.
+    assert mv.memory_bytes == S * B * D * 2 + S * C * D * 2 + S * B * 8 + S * 8 + 8
+    mv = mv.to(torch.float64)
+    assert mv.loss.proxies.dtype == torch.float64
+    assert mv.mem_emb.dtype == torch.float16 and mv.mem_proxies.dtype == torch.float16
+    assert mv.mem_emb.device.type == "cpu"
+    mv(torch.randn(B, D, dtype=torch.float64), torch.zeros(B, dtype=torch.long), 0)
+    assert mv.num_taken == 0 and int(mv.num_pushed) == 2
+
+
+def test_sop_setting_bytes():
+    """The issue's arithmetic: SOP, N=5, M=100: 505 proxy snapshots of 11,318 x 512 floats, about 11.7 GB."""
+    N, M, C, D, B = 5, 100, 11318, 512, 128
+    S = N * (M + 1)
+    fp32 = S * C * D * 4 + S * B * D * 4 + S * B * 8 + S * 8 + 8
+    assert fp32 / 1e9 == pytest.approx(11.84, abs=0.01)
+    mv = MemVir(NormSoftmax(C, 8), N, M)  # D=8 keeps the test small; bytes scale linearly in D
+    mv(torch.randn(B, 8), torch.zeros(B, dtype=torch.long), 0)
+    assert mv.memory_bytes == S * C * 8 * 4 + S * B * 8 * 4 + S * B * 8 + S * 8 + 8
