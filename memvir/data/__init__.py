@@ -1,0 +1,133 @@
+"""Data: the glyph benchmark (embedded, the default) and the paper's four benchmarks as prepared image folders.
+
+    splits = build_datasets("cars196", data="data/cars196")   # after `python -m memvir prepare cars196 ...`
+    splits.train.labels, splits.num_classes                   # (n,) int64, 98
+    loader = DataLoader(splits.train, batch_sampler=BatchSampler(splits.train.labels, 128))
+
+Every dataset yields (image tensor, int label) and carries `.labels` (numpy int64), so samplers and metrics never
+load an image to learn a label.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+# Re-exports, imported on first use: `python -m memvir prepare` then never pays for importing torch.
+_LAZY = {"ImageFolderDataset": "folder", "ImageListDataset": "folder", "ImageLoadError": "folder",
+         "load_rgb": "folder", "BatchSampler": "samplers", "train_transform": "transforms",
+         "test_transform": "transforms"}
+__all__ = ["Splits", "build_datasets", "DATA_NAMES", *_LAZY]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+# Accepted names -> canonical; the aliases are those of the official main.py.
+DATA_NAMES = {"cars196": "cars196", "car": "cars196", "cars": "cars196", "cub200": "cub200", "cub": "cub200",
+              "sop": "sop", "stanfordonlineproducts": "sop", "inshop": "inshop", "glyphs": "glyphs",
+              "custom": "custom"}
+# Number of training classes C of each benchmark (the official code hard-codes them as args.C).
+PAPER_NUM_CLASSES = {"cars196": 98, "cub200": 100, "sop": 11318, "inshop": 3997}
+LAYOUT = ("DATA/train/<class>/<image> and DATA/test/<class>/<image> (In-Shop: DATA/train/<item>/<image>, "
+          "DATA/test/query/<item>/<image>, DATA/test/gallery/<item>/<image>), as written by "
+          "`python -m memvir prepare <name> --src DOWNLOADS --out DATA`")
+
+
+@dataclass
+class Splits:
+    """The datasets of one benchmark; each yields (image, label) and has `.labels` (numpy int64)."""
+    train: Dataset
+    test: Dataset          # In-Shop: gallery then query images, labelled by item (as the official test/ folder)
+    num_classes: int       # C: the number of training classes (the proxies of the loss)
+    query: Dataset | None = None    # In-Shop only
+    gallery: Dataset | None = None  # In-Shop only
+    val: Dataset | None = None      # glyphs with val_classes > 0 only
+
+
+def _glyph_splits(data, glyph_kwargs):
+    from .glyphs import GlyphDataset, glyph_splits, render_glyphs  # the glyph module is optional for this one
+
+    kwargs = dict(glyph_kwargs)
+    val_classes = kwargs.pop("val_classes", 0)
+    if data is not None:
+        kwargs.setdefault("cache_dir", data)  # for glyphs, `data` is where rendered glyph sets are cached
+    parts = glyph_splits(render_glyphs(**kwargs), val_classes=val_classes)
+    made = {name: GlyphDataset(p.images, p.labels, train=(name == "train"), chars=p.chars)
+            for name, p in parts.items()}
+    return Splits(train=made["train"], test=made["test"], val=made.get("val"), num_classes=len(parts["train"].chars))
+
+
+def _folder(path, transform, classes=None):
+    from .folder import ImageFolderDataset
+
+    try:
+        return ImageFolderDataset(path, transform=transform, classes=classes)
+    except (FileNotFoundError, ValueError) as exc:  # the same error, with the whole layout spelled out
+        raise type(exc)(f"{exc}. Expected layout: {LAYOUT}") from exc
+
+
+def build_datasets(data_name, data=None, backbone="bninception", input_size=224, **glyph_kwargs):
+    """Build the train and test datasets (In-Shop: also query and gallery) of a benchmark.
+
+    Args:
+        data_name: cars196, cub200, sop, inshop (prepared folders), custom (any folder in that layout) or glyphs;
+            the official code's aliases (car, cars, cub, stanfordonlineproducts) are accepted, in any case.
+        data: the prepared folder (DATA/train, DATA/test); for glyphs, an optional cache folder.
+        backbone: "bninception" or "resnet*": picks the image normalisation (memvir.data.transforms).
+        input_size: side of the square crops (224 in the paper).
+        **glyph_kwargs: for glyphs only: render_glyphs' options and val_classes (memvir.data.glyphs).
+    Returns:
+        Splits with num_classes = the number of training classes.
+    """
+    name = DATA_NAMES.get(str(data_name).lower())
+    if name is None:
+        raise ValueError(f"data_name {data_name!r}; expected one of cars196, cub200, sop, inshop, glyphs, custom")
+    if name == "glyphs":
+        return _glyph_splits(data, glyph_kwargs)
+    if glyph_kwargs:
+        raise ValueError(f"options {sorted(glyph_kwargs)} apply to data_name='glyphs' only, not {data_name!r}; "
+                         f"expected only data, backbone and input_size for a folder benchmark")
+    if data is None:
+        raise ValueError(f"data_name={data_name!r} needs data=<folder>; expected layout: {LAYOUT}")
+    data = os.fspath(data)
+    if not os.path.isdir(data):
+        raise FileNotFoundError(f"data folder {data} does not exist; expected layout: {LAYOUT}")
+    manifest = os.path.join(data, "memvir_prepare.json")
+    if os.path.exists(manifest):
+        with open(manifest) as f:
+            state = json.load(f).get("state")
+        if state != "complete":
+            raise ValueError(f"{manifest} says state={state!r}: `memvir prepare` was interrupted while writing "
+                             f"{data}; expected 'complete': re-run the same prepare command")
+
+    from .folder import ImageListDataset
+    from .transforms import test_transform, train_transform
+
+    train = _folder(os.path.join(data, "train"), train_transform(backbone, input_size))
+    if name == "inshop":
+        tf = test_transform(backbone, input_size)
+        q_dir, g_dir = os.path.join(data, "test", "query"), os.path.join(data, "test", "gallery")
+        for d in (q_dir, g_dir):
+            if not os.path.isdir(d):
+                raise FileNotFoundError(f"{d} does not exist; expected layout: {LAYOUT}")
+        # One item -> label map for both, so that a query's label equals its gallery matches' labels.
+        items = sorted({e.name for d in (q_dir, g_dir) for e in os.scandir(d) if e.is_dir()})
+        query, gallery = _folder(q_dir, tf, items), _folder(g_dir, tf, items)
+        test = ImageListDataset(gallery.paths + query.paths, np.concatenate([gallery.labels, query.labels]),
+                                transform=tf, classes=items)
+        splits = Splits(train=train, test=test, query=query, gallery=gallery, num_classes=len(train.classes))
+    else:
+        test = _folder(os.path.join(data, "test"), test_transform(backbone, input_size))
+        splits = Splits(train=train, test=test, num_classes=len(train.classes))
+    want = PAPER_NUM_CLASSES.get(name)
+    if want is not None and splits.num_classes != want:
+        warnings.warn(f"{data}/train has {splits.num_classes} classes; the paper's {name} has {want} "
+                      f"(fine for a miniature; otherwise check the --src given to `memvir prepare`)", stacklevel=2)
+    return splits

@@ -1,0 +1,123 @@
+"""Datasets over prepared image folders: ROOT/<class>/<image>, classes in sorted order (like torchvision's).
+
+`python -m memvir prepare` writes such folders (memvir/data/prepare.py); any other folder in this layout works
+too (data_name "custom"). Unlike torchvision's ImageFolder, labels are a numpy array (`.labels`) that samplers
+and metrics read without touching an image, an image that cannot be read names its path, and class names can be
+imposed (`classes=`), so In-Shop's query and gallery folders share one item -> label map.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+from torch.utils.data import Dataset
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+class ImageLoadError(ValueError):
+    """An image file that PIL cannot read; the message names the file."""
+
+
+def load_rgb(path):
+    """Read an image file as an RGB PIL image (grayscale and CMYK files are converted), or raise ImageLoadError."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")  # convert() loads the pixels, so the file can be closed here
+    except Exception as exc:  # OSError, SyntaxError, DecompressionBombError, ...: all mean "unreadable"
+        raise ImageLoadError(f"cannot read image {path}: {type(exc).__name__}: {exc} (expected a readable "
+                             f"image file; `python -m memvir prepare` verifies each one)") from exc
+
+
+class ImageListDataset(Dataset):
+    """Images given as a list of paths with integer labels; items are (transform(image), label).
+
+    Args:
+        paths: list of n image paths.
+        labels: (n,) integer labels.
+        transform: callable on an RGB PIL image (e.g. memvir.data.transforms.test_transform()), or None.
+        classes: class names, `classes[label]`; optional.
+    """
+
+    def __init__(self, paths, labels, transform=None, classes=None):
+        self.paths = [str(p) for p in paths]
+        self.labels = np.asarray(labels, dtype=np.int64).reshape(-1)  # (n,)
+        if len(self.paths) != len(self.labels):
+            raise ValueError(f"paths ({len(self.paths)}) and labels ({len(self.labels)}) differ in length")
+        self.transform = transform
+        self.classes = list(classes) if classes is not None else None
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, index):
+        image = load_rgb(self.paths[index])
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, int(self.labels[index])
+
+    def __repr__(self):
+        n_cls = len(self.classes) if self.classes is not None else len(np.unique(self.labels))
+        return f"{type(self).__name__}({len(self)} images, {n_cls} classes)"
+
+
+class ImageFolderDataset(ImageListDataset):
+    """The images under root/<class>/ (searched recursively); label = index of <class> in the sorted class list.
+
+    Args:
+        root: folder of class folders.
+        transform: callable on an RGB PIL image, or None.
+        classes: impose this class list (every folder must be in it); default: the sorted folder names.
+    Raises:
+        FileNotFoundError: root is missing, or an image is a link whose target is gone.
+        ValueError: root has no class folders, or a class folder holds no image.
+    """
+
+    layout = "ROOT/<class>/<image>"
+
+    def __init__(self, root, transform=None, classes=None):
+        root = os.fspath(root)
+        if not os.path.isdir(root):
+            raise FileNotFoundError(f"{root} does not exist or is not a folder; expected a folder of class "
+                                    f"folders, {self.layout}")
+        found = sorted(d.name for d in os.scandir(root) if d.is_dir() and not d.name.startswith("."))
+        if not found:
+            raise ValueError(f"{root} has no class folders; expected {self.layout}")
+        classes = found if classes is None else list(classes)
+        index = {c: i for i, c in enumerate(classes)}
+        unknown = [c for c in found if c not in index]
+        if unknown:
+            raise ValueError(f"{root}: class folder(s) {unknown[:5]} are not among the {len(classes)} given classes")
+        paths, labels, skipped, broken = [], [], [], []
+        for c in found:
+            n_before, n_broken = len(paths), len(broken)
+            for dirpath, dirnames, filenames in os.walk(os.path.join(root, c), followlinks=True):
+                dirnames.sort()
+                for name in sorted(filenames):
+                    path = os.path.join(dirpath, name)
+                    if name.startswith("."):
+                        continue  # .DS_Store and the like
+                    if not name.lower().endswith(IMAGE_SUFFIXES):
+                        skipped.append(path)
+                    elif not os.path.exists(path):  # a symlink whose target moved
+                        broken.append(path)
+                    else:
+                        paths.append(path)
+                        labels.append(index[c])
+            if len(paths) == n_before and len(broken) == n_broken:
+                raise ValueError(f"empty class folder {os.path.join(root, c)}; expected at least one image "
+                                 f"({', '.join(IMAGE_SUFFIXES)}) in each class folder of {root}")
+        if broken:
+            raise FileNotFoundError(
+                f"{len(broken)} image(s) under {root} are links to files that are gone, e.g. {broken[0]} -> "
+                f"{os.readlink(broken[0]) if os.path.islink(broken[0]) else '?'}; expected the --src of "
+                f"`memvir prepare` in place (re-run it, or prepare with --mode copy)")
+        if skipped:
+            warnings.warn(f"{root}: ignored {len(skipped)} file(s) that are not images by their extension, "
+                          f"e.g. {skipped[0]}", stacklevel=2)
+        super().__init__(paths, labels, transform=transform, classes=classes)
+        self.root = root
+        self.class_to_idx = index

@@ -1,0 +1,359 @@
+"""Tests for the data-loading interface: image folders, the paper's transforms, the batch sampler, build_datasets."""
+import json
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from memvir.data import Splits, build_datasets
+from memvir.data.folder import ImageFolderDataset, ImageLoadError
+from memvir.data.samplers import BatchSampler
+from memvir.data import transforms as TF
+
+
+def solid(path, rgb, size=(20, 14)):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.new("RGB", size, rgb).save(path, "PNG")  # PNG: the pixel values survive exactly
+
+
+def make_tree(root, spec):
+    """spec: {class: number of images}; image k of class c is solid colour (10 * class index, k, 0)."""
+    for ci, (cls, n) in enumerate(sorted(spec.items())):
+        for k in range(n):
+            solid(os.path.join(root, cls, f"img{k}.png"), (10 * ci, k, 0))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# ImageFolderDataset
+
+def test_folder_labels_follow_sorted_class_names(tmp_path):
+    make_tree(tmp_path, {"zebra": 2, "ant": 3, "moth": 1})
+    ds = ImageFolderDataset(tmp_path)
+    assert ds.classes == ["ant", "moth", "zebra"]
+    assert ds.labels.dtype == np.int64 and len(ds) == 6
+    # Oracle: the label of each path is the rank of its parent folder's name among the sorted names.
+    for path, label in zip(ds.paths, ds.labels):
+        assert label == sorted(["zebra", "ant", "moth"]).index(os.path.basename(os.path.dirname(path)))
+    image, label = ds[0]
+    assert isinstance(image, Image.Image) and image.mode == "RGB" and isinstance(label, int)
+
+
+def test_folder_imposed_classes(tmp_path):
+    make_tree(tmp_path, {"b": 1, "d": 1})
+    ds = ImageFolderDataset(tmp_path, classes=["a", "b", "c", "d"])
+    assert sorted(ds.labels.tolist()) == [1, 3]
+    with pytest.raises(ValueError, match="not among"):
+        ImageFolderDataset(tmp_path, classes=["a", "b"])
+
+
+def test_corrupt_image_names_its_path(tmp_path):
+    make_tree(tmp_path, {"a": 2})
+    bad = tmp_path / "a" / "img1.png"
+    bad.write_bytes(bad.read_bytes()[:30])
+    ds = ImageFolderDataset(tmp_path)
+    ds[0]
+    with pytest.raises(ImageLoadError, match=str(bad)):
+        ds[ds.paths.index(str(bad))]
+    assert issubclass(ImageLoadError, ValueError)
+
+
+@pytest.mark.parametrize("case", ["missing", "no_classes", "empty_class", "broken_link"])
+def test_folder_layout_errors(tmp_path, case):
+    root = tmp_path / "root"
+    if case == "missing":
+        err, named = FileNotFoundError, root
+    elif case == "no_classes":
+        root.mkdir()
+        (root / "loose.jpg").write_bytes(b"")
+        err, named = ValueError, root
+    elif case == "empty_class":
+        make_tree(root, {"a": 1})
+        (root / "b").mkdir()
+        err, named = ValueError, root / "b"
+    else:
+        make_tree(root, {"a": 1})
+        os.symlink(tmp_path / "gone.jpg", root / "a" / "x.jpg")
+        err, named = FileNotFoundError, root / "a" / "x.jpg"
+    with pytest.raises(err, match=str(named)) as info:
+        ImageFolderDataset(root)
+    assert "expected" in str(info.value)
+
+
+def test_non_image_files_warn(tmp_path):
+    make_tree(tmp_path, {"a": 1})
+    (tmp_path / "a" / "notes.txt").write_text("hi")
+    with pytest.warns(UserWarning, match="notes.txt"):
+        ds = ImageFolderDataset(tmp_path)
+    assert len(ds) == 1
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Transforms: a solid colour gives the normalised value in closed form.
+
+@pytest.mark.parametrize("backbone", ["bninception", "resnet50"])
+@pytest.mark.parametrize("bgr", [True, False])
+@pytest.mark.parametrize("which", ["train", "test"])
+def test_transform_values(backbone, bgr, which):
+    rgb = (200, 100, 30)
+    make = TF.train_transform if which == "train" else TF.test_transform
+    x = make(backbone, input_size=24, bgr=bgr)(Image.new("RGB", (40, 30), rgb))
+    assert x.shape == (3, 24, 24) and x.dtype == torch.float32
+    order = rgb[::-1] if bgr else rgb
+    if backbone == "bninception":  # Caffe style: 0..255, minus (104, 117, 128), std 1
+        want = [order[c] - (104, 117, 128)[c] for c in range(3)]
+    else:  # torchvision ImageNet statistics on 0..1
+        want = [(order[c] / 255 - (0.485, 0.456, 0.406)[c]) / (0.229, 0.224, 0.225)[c] for c in range(3)]
+    for c in range(3):
+        assert torch.allclose(x[c], torch.full_like(x[c], want[c]), atol=1e-4)
+
+
+def test_test_transform_is_resize_then_center_crop():
+    # Oracle: a left/right split image; after Resize(256) on the shorter side and a centred 224 crop of a
+    # 512 x 256 image, columns 0..223 come from x in [144, 368): the centre, where the halves meet at 256.
+    im = Image.new("RGB", (512, 256), (0, 0, 0))
+    im.paste((255, 255, 255), (256, 0, 512, 256))
+    x = TF.test_transform("resnet18", input_size=224, bgr=False)(im)
+    assert x.shape == (3, 224, 224)
+    row = x[0, 112]
+    assert (row[:100] < 0).all() and (row[124:] > 0).all()  # black left of the centre, white right of it
+
+
+@pytest.mark.parametrize("which", ["train", "test"])
+def test_transforms_pickle(which):
+    t = getattr(TF, f"{which}_transform")("bninception", 32)
+    t2 = pickle.loads(pickle.dumps(t))  # DataLoader workers under spawn pickle them
+    im = Image.new("RGB", (40, 40), (1, 2, 3))
+    torch.manual_seed(0)
+    a = t(im)
+    torch.manual_seed(0)
+    assert torch.equal(a, t2(im))
+
+
+def test_unknown_backbone():
+    with pytest.raises(ValueError, match="glyphcnn"):
+        TF.train_transform("glyphcnn")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# BatchSampler
+
+def epoch_batches(sampler, epoch):
+    sampler.set_epoch(epoch)
+    return [list(b) for b in sampler]
+
+
+@pytest.mark.parametrize("n,batch_size", [(10, 3), (12, 4), (7, 16), (1, 1)])
+def test_shuffle_covers_each_index_once(n, batch_size):
+    s = BatchSampler(np.arange(n) % 3, batch_size, seed=5)
+    for epoch in range(3):
+        batches = epoch_batches(s, epoch)
+        assert sorted(i for b in batches for i in b) == list(range(n))  # a permutation: nothing lost, no repeats
+        tail = [n % batch_size] if n % batch_size else []
+        assert [len(b) for b in batches] == [batch_size] * (n // batch_size) + tail
+        assert len(s) == len(batches)
+
+
+def test_order_is_a_function_of_seed_and_epoch():
+    labels = np.repeat(np.arange(20), 5)
+    for n_instance in (1, 4):
+        a = BatchSampler(labels, 20, n_instance=n_instance, seed=3)
+        b = BatchSampler(labels, 20, n_instance=n_instance, seed=3)
+        runs = [epoch_batches(a, e) for e in range(3)]
+        # a "resumed" sampler that starts at epoch 2 sees exactly epoch 2
+        assert epoch_batches(b, 2) == runs[2]
+        assert runs[0] != runs[1]
+        assert epoch_batches(BatchSampler(labels, 20, n_instance=n_instance, seed=4), 0) != runs[0]
+        # and the global random state plays no part
+        np.random.seed(0)
+        torch.manual_seed(0)
+        assert epoch_batches(a, 1) == runs[1]
+
+
+def test_drop_last():
+    s = BatchSampler(np.zeros(10, dtype=int), 4, drop_last=True)
+    batches = epoch_batches(s, 0)
+    assert [len(b) for b in batches] == [4, 4] and len(s) == 2
+
+
+@pytest.mark.parametrize("n,batch_size,world_size", [(24, 8, 2), (25, 8, 4), (26, 8, 2), (9, 6, 3), (17, 8, 4)])
+@pytest.mark.parametrize("n_instance", [1, 2])
+def test_ranks_split_each_global_batch(n, batch_size, world_size, n_instance):
+    labels = np.arange(n) % 5
+    if batch_size % n_instance:
+        pytest.skip("not a valid combination")
+    whole = epoch_batches(BatchSampler(labels, batch_size, n_instance=n_instance, seed=1), 4)
+    per_rank = [epoch_batches(BatchSampler(labels, batch_size, n_instance=n_instance, seed=1, rank=r,
+                                           world_size=world_size), 4) for r in range(world_size)]
+    lengths = {len(p) for p in per_rank}
+    assert len(lengths) == 1  # every rank takes the same number of steps
+    steps = lengths.pop()
+    assert steps == len(BatchSampler(labels, batch_size, n_instance=n_instance, rank=1, world_size=world_size))
+    for t in range(steps):
+        # Oracle: the ranks' parts, concatenated in rank order, are the single-process global batch.
+        assert sum((p[t] for p in per_rank), []) == whole[t]
+        if len(whole[t]) == batch_size:
+            assert all(len(p[t]) == batch_size // world_size for p in per_rank)
+    # A final batch smaller than world_size is dropped (it cannot give every rank an image).
+    rest = n % batch_size if n_instance == 1 else 0
+    assert steps == n // batch_size + int(rest >= world_size)
+
+
+@pytest.mark.parametrize("num_classes,per_class,batch_size,n_instance", [(10, 5, 8, 2), (10, 6, 12, 4),
+                                                                        (3, 6, 12, 2), (4, 4, 8, 4)])
+def test_class_balanced_batches(num_classes, per_class, batch_size, n_instance):
+    rng = np.random.default_rng(0)
+    labels = rng.permutation(np.repeat(np.arange(num_classes), per_class))
+    s = BatchSampler(labels, batch_size, n_instance=n_instance, seed=2)
+    P = batch_size // n_instance
+    for epoch in range(3):
+        batches = epoch_batches(s, epoch)
+        assert len(batches) == len(labels) // batch_size == len(s)  # the official number of steps
+        for b in batches:
+            assert len(b) == batch_size
+            # Oracle: group the batch by label; per class, count images (with repeats when drawn twice).
+            classes, counts = np.unique(labels[b], return_counts=True)
+            assert all(c % n_instance == 0 for c in counts)
+            if P < num_classes:  # distinct classes, n_instance distinct images each
+                assert len(classes) == P and (counts == n_instance).all()
+                assert len(set(b)) == batch_size
+            else:  # P >= C: classes drawn with replacement, as the official sampler does
+                assert counts.sum() == batch_size
+
+
+def test_small_classes_are_topped_up_with_repeats():
+    # class 0 has one image, class 1 has two; n_instance = 3
+    labels = np.array([0, 1, 1, 2, 2, 2, 3, 3, 3])
+    s = BatchSampler(labels, 6, n_instance=3, seed=0)
+    seen = set()
+    for epoch in range(30):
+        for b in epoch_batches(s, epoch):
+            for c in np.unique(labels[b]):
+                idx = [i for i in b if labels[i] == c]
+                assert len(idx) == 3
+                # every image of the class is present before any repeats
+                assert set(idx) == set(np.flatnonzero(labels == c))
+                seen.add(int(c))
+    assert seen == {0, 1, 2, 3}
+
+
+@pytest.mark.parametrize("kwargs,named", [
+    (dict(batch_size=6, n_instance=4), "n_instance"),
+    (dict(batch_size=2, n_instance=4), "n_instance"),
+    (dict(batch_size=6, world_size=4), "world_size"),
+    (dict(batch_size=8, rank=2, world_size=2), "rank"),
+    (dict(batch_size=0), "batch_size"),
+    (dict(batch_size=4, n_instance=0), "n_instance"),
+    (dict(batch_size=40, n_instance=2), "batch_size=40"),
+])
+def test_sampler_bad_arguments(kwargs, named):
+    with pytest.raises(ValueError, match=named):
+        BatchSampler(np.arange(20) % 4, **kwargs)
+
+
+def test_sampler_feeds_a_dataloader(tmp_path):
+    make_tree(tmp_path, {"a": 3, "b": 2, "c": 3})
+    ds = ImageFolderDataset(tmp_path, transform=TF.test_transform("bninception", 8))
+    loader = torch.utils.data.DataLoader(ds, batch_sampler=BatchSampler(ds.labels, 4, n_instance=2, seed=0))
+    for x, y in loader:
+        assert x.shape == (4, 3, 8, 8)
+        assert sorted(np.unique(y.numpy(), return_counts=True)[1].tolist()) == [2, 2]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# build_datasets
+
+def test_build_folder_benchmark(tmp_path):
+    make_tree(tmp_path / "train", {"001": 2, "002": 3})
+    make_tree(tmp_path / "test", {"150": 2, "151": 1, "152": 2})
+    with pytest.warns(UserWarning, match="98"):
+        splits = build_datasets("CARS196", data=str(tmp_path), input_size=16)
+    assert isinstance(splits, Splits) and splits.num_classes == 2
+    assert len(splits.train) == 5 and len(splits.test) == 5 and splits.query is None
+    assert splits.train.labels.tolist() == [0, 0, 1, 1, 1] and splits.test.labels.tolist() == [0, 0, 1, 2, 2]
+    x, y = splits.test[2]
+    assert x.shape == (3, 16, 16) and y == 1
+    # custom: any folder in this layout, no paper check
+    assert build_datasets("custom", data=tmp_path, backbone="resnet18", input_size=16).num_classes == 2
+
+
+def test_build_inshop_shares_item_labels(tmp_path):
+    make_tree(tmp_path / "train", {"id_1": 2})
+    make_tree(tmp_path / "test" / "query", {"id_3": 1, "id_5": 2})
+    make_tree(tmp_path / "test" / "gallery", {"id_3": 2, "id_4": 1, "id_5": 1})
+    with pytest.warns(UserWarning):
+        s = build_datasets("inshop", data=tmp_path, input_size=16)
+    item = lambda p: os.path.basename(os.path.dirname(p))
+    for a_paths, a_labels in ((s.query.paths, s.query.labels), (s.gallery.paths, s.gallery.labels)):
+        for b_paths, b_labels in ((s.query.paths, s.query.labels), (s.gallery.paths, s.gallery.labels)):
+            for pa, la in zip(a_paths, a_labels):
+                for pb, lb in zip(b_paths, b_labels):
+                    assert (la == lb) == (item(pa) == item(pb))
+    # test = gallery then query, as the official ImageFolder over test/ lists them
+    assert s.test.paths == s.gallery.paths + s.query.paths
+    assert s.test.labels.tolist() == s.gallery.labels.tolist() + s.query.labels.tolist()
+
+
+@pytest.mark.parametrize("case", ["none", "missing", "no_train", "no_test", "empty_class", "interrupted",
+                                  "inshop_no_query", "unknown_name", "glyph_option"])
+def test_build_errors(tmp_path, case):
+    name, data, kwargs = "cub200", tmp_path, {}
+    make_tree(tmp_path / "train", {"a": 1})
+    make_tree(tmp_path / "test", {"b": 1})
+    if case == "none":
+        data, err, match = None, ValueError, "data="
+    elif case == "missing":
+        data, err, match = tmp_path / "nope", FileNotFoundError, str(tmp_path / "nope")
+    elif case == "no_train":
+        os.rename(tmp_path / "train", tmp_path / "training")
+        err, match = FileNotFoundError, str(tmp_path / "train")
+    elif case == "no_test":
+        os.rename(tmp_path / "test", tmp_path / "testing")
+        err, match = FileNotFoundError, str(tmp_path / "test")
+    elif case == "empty_class":
+        (tmp_path / "test" / "c").mkdir()
+        err, match = ValueError, str(tmp_path / "test" / "c")
+    elif case == "interrupted":
+        (tmp_path / "memvir_prepare.json").write_text(json.dumps({"state": "writing"}))
+        err, match = ValueError, "interrupted"
+    elif case == "inshop_no_query":
+        name, err, match = "inshop", FileNotFoundError, str(tmp_path / "test" / "query")
+    elif case == "unknown_name":
+        name, err, match = "cars197", ValueError, "cars197"
+    else:
+        kwargs, err, match = {"num_fonts": 3}, ValueError, "glyphs"
+    with pytest.raises(err, match=match) as info:
+        build_datasets(name, data=data, **kwargs)
+    assert "expected" in str(info.value)
+
+
+def test_build_glyphs_wiring(monkeypatch, tmp_path):
+    """build_datasets("glyphs") passes the options through and wraps each split (rendering is glyphs.py's job,
+    tested there; here it is replaced by a stub, since the first real rendering takes half a minute)."""
+    glyphs = pytest.importorskip("memvir.data.glyphs")
+    calls = {}
+
+    def render(**kwargs):
+        calls["render"] = kwargs
+        return "the glyph set"
+
+    def splits(glyph_set, val_classes=0):
+        calls["splits"] = (glyph_set, val_classes)
+        part = lambda labels, chars: glyphs.GlyphSplit(images=np.zeros((len(labels), 8, 8), np.uint8),
+                                                      labels=np.array(labels), chars=chars,
+                                                      classes=np.arange(len(chars)))
+        return {"train": part([0, 1, 2, 2], list("abc")), "val": part([0], list("d")),
+                "test": part([0, 1, 1], list("ef"))}
+
+    monkeypatch.setattr(glyphs, "render_glyphs", render)
+    monkeypatch.setattr(glyphs, "glyph_splits", splits)
+    s = build_datasets("glyphs", data=tmp_path, num_classes=12, seed=3, val_classes=1)
+    assert calls == {"render": {"num_classes": 12, "seed": 3, "cache_dir": tmp_path},
+                     "splits": ("the glyph set", 1)}
+    assert s.num_classes == 3
+    assert [len(d) for d in (s.train, s.val, s.test)] == [4, 1, 3]
+    assert s.train.labels.tolist() == [0, 1, 2, 2] and s.test.labels.dtype == np.int64
+    x, y = s.test[1]
+    assert x.shape == (1, 8, 8) and y == 1
