@@ -4,11 +4,27 @@ The public API:
     memvir.MemVir                       the memory of virtual classes (memvir/memory.py)
     memvir.losses.NormSoftmax, ProxyNCA proxy losses; each owns `proxies` (C, D)
     memvir.metrics.retrieval_metrics    Recall@K, R-Precision, MAP@R
+    memvir.data, memvir.models, memvir.train, memvir.report
+
+Submodules are imported on first use (PEP 562), so `python -m memvir prepare` or the glyph renderer
+do not pay for importing torch.
 """
-from . import losses, metrics
-from .losses import NormSoftmax, ProxyNCA, build_loss
-from .memory import MemVir
-from .metrics import retrieval_metrics
+import importlib
 
 __version__ = "0.1.0"
-__all__ = ["MemVir", "NormSoftmax", "ProxyNCA", "build_loss", "retrieval_metrics", "losses", "metrics"]
+_SUBMODULES = {"losses", "memory", "metrics", "data", "models", "train", "report"}
+_NAMES = {"MemVir": "memory", "NormSoftmax": "losses", "ProxyNCA": "losses", "build_loss": "losses",
+          "retrieval_metrics": "metrics"}
+__all__ = sorted(_NAMES) + sorted(_SUBMODULES)
+
+
+def __getattr__(name):
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    if name in _NAMES:
+        return getattr(importlib.import_module(f"{__name__}.{_NAMES[name]}"), name)
+    raise AttributeError(f"module 'memvir' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__
