@@ -1,0 +1,269 @@
+"""Retrieval metrics: Recall@K, R-Precision and MAP@R, from an exact cosine k-nearest-neighbour search.
+
+The MemVir paper reports Recall@K (MemVir Sec. 4, following Song et al. 2016) and, like Musgrave et al.
+("A Metric Learning Reality Check", ECCV 2020), R-Precision and MAP@R. For a query whose class has R other
+items in the searched set, and rel(i) = 1 when its i-th neighbour shares its class:
+
+    Recall@K    = 1 if any of the top K neighbours is relevant, else 0
+    R-Precision = (number of relevant items among the top R) / R
+    MAP@R       = (1/R) * sum_{i <= R} P(i) * rel(i),   P(i) = precision of the top i
+
+each averaged over the queries. A query with R = 0 (a singleton class) cannot find anything: it counts as a
+miss for Recall@K and is left out of R-Precision and MAP@R, whose denominator R would be 0 (the same
+convention as pytorch-metric-learning's AccuracyCalculator). If no query has R > 0 those two are NaN, with a
+warning.
+
+Similarity is the cosine: rows are L2-normalised to float32 and compared by inner product with faiss, on the
+GPU when faiss-gpu and CUDA are there. The search goes only as deep as the metrics need (the largest R or K,
+plus one for the query itself) and runs in chunks of queries, so no n x n matrix is ever built: the Stanford
+Online Products test set (60,502 x 512) costs a few hundred MB beyond its embeddings, and the time is close to
+that of the bare faiss search (bench/evaluation.py measures both).
+
+Chapter: the evaluation notebook (notebooks/), which builds these formulas by hand first.
+"""
+import warnings
+
+import faiss
+import numpy as np
+import torch
+
+__all__ = ["retrieval_metrics", "query_gallery_metrics"]
+
+# Rows per query chunk: shrunk for deep searches so a chunk's (rows, depth) arrays stay around 2**22 entries,
+# and kept a multiple of faiss's BLAS query block (faiss.cvar.distance_compute_blas_query_bs = 4096), so that
+# chunking adds no ragged blocks (each block is one pass over the gallery).
+CHUNK_ROWS = 8192
+CHUNK_ENTRIES = 2**22
+FAISS_QUERY_BLOCK = 4096
+GPU_MAX_K = 2048  # faiss-gpu's largest k for a flat index
+
+
+def retrieval_metrics(emb, labels, ks=(1, 2, 4, 8), use_gpu=None):
+    """Compute Recall@K, R-Precision and MAP@R with every item a query against all the others.
+
+    The query itself is removed from its neighbour list by index, not by assuming it comes first, so exact
+    duplicates (ties with the query) are handled: a duplicate of the same class counts as a hit like any other
+    item. Queries of singleton classes count as misses for Recall@K and are left out of R-Precision and MAP@R.
+
+    Args:
+        emb: (n, D) embeddings, numpy array or torch tensor (any device, any real dtype); n >= 2. Need not be
+            normalised; a row of norm 0 is an error.
+        labels: (n,) integer class labels.
+        ks: the K of each Recall@K, positive ints.
+        use_gpu: None = GPU when faiss-gpu sees a GPU and torch.cuda is available; True = require it;
+            False = CPU.
+
+    Returns:
+        dict: "recall@K" for each K, then "r_precision" and "map_at_r", python floats in [0, 1].
+
+    MemVir Sec. 4 (Recall@K, as in Song et al. 2016); Musgrave et al. 2020 (R-Precision, MAP@R).
+    """
+    x = _normalised(emb, "emb")  # (n, D) float32, unit rows
+    n = x.shape[0]
+    if n < 2:
+        raise ValueError(f"emb: expected at least 2 items (each is a query against the others), got {n}")
+    codes = _label_codes(labels, "labels", n)  # (n,) int64 in [0, C)
+    ks = _check_ks(ks)
+    counts = np.bincount(codes)  # (C,) items per class
+    R = counts[codes] - 1  # (n,) other items of each query's class
+    # Deep enough for the largest R and K after dropping the query itself; never deeper than n.
+    depth = min(max(int(R.max()), max(ks)) + 1, n)
+    return _evaluate(x, codes, x, codes, R, ks, depth, exclude_self=True, use_gpu=use_gpu)
+
+
+def query_gallery_metrics(query_emb, query_labels, gallery_emb, gallery_labels, ks=(1, 10, 20, 40), use_gpu=None):
+    """Compute Recall@K, R-Precision and MAP@R of queries searched in a separate gallery (In-Shop).
+
+    Nothing is excluded: the gallery is a different set of images, so R is the number of gallery items of the
+    query's class. Queries whose class has no gallery item count as misses for Recall@K and are left out of
+    R-Precision and MAP@R.
+
+    Args:
+        query_emb: (n_q, D) query embeddings, numpy or torch.
+        query_labels: (n_q,) integer labels.
+        gallery_emb: (n_g, D) gallery embeddings, same D.
+        gallery_labels: (n_g,) integer labels.
+        ks: the K of each Recall@K, positive ints (In-Shop reports 1, 10, 20, 30, 40, 50).
+        use_gpu: as in `retrieval_metrics`.
+
+    Returns:
+        dict: "recall@K" for each K, then "r_precision" and "map_at_r", python floats in [0, 1].
+
+    MemVir Sec. 4 (In-Shop Clothes Retrieval: query and gallery split).
+    """
+    xq = _normalised(query_emb, "query_emb")  # (n_q, D)
+    xg = _normalised(gallery_emb, "gallery_emb")  # (n_g, D)
+    for name, x in (("query_emb", xq), ("gallery_emb", xg)):
+        if x.shape[0] == 0:
+            raise ValueError(f"{name}: expected at least 1 item, got shape {x.shape}")
+    if xq.shape[1] != xg.shape[1]:
+        raise ValueError(f"query_emb and gallery_emb: expected the same D, got {xq.shape[1]} and {xg.shape[1]}")
+    q_labels = _labels_array(query_labels, "query_labels", xq.shape[0])
+    g_labels = _labels_array(gallery_labels, "gallery_labels", xg.shape[0])
+    ks = _check_ks(ks)
+    # One code space for both sides, so equal labels get equal codes.
+    _, codes = np.unique(np.concatenate([q_labels, g_labels]), return_inverse=True)
+    q_codes, g_codes = codes[: len(q_labels)], codes[len(q_labels):]
+    gallery_counts = np.bincount(g_codes, minlength=int(codes.max()) + 1)  # (C,) gallery items per class
+    R = gallery_counts[q_codes]  # (n_q,)
+    depth = min(max(int(R.max()), max(ks)), xg.shape[0])
+    return _evaluate(xq, q_codes, xg, g_codes, R, ks, depth, exclude_self=False, use_gpu=use_gpu)
+
+
+def _evaluate(xq, q_codes, xg, g_codes, R, ks, depth, exclude_self, use_gpu):
+    """Search each chunk of queries `depth` deep and accumulate the per-query metrics (vectorised numpy)."""
+    search = _searcher(xg, depth, use_gpu)
+    n_q = xq.shape[0]
+    rows = max(1, min(CHUNK_ROWS, CHUNK_ENTRIES // depth))
+    if rows > FAISS_QUERY_BLOCK:
+        rows -= rows % FAISS_QUERY_BLOCK  # whole faiss blocks
+    found = {k: 0 for k in ks}  # queries with a hit in the top K
+    rp_sum = map_sum = 0.0
+    for start in range(0, n_q, rows):
+        stop = min(start + rows, n_q)
+        nbrs = search(xq[start:stop])  # (c, depth) gallery indices, most similar first
+        if exclude_self:
+            nbrs = _drop_self(nbrs, np.arange(start, stop))  # (c, depth - 1)
+        hits = g_codes[nbrs] == q_codes[start:stop, None]  # (c, k) rel(i)
+        # Recall@K needs only the rank of the first hit: one pass over the row, however many Ks.
+        first_hit = np.where(hits.any(axis=1), hits.argmax(axis=1) + 1, np.iinfo(np.int64).max)  # (c,)
+        for k in ks:
+            found[k] += int((first_hit <= k).sum())
+
+        # R-Precision and MAP@R look at the top R only, usually far fewer columns than the largest K.
+        r = R[start:stop]  # (c,)
+        top = hits[:, :max(int(r.max()), 1)]  # (c, r_max)
+        rank = np.arange(1, top.shape[1] + 1)  # (r_max,) i = 1..r_max
+        rel = top & (rank[None, :] <= r[:, None])  # (c, r_max) rel(i) for i <= R
+        correct = np.cumsum(rel, axis=1)  # (c, r_max) relevant among the top i
+        has_r = r > 0
+        r_safe = np.maximum(r, 1)  # rows with R = 0 have no rel and are dropped below
+        rp_sum += float((correct[:, -1] / r_safe)[has_r].sum())  # relevant among the top R, over R
+        ap = (correct / rank * rel).sum(axis=1) / r_safe  # (c,) (1/R) sum_i P(i) rel(i)
+        map_sum += float(ap[has_r].sum())
+
+    out = {f"recall@{k}": found[k] / n_q for k in ks}
+    n_scored = int((R > 0).sum())
+    if n_scored == 0:
+        warnings.warn("no query has another item of its class to find: r_precision and map_at_r are NaN",
+                      RuntimeWarning, stacklevel=3)
+        out["r_precision"] = out["map_at_r"] = float("nan")
+    else:
+        out["r_precision"] = rp_sum / n_scored
+        out["map_at_r"] = map_sum / n_scored
+    return out
+
+
+def _drop_self(nbrs, self_idx):
+    """Remove each query's own index from its row; where a tie pushed it out of the row, drop the last column.
+
+    Args:
+        nbrs: (c, depth) neighbour indices of queries `self_idx`.
+        self_idx: (c,) index of each query in the gallery.
+
+    Returns:
+        (c, depth - 1) neighbours other than the query.
+    """
+    is_self = nbrs == self_idx[:, None]  # (c, depth)
+    # An exact duplicate ties with the query and may take its place; then the row's last item is the one
+    # beyond depth - 1 and goes instead, so every row keeps the top depth - 1 items other than the query.
+    is_self[~is_self.any(axis=1), -1] = True
+    return nbrs[~is_self].reshape(nbrs.shape[0], nbrs.shape[1] - 1)
+
+
+def _searcher(xg, depth, use_gpu):
+    """Return `search(xq (c, D)) -> (c, depth)` exact inner-product neighbours in the gallery `xg` (n_g, D)."""
+    gpu_ok = faiss.get_num_gpus() > 0 and torch.cuda.is_available()
+    if use_gpu is None:
+        use_gpu = gpu_ok
+    elif use_gpu and not gpu_ok:
+        raise ValueError("use_gpu=True: expected faiss-gpu with a visible GPU and torch.cuda, found none "
+                         f"(faiss.get_num_gpus()={faiss.get_num_gpus()}, cuda={torch.cuda.is_available()})")
+    if use_gpu and depth > GPU_MAX_K:
+        warnings.warn(f"search depth {depth} > {GPU_MAX_K}, the most faiss-gpu can return: searching on the CPU",
+                      RuntimeWarning, stacklevel=4)
+        use_gpu = False
+
+    if use_gpu:
+        res = faiss.StandardGpuResources()
+        index = faiss.GpuIndexFlatIP(res, xg.shape[1])
+        index.add(xg)  # the gallery goes to the GPU once; queries follow chunk by chunk
+
+        def search(xq):
+            return _checked(index.search(xq, depth)[1])
+    else:
+        # faiss.knn runs the same exact kernel as IndexFlatIP.search, without copying the gallery into an index.
+        def search(xq):
+            return _checked(faiss.knn(xq, xg, depth, metric=faiss.METRIC_INNER_PRODUCT)[1])
+    return search
+
+
+def _checked(nbrs):
+    if (nbrs < 0).any():  # faiss pads with -1 when it finds fewer than k; our depth never exceeds n_g
+        raise RuntimeError("faiss returned fewer neighbours than asked for")
+    return nbrs
+
+
+def _normalised(emb, name):
+    """Return `emb` as a new (n, D) float32 array of unit rows, after checking it.
+
+    The norms are taken in float64 after dividing each row by its largest entry, so that neither huge nor tiny
+    values overflow or underflow; the result is float32, what faiss searches.
+    """
+    if torch.is_tensor(emb):
+        if emb.is_complex():
+            raise ValueError(f"{name}: expected real numbers, got dtype {emb.dtype}")
+        emb = emb.detach().to("cpu", torch.float64 if emb.dtype == torch.float64 else torch.float32).numpy()
+    x = np.asarray(emb)
+    if x.ndim != 2:
+        raise ValueError(f"{name}: expected a 2-D array (n, D), got shape {x.shape}")
+    if x.dtype.kind not in "biuf":
+        raise ValueError(f"{name}: expected real numbers, got dtype {x.dtype}")
+    if x.shape[1] == 0:
+        raise ValueError(f"{name}: expected D >= 1 columns, got shape {x.shape}")
+    out = np.empty(x.shape, dtype=np.float32)
+    step = 8192  # rows at a time: float64 temporaries stay ~30 MB for D = 512
+    for start in range(0, x.shape[0], step):
+        block = x[start:start + step].astype(np.float64)  # (c, D)
+        finite = np.isfinite(block).all(axis=1)
+        if not finite.all():
+            row = start + int(np.argmin(finite))
+            raise ValueError(f"{name}: expected finite values, row {row} has NaN or inf")
+        peak = np.abs(block).max(axis=1)  # (c,)
+        if (peak == 0).any():
+            row = start + int(np.argmax(peak == 0))
+            raise ValueError(f"{name}: row {row} has norm 0, so it has no direction to compare by cosine")
+        block /= peak[:, None]
+        block /= np.sqrt(np.einsum("ij,ij->i", block, block))[:, None]
+        out[start:start + step] = block
+    return out
+
+
+def _labels_array(labels, name, n):
+    """Return `labels` as a 1-D integer numpy array of length n, or raise a ValueError."""
+    if torch.is_tensor(labels):
+        labels = labels.detach().cpu().numpy()
+    y = np.asarray(labels)
+    if y.ndim != 1 or y.shape[0] != n:
+        raise ValueError(f"{name}: expected a 1-D array of length {n} (one label per row of the embeddings), "
+                         f"got shape {y.shape}")
+    if y.dtype.kind not in "iu":
+        raise ValueError(f"{name}: expected integer class labels, got dtype {y.dtype}")
+    return y
+
+
+def _label_codes(labels, name, n):
+    """Return labels re-numbered 0..C-1 (C = number of distinct labels), shape (n,) int64."""
+    y = _labels_array(labels, name, n)
+    return np.unique(y, return_inverse=True)[1].reshape(-1).astype(np.int64)
+
+
+def _check_ks(ks):
+    """Return `ks` as a tuple of positive python ints, or raise a ValueError."""
+    try:
+        ks = tuple(ks)
+    except TypeError:
+        raise ValueError(f"ks: expected a sequence of positive ints such as (1, 2, 4, 8), got {ks!r}") from None
+    if not ks or any(isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or k < 1 for k in ks):
+        raise ValueError(f"ks: expected a non-empty sequence of positive ints such as (1, 2, 4, 8), got {ks!r}")
+    return tuple(int(k) for k in ks)

@@ -1,0 +1,337 @@
+"""Tests for memvir.metrics against numbers worked out by hand, a brute-force oracle and pytorch-metric-learning."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from memvir import metrics
+from memvir.metrics import query_gallery_metrics, retrieval_metrics
+
+KEYS = ("r_precision", "map_at_r")
+
+
+def unit_circle(degrees):
+    """(n, 2) points on the unit circle at the given angles: cosine similarity = cos(angle difference)."""
+    rad = np.deg2rad(np.asarray(degrees, dtype=np.float64))
+    return np.stack([np.cos(rad), np.sin(rad)], axis=1)
+
+
+# ---------------------------------------------------------------- worked by hand
+
+def test_hand_made_circle():
+    # Six items on the unit circle (angle, class); ranking by cosine = ranking by angular distance.
+    #   item:   0    1    2    3    4     5
+    #   angle:  0   10   25   45   180   100
+    #   class:  A    A    B    A    B     C (singleton)
+    # Neighbours of each query (angular distance), the query itself left out:
+    #   q0 (A, R=2): 1(10) 2(25) 3(45) 5(100) 4(180) -> A B A C B  rel = 1 0 1 0 0
+    #                RP = 1/2;  MAP@R = (1/2)(P(1)*1 + P(2)*0) = 1/2;          first hit at rank 1
+    #   q1 (A, R=2): 0(10) 2(15) 3(35) 5(90) 4(170)  -> A B A C B  same as q0: RP = 1/2, MAP = 1/2, rank 1
+    #   q2 (B, R=1): 1(15) 3(20) 0(25) 5(75) 4(155)  -> A A A C B  RP = 0, MAP = 0,     first hit at rank 5
+    #   q3 (A, R=2): 2(20) 1(35) 0(45) 5(55) 4(135)  -> B A A C B  RP = 1/2, MAP = (1/2)(P(2)*1) = 1/4, rank 2
+    #   q4 (B, R=1): 5(80) 3(135) 2(155) 1(170) 0(180) -> C A B A A  RP = 0, MAP = 0,   first hit at rank 3
+    #   q5 (C, R=0): never a hit; counts for Recall@K only.
+    # Recall@1 = {q0,q1}/6, @2 adds q3, @4 adds q4, @8 adds q2 (rank 5).
+    # R-Precision over the 5 queries with R > 0: (1/2 + 1/2 + 0 + 1/2 + 0)/5 = 0.3
+    # MAP@R over the same:                        (1/2 + 1/2 + 0 + 1/4 + 0)/5 = 0.25
+    emb = unit_circle([0, 10, 25, 45, 180, 100])
+    emb *= np.array([1.0, 3.0, 0.5, 7.0, 2.0, 0.1])[:, None]  # cosine ignores the norms
+    labels = np.array([0, 0, 1, 0, 1, 2])
+    got = retrieval_metrics(emb, labels, ks=(1, 2, 4, 8))
+    expected = {"recall@1": 2 / 6, "recall@2": 3 / 6, "recall@4": 4 / 6, "recall@8": 5 / 6,
+                "r_precision": 0.3, "map_at_r": 0.25}
+    assert list(got) == list(expected)
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(value, abs=1e-12), key
+        assert isinstance(got[key], float)
+
+
+def test_hand_made_map_at_r_three_relevant():
+    # One query class with R = 3 shows MAP@R's weighting. Angles and classes:
+    #   item:  0   1   2   3   4    5
+    #   angle: 0  10  20  30  40  200
+    #   class: A   B   A   B   A    A
+    # q0 (A, R=3): 1(10) 2(20) 3(30) 4(40) 5(160) -> B A B A A ; top R=3: B A B
+    #   RP = 1/3;  MAP@R = (1/3)(P(2)*1) = (1/3)(1/2) = 1/6
+    # q1 (B, R=1): 0(10)=2(10) tie, both A, then 3(20) -> A A B ; RP = 0, MAP = 0, first hit rank 3
+    # q2 (A, R=3): 1(10)=3(10) tie, both B, then 0(20)=4(20) both A, 5(180) -> B B A A A
+    #   top 3: B B A -> RP = 1/3; MAP = (1/3)(P(3)*1) = (1/3)(1/3) = 1/9; first hit rank 3
+    # q3 (B, R=1): 2(10)=4(10) both A, then 1(20) B -> A A B ; RP = 0, MAP = 0, first hit rank 3
+    # q4 (A, R=3): 3(10) B, 2(20) A, 1(30) B, 0(40) A, 5(160) A -> B A B A A
+    #   RP = 1/3, MAP = (1/3)(1/2) = 1/6; first hit rank 2
+    # q5 (A, R=3): 0(160)=4(160) both A, then 1(170)=3(170) both B, then 2(180) A -> A A B B A ; top 3: A A B
+    #   RP = 2/3, MAP = (1/3)(P(1) + P(2)) = (1/3)(1 + 1) = 2/3; first hit rank 1
+    # Ties above are all between items of the same class, so the order among them does not matter.
+    # Recall@1: q5 -> 1/6; Recall@2: q0, q4, q5 -> 3/6; Recall@4: all six -> 1.
+    # RP  = (1/3 + 0 + 1/3 + 0 + 1/3 + 2/3)/6 = (5/3)/6 = 5/18
+    # MAP = (1/6 + 0 + 1/9 + 0 + 1/6 + 2/3)/6 = (20/18)/6 = 10/54
+    emb = unit_circle([0, 10, 20, 30, 40, 200])
+    labels = np.array([0, 1, 0, 1, 0, 0])
+    got = retrieval_metrics(emb, labels, ks=(1, 2, 4))
+    assert got["recall@1"] == pytest.approx(1 / 6)
+    assert got["recall@2"] == pytest.approx(3 / 6)
+    assert got["recall@4"] == pytest.approx(1.0)
+    assert got["r_precision"] == pytest.approx(5 / 18, abs=1e-6)
+    assert got["map_at_r"] == pytest.approx(10 / 54, abs=1e-6)
+
+
+@pytest.mark.parametrize("nbrs, self_idx, expected", [
+    ([[5, 1, 2]], [5], [[1, 2]]),  # query first: dropped
+    ([[1, 5, 2]], [5], [[1, 2]]),  # a tie put another item first: the query is still the one dropped
+    ([[1, 2, 5]], [5], [[1, 2]]),  # query last
+    ([[1, 2, 3]], [5], [[1, 2]]),  # a tie pushed the query out of the row: drop the deepest item instead
+    ([[0, 1], [0, 1], [3, 2]], [0, 1, 9], [[1], [0], [3]]),  # mixed rows
+])
+def test_drop_self_neighbour_table(nbrs, self_idx, expected):
+    out = metrics._drop_self(np.array(nbrs), np.array(self_idx))
+    np.testing.assert_array_equal(out, np.array(expected))
+
+
+# ---------------------------------------------------------------- duplicates and ties
+
+def test_duplicates_same_class():
+    # Five identical copies of class 0 and three of class 1, far apart: every query ties with its own copies.
+    # Each query's R other items are its copies at similarity 1 -> Recall@K = RP = MAP@R = 1.
+    a, b = np.array([1.0, 0.0, 0.0]), np.array([0.0, 0.0, 1.0])
+    emb = np.stack([a] * 5 + [b] * 3)
+    labels = np.array([0] * 5 + [1] * 3)
+    got = retrieval_metrics(emb, labels, ks=(1, 2))
+    assert got == {"recall@1": 1.0, "recall@2": 1.0, "r_precision": 1.0, "map_at_r": 1.0}
+
+
+@pytest.mark.parametrize("ks", [(1, 2, 4, 8), (1,), (3, 20)])
+def test_duplicates_of_other_classes_exclude_query_by_index(ks):
+    # 30 identical copies of a, each in its own class 0..29; each class's one other item ("partner") lies near
+    # -a, so from any copy the 29 other copies (all wrong classes) come first, whatever the order among the tie,
+    # and the search (depth max(K)+1 <= 21 < 30) is shallower than the tie: the query itself may be pushed out of
+    # its own row. A partner sees other partners (wrong classes) first and its copy last. One more class of two
+    # close items at (0, 1, 0) finds itself at rank 1. So exactly 2 of the 62 queries hit, at rank 1, and
+    # R = 1 everywhere: Recall@K = RP = MAP@R = 2/62 for every K < 29.
+    # Removing "the first neighbour" instead of the query's own index would count the query as its own hit.
+    rng = np.random.default_rng(0)
+    a = np.array([1.0, 0.0, 0.0])
+    partners = -a + 0.05 * rng.normal(size=(30, 3))
+    pair = np.array([[0.0, 1.0, 0.0], [0.0, 0.99, 0.1]])
+    emb = np.concatenate([np.tile(a, (30, 1)), partners, pair])
+    labels = np.concatenate([np.arange(30), np.arange(30), [30, 30]])
+    got = retrieval_metrics(emb, labels, ks=ks)
+    for k in ks:
+        assert got[f"recall@{k}"] == pytest.approx(2 / 62)
+    assert got["r_precision"] == pytest.approx(2 / 62)
+    assert got["map_at_r"] == pytest.approx(2 / 62)
+
+
+def test_no_query_can_find_anything():
+    # All singletons: Recall@K is 0 (nothing to find) and RP / MAP@R are undefined (R = 0): NaN with a warning.
+    emb = unit_circle([0, 90, 200])
+    with pytest.warns(RuntimeWarning, match="NaN"):
+        got = retrieval_metrics(emb, np.array([3, 4, 5]), ks=(1, 2))
+    assert got["recall@1"] == 0.0 and got["recall@2"] == 0.0
+    assert math.isnan(got["r_precision"]) and math.isnan(got["map_at_r"])
+
+
+# ---------------------------------------------------------------- brute-force oracle
+
+def clustered(seed, sizes, dim=8, spread=0.6, label_base=0):
+    """Random clustered embeddings: class i has sizes[i] items around a random centre; rows shuffled.
+
+    Returns (emb (n, dim) float64 with random row norms, labels (n,) with gaps between values).
+    """
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(len(sizes), dim))
+    cls = np.repeat(np.arange(len(sizes)), sizes)
+    emb = centres[cls] + spread * rng.normal(size=(len(cls), dim))
+    emb *= rng.uniform(0.2, 5.0, size=(len(cls), 1))
+    order = rng.permutation(len(cls))
+    return emb[order], (7 * cls - 40 + label_base)[order]
+
+
+def ranked(query, gallery, query_labels, gallery_labels, exclude=None, depth=20):
+    """Oracle ranking: full cosine matrix in float64, stable argsort; item exclude[i] removed from row i.
+
+    Also checks that no two neighbours of different relevance are nearly tied in the top `depth` + 1 of a row,
+    so float32 vs float64 rounding cannot reorder what matters and the oracle's answer is the only correct one.
+    """
+    qn = query / np.linalg.norm(query, axis=1, keepdims=True)
+    gn = gallery / np.linalg.norm(gallery, axis=1, keepdims=True)
+    sim = qn @ gn.T  # (n_q, n_g)
+    rows = []
+    for i in range(len(query)):
+        order = [j for j in np.argsort(-sim[i], kind="stable") if exclude is None or j != exclude[i]]
+        top = np.array(order[:depth + 1])
+        rel = gallery_labels[top] == query_labels[i]
+        gaps = -np.diff(sim[i, top])
+        assert np.all(gaps[rel[1:] != rel[:-1]] > 1e-6), "test data has a near-tie; pick another seed"
+        rows.append(order)
+    return rows
+
+
+def oracle(rows, query_labels, gallery_labels, R, ks):
+    """Per-query loops over the oracle ranking, straight from the definitions."""
+    found = {k: 0 for k in ks}
+    rp, ap = [], []
+    for i, order in enumerate(rows):
+        rel = [gallery_labels[j] == query_labels[i] for j in order]
+        for k in ks:
+            found[k] += any(rel[:k])
+        r = R[i]
+        if r > 0:
+            rp.append(sum(rel[:r]) / r)
+            ap.append(sum(sum(rel[:t + 1]) / (t + 1) for t in range(r) if rel[t]) / r)
+    out = {f"recall@{k}": found[k] / len(rows) for k in ks}
+    out["r_precision"] = float(np.mean(rp))
+    out["map_at_r"] = float(np.mean(ap))
+    return out
+
+
+def random_sizes(seed, num_classes):
+    """Unequal class sizes 1..12 with at least three singleton classes."""
+    rng = np.random.default_rng(1000 + seed)
+    sizes = rng.integers(1, 13, size=num_classes)
+    sizes[:3] = 1
+    return sizes
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3, 4])
+@pytest.mark.parametrize("chunk_rows", [8192, 7])  # 7: many query chunks, the query's own index offset by each
+def test_against_brute_force(seed, chunk_rows, monkeypatch):
+    monkeypatch.setattr(metrics, "CHUNK_ROWS", chunk_rows)
+    emb, labels = clustered(seed, random_sizes(seed, 25))
+    ks = (1, 2, 4, 8, 16, 1000)  # 1000 > n - 1: every other item is searched
+    n = len(labels)
+    rows = ranked(emb, emb, labels, labels, exclude=np.arange(n))
+    R = np.array([(labels == y).sum() - 1 for y in labels])
+    expected = oracle(rows, labels, labels, R, ks)
+    got = retrieval_metrics(emb, labels, ks=ks)
+    assert 0.1 < expected["recall@1"] < 0.95  # the data is neither trivial nor hopeless
+    assert got.keys() == expected.keys()
+    for key in expected:
+        assert got[key] == pytest.approx(expected[key], abs=1e-9), key
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_torch_input_matches_numpy(seed):
+    emb, labels = clustered(seed, random_sizes(seed, 10))
+    want = retrieval_metrics(emb, labels)
+    for t in (torch.tensor(emb, dtype=torch.float32), torch.tensor(emb, dtype=torch.float64, requires_grad=True)):
+        got = retrieval_metrics(t, torch.tensor(labels))
+        assert got == pytest.approx(want, abs=1e-12)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_query_gallery_against_brute_force(seed):
+    # Query classes 0..14, gallery classes 3..19: queries of classes 0..2 have R = 0 (count as misses),
+    # gallery classes 15..19 are distractors. The same centre is used on both sides.
+    sizes = random_sizes(seed, 20) + 1
+    emb, labels = clustered(seed, sizes)
+    rng = np.random.default_rng(seed)
+    to_query = rng.random(len(labels)) < 0.4
+    cls = (labels + 40) // 7  # back to 0..19
+    to_query &= cls < 15
+    to_gallery = ~to_query & (cls >= 3)
+    q, qy, g, gy = emb[to_query], labels[to_query], emb[to_gallery], labels[to_gallery]
+    ks = (1, 10, 20, 40)
+    rows = ranked(q, g, qy, gy, depth=41)
+    R = np.array([(gy == y).sum() for y in qy])
+    assert (R == 0).any() and (R > 0).any()
+    expected = oracle(rows, qy, gy, R, ks)
+    got = query_gallery_metrics(q, qy, g, gy, ks=ks)
+    for key in expected:
+        assert got[key] == pytest.approx(expected[key], abs=1e-9), key
+
+
+def test_query_gallery_does_not_exclude_anything():
+    # The same three points as query and gallery: each query finds itself first (an In-Shop query image is
+    # never in the gallery, so nothing is removed). Classes A A B: R = 2, 2, 1.
+    # q0 (0 deg, A): 0(0) A, 1(10) A, 2(90) B -> RP = 1, MAP = 1.  q1 likewise.  q2 (B): itself first -> 1, 1.
+    emb = unit_circle([0, 10, 90])
+    labels = np.array([0, 0, 1])
+    got = query_gallery_metrics(emb, labels, emb, labels, ks=(1,))
+    assert got == {"recall@1": 1.0, "r_precision": 1.0, "map_at_r": 1.0}
+
+
+# ---------------------------------------------------------------- pytorch-metric-learning as a second opinion
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_agrees_with_pytorch_metric_learning(seed):
+    faiss = pytest.importorskip("faiss")
+    pml_acc = pytest.importorskip("pytorch_metric_learning.utils.accuracy_calculator")
+    pml_inf = pytest.importorskip("pytorch_metric_learning.utils.inference")
+    emb, labels = clustered(seed, random_sizes(seed, 25))
+    ranked(emb, emb, labels, labels, exclude=np.arange(len(labels)))  # check: no near-ties
+    # pml's FaissKNN searches L2 by default on the raw vectors: give it unit vectors and an inner-product index,
+    # the same cosine. With reference=None it searches the query set itself and drops each query by index;
+    # k="max_bin_count" is the depth R-Precision and MAP@R need. It leaves singleton-class queries out of all
+    # three metrics, where our Recall@1 counts them as misses.
+    unit = (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float32)
+    calc = pml_acc.AccuracyCalculator(
+        include=("precision_at_1", "r_precision", "mean_average_precision_at_r"), k="max_bin_count",
+        device=torch.device("cpu"), knn_func=pml_inf.FaissKNN(index_init_fn=faiss.IndexFlatIP))
+    theirs = calc.get_accuracy(torch.from_numpy(unit), torch.from_numpy(labels))
+    ours = retrieval_metrics(emb, labels, ks=(1,))
+    counts = {y: (labels == y).sum() for y in labels}
+    n_found = sum(counts[y] > 1 for y in labels)  # queries with R > 0
+    assert n_found < len(labels)  # there are singletons, so the two conventions differ
+    assert ours["recall@1"] * len(labels) == pytest.approx(theirs["precision_at_1"] * n_found, abs=1e-6)
+    assert ours["r_precision"] == pytest.approx(theirs["r_precision"], abs=1e-9)
+    assert ours["map_at_r"] == pytest.approx(theirs["mean_average_precision_at_r"], abs=1e-9)
+
+
+# ---------------------------------------------------------------- bad input
+
+GOOD = unit_circle([0, 10, 20, 30])
+GOOD_LABELS = np.array([0, 0, 1, 1])
+
+
+def with_row(value, row=2):
+    emb = GOOD.copy()
+    emb[row] = value
+    return emb
+
+
+@pytest.mark.parametrize("emb, labels, ks, match", [
+    (GOOD[:, 0], GOOD_LABELS, (1,), r"emb: expected a 2-D array"),
+    (GOOD[None], GOOD_LABELS, (1,), r"emb: expected a 2-D array"),
+    (GOOD, GOOD_LABELS[:3], (1,), r"labels: expected a 1-D array of length 4"),
+    (GOOD, GOOD_LABELS[:, None], (1,), r"labels: expected a 1-D array of length 4"),
+    (GOOD, GOOD_LABELS.astype(float), (1,), r"labels: expected integer"),
+    (with_row(np.nan), GOOD_LABELS, (1,), r"emb: expected finite values, row 2"),
+    (with_row(np.inf), GOOD_LABELS, (1,), r"emb: expected finite values, row 2"),
+    (with_row(0.0), GOOD_LABELS, (1,), r"emb: row 2 has norm 0"),
+    (GOOD[:1], GOOD_LABELS[:1], (1,), r"emb: expected at least 2 items"),
+    (GOOD[:0], GOOD_LABELS[:0], (1,), r"emb: expected at least 2 items"),
+    (GOOD[:, :0], GOOD_LABELS, (1,), r"emb: expected D >= 1"),
+    (GOOD.astype(str), GOOD_LABELS, (1,), r"emb: expected real numbers"),
+    (GOOD, GOOD_LABELS, (0,), r"ks: expected"),
+    (GOOD, GOOD_LABELS, (1, -2), r"ks: expected"),
+    (GOOD, GOOD_LABELS, (1.5,), r"ks: expected"),
+    (GOOD, GOOD_LABELS, (True,), r"ks: expected"),
+    (GOOD, GOOD_LABELS, (), r"ks: expected"),
+    (GOOD, GOOD_LABELS, 4, r"ks: expected"),
+])
+def test_bad_input(emb, labels, ks, match):
+    with pytest.raises(ValueError, match=match):
+        retrieval_metrics(emb, labels, ks=ks)
+
+
+@pytest.mark.parametrize("args, match", [
+    ((GOOD, GOOD_LABELS, GOOD[:, :1], GOOD_LABELS), r"same D"),
+    ((GOOD[:0], GOOD_LABELS[:0], GOOD, GOOD_LABELS), r"query_emb: expected at least 1 item"),
+    ((GOOD, GOOD_LABELS, GOOD[:0], GOOD_LABELS[:0]), r"gallery_emb: expected at least 1 item"),
+    ((GOOD, GOOD_LABELS, GOOD, GOOD_LABELS[:2]), r"gallery_labels: expected a 1-D array of length 4"),
+    ((GOOD, GOOD_LABELS[:2], GOOD, GOOD_LABELS), r"query_labels: expected a 1-D array of length 4"),
+    ((with_row(0.0, 1), GOOD_LABELS, GOOD, GOOD_LABELS), r"query_emb: row 1 has norm 0"),
+    ((GOOD, GOOD_LABELS, with_row(np.nan, 3), GOOD_LABELS), r"gallery_emb: expected finite values, row 3"),
+])
+def test_query_gallery_bad_input(args, match):
+    with pytest.raises(ValueError, match=match):
+        query_gallery_metrics(*args)
+
+
+def test_use_gpu_without_a_gpu_is_an_error():
+    import faiss
+    if faiss.get_num_gpus() > 0 and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU for faiss")
+    with pytest.raises(ValueError, match="use_gpu=True"):
+        retrieval_metrics(GOOD, GOOD_LABELS, use_gpu=True)
