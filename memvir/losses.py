@@ -9,6 +9,10 @@ in two ways: it can hand the loss a longer proxy list (current proxies plus C vi
 step), and its fast path (memvir.memory) can cache the logits between two frozen past steps.
 A loss that has these two properties sets `decomposable = True`.
 
+A loss computes its logits in two stages, `logits(emb, proxies) = similarity(embed(emb), embed(proxies))`:
+`embed` maps each row on its own (here: onto the unit sphere) and `similarity` scores embedded rows. MemVir
+stores embedded rows, so the snapshots of N(M+1) past steps are not normalised again at every step.
+
 Chapter: notebooks/03_losses.py.
 """
 import math
@@ -68,6 +72,18 @@ class ProxyLoss(nn.Module):
         self.scale = float(scale)
         self.proxies = nn.Parameter(torch.empty(self.num_classes, self.embedding_size))  # (C, D)
 
+    def embed(self, x):
+        """Map each row (an embedding or a proxy) to what `similarity` compares; applying it twice changes nothing.
+
+        Args:
+            x: (n, D) rows.
+        """
+        return x
+
+    def similarity(self, x, p):
+        """Return the logits of embedded rows `x` (B, D) against embedded proxies `p` (C', D), shape (B, C')."""
+        raise NotImplementedError
+
     def logits(self, emb, proxies):
         """Return the logits of every embedding against every proxy.
 
@@ -77,7 +93,7 @@ class ProxyLoss(nn.Module):
         Returns:
             (B, C') logits.
         """
-        raise NotImplementedError
+        return self.similarity(self.embed(emb), self.embed(proxies))
 
     def forward(self, emb, labels, proxies=None):
         """Return the mean loss of a batch.
@@ -106,10 +122,13 @@ class NormSoftmax(ProxyLoss):
         bound = 1.0 / math.sqrt(self.num_classes)
         nn.init.uniform_(self.proxies, -bound, bound)
 
-    def logits(self, emb, proxies):
+    def embed(self, x):
         # Normalising an already unit-length embedding changes nothing, so the head may normalise too.
+        return F.normalize(x, dim=1)
+
+    def similarity(self, x, p):
         # The scale multiplies the (B, D) side: cheaper than scaling the (B, C') product, same numbers.
-        return (self.scale * F.normalize(emb, dim=1)) @ F.normalize(proxies, dim=1).T  # (B, C')
+        return (self.scale * x) @ p.T  # (B, C') = scale * cos
 
 
 class ProxyNCA(ProxyLoss):
@@ -125,9 +144,10 @@ class ProxyNCA(ProxyLoss):
         super().__init__(num_classes, embedding_size, scale)
         nn.init.normal_(self.proxies, mean=0.0, std=math.sqrt(2.0 / self.embedding_size))
 
-    def logits(self, emb, proxies):
-        x = F.normalize(emb, dim=1)  # (B, D)
-        p = F.normalize(proxies, dim=1)  # (C', D)
+    def embed(self, x):
+        return F.normalize(x, dim=1)
+
+    def similarity(self, x, p):
         # -s * ||x - p||^2 = 2s x.p - s|x|^2 - s|p|^2, expanded so that the big (B, C') product is one matmul
         # with the scale folded into the (B, D) side; exact for any norms and differentiable everywhere.
         x_sq = (x * x).sum(1, keepdim=True)  # (B, 1)

@@ -9,7 +9,8 @@ Symbols of the paper and their names here (notebooks/04_memvir.py has the same t
 
 Per training step, exactly:
   1. Look at the memory as it is *before* this step.
-  2. If epoch >= U, push this step's detached embeddings (B, D), labels (B,) and a copy of the proxies (C, D);
+  2. If epoch >= U, push this step's detached embeddings (B, D), labels (B,) and a copy of the proxies (C, D)
+     (stored as the loss compares them, `loss.embed(x)`: unit rows for Norm-SoftMax and Proxy-NCA);
      keep only the newest N*(M+1) steps.
   3. From the memory of step 1, newest first, take positions M, 2M+1, 3M+2, ... (every (M+1)-th step), at most N.
   4. The k-th taken step adds its embeddings with labels + k*C and its proxies as C more classes; the loss is the
@@ -165,14 +166,18 @@ class MemVir(nn.Module):
         past_emb = self._fetch(self.mem_emb[stored_idx])  # (K, Bmax, D) copies (advanced indexing)
         past_labels = self._fetch(self.mem_labels[stored_idx])  # (K, Bmax)
         past_proxies = self._fetch(self.mem_proxies[stored_idx])  # (K, C, D)
+        if self.mem_emb.dtype != proxies.dtype:  # rounded on storage: embed again, as the plain path does
+            past_emb, past_proxies = self.loss.embed(past_emb.flatten(0, 1)).view_as(past_emb), \
+                self.loss.embed(past_proxies.flatten(0, 1)).view_as(past_proxies)
         Bmax = past_emb.shape[1]
         sizes = torch.tensor([self._sizes[s] for s in slots], device=emb.device)
         valid = torch.arange(Bmax, device=emb.device)[None, :] < sizes[:, None]  # (K, Bmax) real rows
 
         # Current rows against all (1+K)C classes: the only block where embeddings get gradients. Two pieces, so
-        # that backward computes no gradient for the K*C frozen proxies.
-        logits = torch.cat([self.loss.logits(emb, proxies),  # (B, C)
-                            self.loss.logits(emb, past_proxies.reshape(K * C, D))], dim=1)  # (B, (1+K)C)
+        # that backward computes no gradient for the K*C frozen proxies. What is stored is already embedded.
+        emb_hat, proxies_hat = self.loss.embed(emb), self.loss.embed(proxies)  # (B, D), (C, D)
+        logits = torch.cat([self.loss.similarity(emb_hat, proxies_hat),  # (B, C)
+                            self.loss.similarity(emb_hat, past_proxies.reshape(K * C, D))], dim=1)  # (B, (1+K)C)
         current = F.cross_entropy(logits, labels, reduction="sum")
 
         # Past rows: logsumexp over the current proxies (gradient to proxies) and over the taken steps' proxies
@@ -181,7 +186,7 @@ class MemVir(nn.Module):
         k = torch.arange(K, device=emb.device)
         d = k[:, None] - k[None, :] + self.num_steps - 1  # (K, K): offset of step j seen from step k
         frozen_lse = torch.logsumexp(self.lse_cache[slot_idx[:, None], d], dim=1)  # (K, Bmax)
-        live = self.loss.logits(past_emb.reshape(K * Bmax, D), proxies)  # (K*Bmax, C)
+        live = self.loss.similarity(past_emb.reshape(K * Bmax, D), proxies_hat)  # (K*Bmax, C)
         lse = torch.logaddexp(torch.logsumexp(live, dim=1).view(K, Bmax), frozen_lse)  # (K, Bmax)
         past = torch.where(valid, lse - self.target_cache[slot_idx], torch.zeros_like(lse)).sum()
         return (current + past) / (B + int(sizes.sum()))
@@ -199,7 +204,7 @@ class MemVir(nn.Module):
         for kk in range(K):
             if self._target_owner[slots[kk]] == steps[kk]:
                 continue
-            logits = self.loss.logits(past_emb[kk], past_proxies.reshape(K * C, -1))  # (Bmax, K*C)
+            logits = self.loss.similarity(past_emb[kk], past_proxies.reshape(K * C, -1))  # (Bmax, K*C)
             logits = logits.to(self.lse_cache.dtype)
             self.lse_cache[slots[kk], torch.as_tensor(d[kk])] = torch.logsumexp(logits.view(Bmax, K, C), dim=2).T
             own = logits.view(Bmax, K, C)[:, kk]  # (Bmax, C): against its own proxies
@@ -211,7 +216,7 @@ class MemVir(nn.Module):
         for jj in np.flatnonzero(missing.any(axis=0)):
             rows = np.flatnonzero(missing[:, jj])
             emb_rows = past_emb[torch.as_tensor(rows, device=past_emb.device)]  # (r, Bmax, D)
-            logits = self.loss.logits(emb_rows.reshape(-1, emb_rows.shape[-1]), past_proxies[jj])  # (r*Bmax, C)
+            logits = self.loss.similarity(emb_rows.reshape(-1, emb_rows.shape[-1]), past_proxies[jj])  # (r*Bmax, C)
             logits = logits.to(self.lse_cache.dtype)
             lse = torch.logsumexp(logits, dim=1).view(len(rows), Bmax)  # (r, Bmax)
             row_slots = np.asarray(slots)[rows]
@@ -226,11 +231,13 @@ class MemVir(nn.Module):
         if B > self.mem_emb.shape[1] or self.mem_proxies.shape[0] == 0:
             self._grow(max(B, self.mem_emb.shape[1]))
         slot = self._num_pushed % self.capacity
+        # Stored as the loss compares them (`loss.embed`: unit rows for our losses), so that no step has to
+        # normalise the N(M+1) snapshots again; every logit is the same as with the raw rows.
         store = dict(device=self.mem_emb.device, dtype=self.mem_emb.dtype)
-        self.mem_emb[slot, :B] = emb.detach().to(**store)
+        self.mem_emb[slot, :B] = self.loss.embed(emb.detach()).to(**store)
         self.mem_labels[slot, :B] = labels.to(self.mem_labels.device)
         self.mem_sizes[slot] = B
-        self.mem_proxies[slot] = self.loss.proxies.detach().to(**store)
+        self.mem_proxies[slot] = self.loss.embed(self.loss.proxies.detach()).to(**store)
         self.num_pushed += 1
         self._sizes[slot] = B
         self._num_pushed += 1

@@ -21,8 +21,9 @@ class ReferenceMemVir:
     def __init__(self, loss, N, M, U, stored_dtype=None):
         self.loss, self.N, self.M, self.U = loss, N, M, U
         self.past = []
-        # Storage in half precision = rounding what is stored, then computing in the proxies' dtype.
-        self.round = (lambda t: t.to(stored_dtype).to(t.dtype)) if stored_dtype else (lambda t: t)
+        # Storage in half precision = rounding the stored unit rows, then computing in the proxies' dtype.
+        unit = torch.nn.functional.normalize
+        self.round = (lambda t: unit(t, dim=1).to(stored_dtype).to(t.dtype)) if stored_dtype else (lambda t: t)
 
     def __call__(self, emb, labels, epoch):
         C = self.loss.proxies.shape[0]
