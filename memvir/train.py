@@ -337,7 +337,7 @@ def train(config=None, *, on_step=None, on_epoch_end=None) -> dict:
 
 
 def _train(cfg, dist_info, device, log, cleanup, on_step, on_epoch_end):
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     from .data import build_datasets
     from .data.samplers import BatchSampler
