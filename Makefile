@@ -16,11 +16,77 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m ipykernel install --user --name memvir --display-name "Python (memvir)" >/dev/null
 	touch $@
 
-# The whole test suite: two workers, one torch thread each (see README, "Tests").
+# The whole test suite: two workers, one torch thread each (see README, "Tests"); nbval re-executes the committed
+# notebooks (their default parameters) and checks the outputs marked NBVAL_CHECK_OUTPUT. --dist loadfile keeps a
+# notebook's cells on one worker; python3 is the kernel of the interpreter running pytest (.venv's).
 test: setup
-	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile --nbval-lax --nbval-kernel-name python3 tests notebooks
 
 # Benchmarks print ratios measured in one run; they are never part of `make test`.
 bench: setup
 	$(PY) -m bench.memvir_step
 	$(PY) -m bench.evaluation
+
+# ---- The book: runs -> report -> chapters -> HTML. Results flow one way (memvir/report.py) ----------------------
+# `make -j2 reproduce` runs every experiment of configs/$(PROFILE).yml through papermill (one folder per run in
+# results/runs/$(PROFILE)/; finished runs are skipped, a killed one resumes from its checkpoint), builds the tables
+# and figures (results/report/$(PROFILE)/), executes the chapters on them and builds the book (book/_build/html).
+# PROFILE=paper (CARS196, a GPU) also needs DATA=<prepared folder> and PRETRAINED=<BN-Inception weights>.
+PROFILE ?= cpu
+BOOK_SRC := book/_build/src
+REPORT = OMP_NUM_THREADS=1 $(PY) -m memvir report --profile $(PROFILE)
+CHAPTERS := $(basename $(notdir $(wildcard notebooks/[0-9][0-9]_*.py)))
+export DATA PRETRAINED
+
+.PHONY: reproduce runs data-ready report chapters book sync
+
+# The steps run as sub-makes (each reads the run list it needs); -o setup: the set-up is done once, here.
+reproduce: setup
+	@start=$$(date +%s); \
+	$(MAKE) --no-print-directory -o setup runs PROFILE=$(PROFILE) && \
+	$(MAKE) --no-print-directory -o setup report PROFILE=$(PROFILE) && \
+	$(MAKE) --no-print-directory -o setup chapters PROFILE=$(PROFILE) && \
+	$(MAKE) --no-print-directory -o setup book && \
+	echo "make reproduce PROFILE=$(PROFILE): done in $$(( $$(date +%s) - start )) s;" \
+	     "results: book/_build/html/chapters/06_results.html"
+
+# One Make target per run, so that -j2 trains two at once; each run uses one thread (OMP_NUM_THREADS=1).
+ifneq ($(filter runs,$(MAKECMDGOALS)),)
+RUN_NAMES := $(shell $(REPORT) --list-runs)
+ifneq ($(.SHELLSTATUS),0)
+$(error cannot list the runs of PROFILE=$(PROFILE) (the message above says why; `make setup` first?))
+endif
+endif
+runs: $(addprefix run/,$(RUN_NAMES))
+run/%: data-ready
+	@$(REPORT) --run $*
+
+# The glyph profile renders its data set once here, before the parallel runs would each render it.
+data-ready: setup
+	@$(REPORT) --warm-data
+
+# Tables (CSV, Markdown) and figures (PNG, SVG) from the run folders only.
+report: setup
+	$(REPORT)
+
+# The chapters, executed with papermill on this profile's runs and report into the book's source.
+chapters: $(addprefix chapter/,$(CHAPTERS))
+chapter/%: setup
+	@$(REPORT) --chapters $(BOOK_SRC)/chapters --only $*
+
+# Build the book from executed notebooks only (warnings are errors). A chapter not executed by `make chapters`
+# (or older than its committed notebook) is taken from notebooks/, executed there with its default parameters.
+book: setup
+	@mkdir -p $(BOOK_SRC)/chapters
+	@cp book/_config.yml book/_toc.yml book/*.md book/*.bib $(BOOK_SRC)/
+	@for nb in notebooks/[0-9][0-9]_*.ipynb; do dst=$(BOOK_SRC)/chapters/$$(basename $$nb); \
+	  if [ ! -e $$dst ] || [ $$nb -nt $$dst ]; then cp $$nb $$dst; fi; done
+	$(VENV)/bin/jupyter-book build -W --keep-going --path-output book $(BOOK_SRC)
+	@echo "open book/_build/html/intro.html"
+
+# After editing notebooks/NN_*.py (the source): pair it with its .ipynb and re-execute that with the default
+# parameters, which gives the outputs nbval checks in `make test` and the book shows without `make reproduce`.
+sync: setup
+	$(VENV)/bin/jupytext --sync notebooks/[0-9][0-9]_*.py
+	OMP_NUM_THREADS=1 $(PY) -m memvir report --execute-defaults notebooks/[0-9][0-9]_*.ipynb
+	$(VENV)/bin/jupytext --sync notebooks/[0-9][0-9]_*.py

@@ -1,0 +1,130 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python (memvir)
+#     language: python
+#     name: memvir
+# ---
+
+# %% [markdown]
+# # Data: the glyph benchmark and the paper's four
+#
+# The paper evaluates on CARS196, CUB-200-2011, Stanford Online Products (SOP) and In-Shop, all split by class.
+# Training on them takes a GPU, so the default profile of this book uses a benchmark with the same structure
+# that trains on a CPU in a minute or two: **glyphs**. A class is a Unicode character; an instance is that
+# character drawn by one of the fonts matplotlib ships (DejaVu, STIX, Computer Modern), slightly rotated, sheared,
+# scaled, shifted and thickened. It is rendered on the fly from the fonts, so nothing is downloaded, and the same
+# parameters give the same pixels on every machine with the same matplotlib (`memvir.data.glyphs`).
+
+# %% tags=["parameters"]
+input_size = 32  # image side in pixels (the train flag --input_size)
+num_classes = 400  # classes rendered: the first half train, the rest test
+instances_per_class = 20  # images per class
+min_fonts = 10  # a class needs at least this many distinct renders
+glyph_seed = 0  # seed of the class choice and of the augmentations
+
+# %%
+import collections
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+import memvir.data
+from memvir.data import glyphs
+from memvir.data.prepare import EXPECTED
+
+glyph_set = glyphs.render_glyphs(image_size=input_size, num_classes=num_classes,
+                                 instances_per_class=instances_per_class, min_fonts=min_fonts, seed=glyph_seed)
+parts = glyphs.glyph_splits(glyph_set)
+
+# %% [markdown]
+# ## What the classes look like
+#
+# The class order is a seeded shuffle of the pool of characters, and the first half of that order trains, so
+# both halves mix all scripts. A row is a class (its character and code point on the left), a column one of its
+# instances. Some classes differ from each other only by an accent, a hook or a stroke: the task is
+# fine-grained, as CARS196 (car models) and CUB-200 (bird species) are.
+
+# %%
+fig = glyphs.contact_sheet(parts["train"], classes=8, per_class=12, title="train classes (seen in training)")
+plt.show()
+fig = glyphs.contact_sheet(parts["test"], classes=8, per_class=12, title="test classes (never seen in training)")
+plt.show()
+
+# %% [markdown]
+# ## Splits
+#
+# Like CARS196 (classes 1-98 train, 99-196 test), the classes are split in two halves; a model is trained on
+# the first half and evaluated by retrieval among the images of the second half.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+pd.DataFrame([{"split": name, "classes": len(p.chars), "images": len(p.labels),
+               "images per class": len(p.labels) // len(p.chars)} for name, p in parts.items()]).set_index("split")
+
+# %% [markdown]
+# ## Class and font statistics
+#
+# `glyphs.font_stats` says, per class, which script it belongs to and how many fonts draw it with a *distinct*
+# render (renders that look the same after a blur count once, and characters that look the same as another
+# in most fonts, homoglyphs such as Latin "A" and Greek "Alpha", are dropped from the pool). An instance uses
+# the distinct renders in turn, so a class with many renders has more varied instances.
+
+# %%
+stats = glyphs.font_stats(glyph_set)
+stats["split"] = ["train" if c < len(parts["train"].chars) else "test" for c in stats["class"]]
+by_script = stats.groupby(["script", "split"]).size().unstack(fill_value=0)
+by_script = by_script.loc[by_script.sum(axis=1).sort_values(ascending=False).index]
+fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
+by_script.plot.barh(ax=axes[0], stacked=True)
+axes[0].invert_yaxis()
+axes[0].set_xlabel("classes")
+axes[0].set_title("classes per script")
+axes[1].hist(stats["num_renders"], bins=range(min_fonts, stats["num_renders"].max() + 2), color="grey")
+axes[1].set_xlabel("distinct renders of the class")
+axes[1].set_ylabel("classes")
+axes[1].set_title("variety within a class")
+plt.tight_layout()
+plt.show()
+
+# %%
+font_use = collections.Counter(f.strip() for fonts in stats["fonts"] for f in fonts.split(","))
+print(f"{len(stats)} classes drawn by {len(font_use)} fonts; pool: {glyph_set.params['pool_size']} characters "
+      f"with >= {min_fonts} distinct renders")
+pd.Series(font_use, name="classes it draws").sort_values(ascending=False).head(12).to_frame()
+
+# %% [markdown]
+# ## The paper's four benchmarks
+#
+# The paper's data sets are not redistributed; download them from their authors, then lay them out as the
+# official code reads them (`DATA/train/<class>/<image>`, `DATA/test/<class>/<image>`):
+#
+# ```bash
+# python -m memvir prepare cars196 --src ~/downloads/cars   --out data/cars196   # cars_annos.mat, car_ims.tgz
+# python -m memvir prepare cub200  --src ~/downloads/cub    --out data/cub200    # CUB_200_2011.tgz
+# python -m memvir prepare sop     --src ~/downloads/sop    --out data/sop       # Stanford_Online_Products.zip
+# python -m memvir prepare inshop  --src ~/downloads/inshop --out data/inshop    # Eval/, img.zip
+# ```
+#
+# The splits are the standard ones of deep metric learning {cite}`song2016lifted` (MemVir Sec. 4.1): CARS196
+# classes 1-98 train and 99-196 test (the annotation's own train/test flag is the *classification* split and is
+# ignored); CUB-200-2011 classes 1-100 and 101-200; SOP its `Ebay_train.txt` / `Ebay_test.txt`; In-Shop its
+# evaluation partition, where test queries search a separate gallery. `prepare` checks every count against this
+# table and refuses a difference (unless `--force`):
+
+# %%
+# NBVAL_CHECK_OUTPUT
+pd.DataFrame(EXPECTED).T.map(lambda v: "-" if pd.isna(v) else f"{int(v):,}")
+
+# %% [markdown]
+# The glyph benchmark has 200 training classes, more than CUB-200 and CARS196, with 20 images each (CARS196 has
+# about 82): 32-pixel grey images, small enough for a CPU, not easy. Recall@1 on it ends in the nineties
+# (chapter 6), so the chapters report R-Precision and MAP@R next to it: they still move when the nearest
+# neighbour is almost always right {cite}`musgrave2020reality`.

@@ -1,0 +1,144 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python (memvir)
+#     language: python
+#     name: memvir
+# ---
+
+# %% [markdown]
+# # One training run
+#
+# This is the notebook `make reproduce` executes once per run, with papermill: the cell below tagged
+# `parameters` holds the train flags as flat scalars (the official `main.py` flag names, plus the glyph
+# benchmark's), papermill injects a run's values after it, and `memvir.train.train` does the rest. The run's
+# folder `save_path` receives `config.json`, `metrics.json`, `steps.csv`, TensorBoard events and checkpoints;
+# the executed notebook is saved next to them. Everything after training reads those files only.
+#
+# With its defaults it trains MemVir + Norm-SoftMax on the glyph benchmark for 10 epochs, about a minute on
+# one CPU core. In the book, this chapter is the executed notebook of one of the runs of chapter 6.
+
+# %% tags=["parameters"]
+# data
+data_name = "glyphs"  # cars196 | cub200 | sop | inshop | glyphs | custom
+data = ""  # prepared folder with train/ and test/ (glyphs: a render cache folder, empty for the default)
+input_size = 32  # image side in pixels
+num_classes = 400  # glyphs: classes rendered, the first half train, the rest test
+instances_per_class = 20  # glyphs: images per class
+min_fonts = 10  # glyphs: distinct renders a class needs
+glyph_seed = 0  # glyphs: seed of the glyph set (one benchmark for every training seed)
+# model
+backbone = "glyphcnn"  # bninception | resnet18/34/50/101 | glyphcnn
+pretrained = "none"  # imagenet | none | path to backbone weights
+pooling_type = "GAP"  # GAP | GMP | GAP,GMP
+dim = 128  # D, embedding size
+# loss and MemVir
+loss = "Norm_SoftMax"  # Norm_SoftMax | Proxy_NCA
+scale = 23.0  # logit scale s (README: 23 for Norm-SoftMax, 12 for Proxy-NCA)
+memvir = True  # train with MemVir
+mem_num_step = 5  # N, past steps taken as virtual classes
+mem_step_gap = 20  # M, steps skipped between two taken steps
+warm_epoch = 5  # U, epochs before the memory starts filling
+# optimisation
+epochs = 10
+batch_size = 128  # B
+n_instance = 1  # images per class in a batch (1: plain shuffle, as the paper)
+modellr = 0.001  # backbone and embedding learning rate
+centerlr = 0.01  # proxy learning rate
+weight_decay = 0.0001
+decay_rate = 0.1
+decay_step = 1000  # multiply the rates by decay_rate every decay_step epochs ...
+decay_stop = 100000  # ... up to this epoch
+freeze_BN = False  # BatchNorm statistics frozen (the README's runs, pretrained backbone)
+use_amp = False  # mixed precision
+seed = 0  # seed of initialisation, batches and augmentation
+# evaluation, outputs, machine
+check_epoch = 2  # evaluate every check_epoch epochs (and after the last)
+save_path = "../results/runs/notebook/05_training"  # the run folder
+resume = False  # True: continue (or skip, when finished) the run in save_path; False: start it afresh
+gpu = ""  # GPU id; empty: the first GPU if there is one, else the CPU
+workers = 0  # data-loading processes
+
+# %%
+import shutil
+import textwrap
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from memvir.report import METRICS, read_run  # (not `import memvir`: the flag `memvir` above is a parameter)
+from memvir.train import train
+
+# %% [markdown]
+# ## Train
+#
+# The config is the parameters above, keyed by flag name; an empty string means "not given" (the train default).
+
+# %%
+config = dict(data_name=data_name, data=data or None, input_size=input_size, num_classes=num_classes,
+              instances_per_class=instances_per_class, min_fonts=min_fonts, glyph_seed=glyph_seed,
+              backbone=backbone, pretrained=pretrained, pooling_type=pooling_type, dim=dim, loss=loss, scale=scale,
+              memvir=memvir, mem_num_step=mem_num_step, mem_step_gap=mem_step_gap, warm_epoch=warm_epoch,
+              epochs=epochs, batch_size=batch_size, n_instance=n_instance, modellr=modellr, centerlr=centerlr,
+              weight_decay=weight_decay, decay_rate=decay_rate, decay_step=decay_step, decay_stop=decay_stop,
+              freeze_BN=freeze_BN, use_amp=use_amp, seed=seed, check_epoch=check_epoch, save_path=save_path,
+              gpu=gpu or None, workers=workers, progress=False)
+run = Path(save_path)
+if not resume and (run / "config.json").exists():
+    shutil.rmtree(run)  # start afresh: only a folder that holds a run (config.json) is removed
+results = train(config)
+
+# %% [markdown]
+# ## The run's files
+#
+# `config.json` is the resolved config (every default filled in), so the run carries its provenance:
+
+# %%
+config_saved, metrics, steps = read_run(run)
+print(textwrap.fill(", ".join(f"{k}={v}" for k, v in config_saved.items()), width=110))
+
+# %% [markdown]
+# ## Learning curves
+#
+# The loss is logged every step (`steps.csv`), the retrieval metrics on the test classes every `check_epoch`
+# epochs (`metrics.json`). With MemVir the loss is not comparable across the warm-up boundary: from then on it
+# is a cross-entropy over more and more classes, so it jumps up while the task gets harder.
+
+# %%
+evals = pd.DataFrame(metrics["evaluations"])
+fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
+axes[0].plot(steps["step"], steps["loss"], lw=0.5, alpha=0.4, color="grey", label="per step")
+axes[0].plot(steps["step"], steps["loss"].rolling(20, min_periods=1).mean(), color="black", label="mean of 20")
+axes[0].set_xlabel("step")
+axes[0].set_title("training loss")
+axes[0].legend()
+for key, name in METRICS.items():
+    axes[1].plot(evals["epoch"], 100 * evals[key], "o-", label=name)
+axes[1].set_xlabel("epoch")
+axes[1].set_title("test classes, %")
+axes[1].legend()
+axes[2].plot(steps["step"], steps["num_classes_in_use"], color="tab:red")
+axes[2].set_xlabel("step")
+axes[2].set_title("classes in the loss")
+for ax in axes:
+    ax.grid(alpha=0.3)
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ## Final numbers
+#
+# The official code keeps the best value of each metric over the evaluations on the test set (`best`); the last
+# evaluation (`last`) is the honest one. Chapter 6 reports both.
+
+# %%
+pd.DataFrame({name: {"best": 100 * metrics["best"][key]["value"], "epoch of best": metrics["best"][key]["epoch"],
+                     "last": 100 * metrics["last"][key]} for key, name in METRICS.items()}).T.round(2)

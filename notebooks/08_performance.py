@@ -1,0 +1,149 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python (memvir)
+#     language: python
+#     name: memvir
+# ---
+
+# %% [markdown]
+# # Performance: what MemVir costs, and evaluation at SOP scale
+#
+# MemVir's loss runs over $(N+1)B$ embeddings and $(N+1)C$ classes. With the paper's CARS196 setting
+# ($B=128$, $C=98$, $D=512$, $N=45$, $M=10$) that is a $5888 \times 4508$ logit matrix every step, and the
+# official code back-propagates through all of it. This chapter shows why most of that work is constant,
+# checks on a small example that skipping it changes nothing, and shows the benchmark numbers
+# (`python -m bench.memvir_step`, `python -m bench.evaluation`; their JSON output is committed in
+# `results/bench/`, and this chapter only reads it).
+#
+# ## What is constant
+#
+# Write $E_0$ for the current embeddings and $P_0$ for the current proxies, and $E_k, P_k$ ($k = 1 \dots K$)
+# for the taken past steps: detached snapshots. A past row $e \in E_k$ with label $y$ contributes
+#
+# $$\ell(e) = \log\Big(\sum_c e^{s(e, P_0)_c} + \sum_{j=1}^{K} \sum_c e^{s(e, P_j)_c}\Big) - s(e, P_k)_{y}.$$
+#
+# Only the first sum depends on the parameters. The second is a sum over pairs of frozen steps $(k, j)$: its
+# per-row log-sum-exp never changes while both steps stay in memory. And a step taken now is taken again
+# $M+1$ steps later, together with the same older steps: only pairs with the *newest* taken step are new.
+# `memvir.MemVir` caches one log-sum-exp per (row, pair of steps) and one target logit per row, so a step
+# computes current $\times$ all proxies, past $\times$ current proxies, and the new pairs: $O(N B C D)$ instead
+# of $O(N^2 B C D)$.
+
+# %% tags=["parameters"]
+bench_dir = "../results/bench"  # where bench/*.py wrote memvir_step.json and evaluation.json
+
+# %%
+import json
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+import memvir
+
+# %% [markdown]
+# ## The cached path equals the plain one
+#
+# Two wrappers around the same loss, one computing rule 4 as written (`fast=False`: concatenate, one logit
+# matrix), one with the cache. Fed the same steps they give the same loss and the same gradients
+# (`tests/test_memory.py` does this for hundreds of steps, with warm-up, wrap-around, varying batch sizes
+# and a checkpoint round-trip).
+
+# %%
+torch.manual_seed(0)
+C, D, B, N, M = 10, 16, 8, 4, 2
+loss_plain = memvir.NormSoftmax(C, D)
+loss_fast = memvir.NormSoftmax(C, D)
+loss_fast.load_state_dict(loss_plain.state_dict())
+plain = memvir.MemVir(loss_plain, N, M, fast=False)
+fast = memvir.MemVir(loss_fast, N, M, fast=True)
+worst = 0.0
+for step in range(60):
+    emb = F.normalize(torch.randn(B, D), dim=1)
+    labels = torch.randint(0, C, (B,))
+    e1, e2 = emb.clone().requires_grad_(), emb.clone().requires_grad_()
+    l1, l2 = plain(e1, labels, 0), fast(e2, labels, 0)
+    l1.backward()
+    l2.backward()
+    worst = max(worst, abs(float(l1) - float(l2)), float((e1.grad - e2.grad).abs().max()),
+                float((loss_plain.proxies.grad - loss_fast.proxies.grad).abs().max()))
+    loss_plain.proxies.grad = loss_fast.proxies.grad = None
+assert worst < 1e-5, worst
+print(f"60 steps, {fast.num_taken} past steps taken at the end: largest difference in loss or gradient {worst:.1e}")
+
+# %% [markdown]
+# ## The MemVir step (loss forward + backward, memory full)
+#
+# Three variants timed interleaved in one run: *plain* (the official computation), *ours* (the cache), and the
+# *baseline* loss without MemVir. This machine is noisy, so compare the ratios, measured in the same run.
+
+# %%
+step = json.loads((Path(bench_dir) / "memvir_step.json").read_text())
+machine = step["machine"]
+print(f"machine: {machine['processor']}, {machine['cpus']} CPUs, {machine['torch_threads']} torch threads, "
+      f"torch {machine['torch']}, device {machine['device']}")
+settings = pd.DataFrame(step["settings"]).rename(columns={
+    "loss": "Loss", "plain": "plain (ms)", "ours": "ours (ms)", "baseline": "baseline (ms)",
+    "plain_over_ours": "plain / ours", "ours_over_baseline": "ours / baseline"})
+settings.round(2)
+
+# %%
+sweep = pd.DataFrame(step["sweep"])
+fit = step["sweep_fit"]
+fig, ax = plt.subplots(figsize=(6, 3.5))
+ax.plot(sweep["N"], sweep["plain"], "o-", label="plain (official computation)")
+ax.plot(sweep["N"], sweep["ours"], "o-", label="ours (cached)")
+ax.plot(sweep["N"], fit["intercept_ms"] + fit["ms_per_step"] * sweep["N"], "k--", lw=1,
+        label=f"line: {fit['intercept_ms']:.1f} + {fit['ms_per_step']:.2f} N ms")
+ax.set(xlabel="N (past steps taken)", ylabel="ms per step (forward + backward)",
+       title="Norm-SoftMax, M=10, C=98, D=512, B=128")
+ax.legend()
+fig.tight_layout()
+
+# %% [markdown]
+# The plain computation grows with $N^2$ (the past $\times$ past block), ours with $N$.
+
+# %%
+if "backbone" in step:
+    bb = step["backbone"]
+    print(f"BN-Inception forward + backward at batch 128, 224 px: {bb['bninception_fwd_bwd_ms']:.0f} ms; "
+          f"our MemVir step (Norm-SoftMax, N=45) is {100 * bb['memvir_share']:.2f}% of a whole training step")
+
+# %% [markdown]
+# ## Evaluation at Stanford Online Products scale
+#
+# `memvir.metrics.retrieval_metrics` searches only as deep as it needs (the largest class size and the largest
+# K, plus the query itself) in chunks of queries, so it never holds an $n \times n$ matrix. The benchmark uses
+# 60,502 random clustered 512-d embeddings (SOP's test set size, classes of 2 to 12 items) and compares with a
+# bare exact faiss search of the same depth, and with pytorch-metric-learning's `AccuracyCalculator`.
+
+# %%
+ev = json.loads((Path(bench_dir) / "evaluation.json").read_text())
+rows = [{"K list": ",".join(map(str, s["ks"])), "search depth": s["depth"],
+         "ours (s)": s["ours_seconds_median"], "bare faiss (s)": s["bare_seconds_median"],
+         "ours / bare": s["time_ratio_ours_over_bare"],
+         "ours: memory rise (MB)": s["ours_peak_rise_mb_max"], "bare: memory rise (MB)": s["bare_peak_rise_mb_max"]}
+        for s in ev["summary"]["settings"]]
+print(f"n = {ev['params']['n']:,} x {ev['params']['dim']}, embeddings {ev['summary']['embeddings_mb']:.0f} MB; "
+      f"{ev['machine']['cpu_count']} CPUs, OMP_NUM_THREADS={ev['machine']['OMP_NUM_THREADS']}")
+pd.DataFrame(rows).round(2)
+
+# %%
+pml = ev["pml"]
+print("pytorch-metric-learning, default settings:", pml["pml_default"].get("skipped", pml["pml_default"]))
+if "seconds" in pml.get("pml_max_bin", {}):
+    mb = pml["pml_max_bin"]
+    print(f"pytorch-metric-learning, k='max_bin_count': {mb['seconds']:.0f} s "
+          f"({mb['over_bare_of_first_setting']:.2f} x the bare search), memory rise {mb['peak_rise_mb'] / 1024:.1f} GB; "
+          f"precision@1 {mb['metrics']['precision_at_1']:.4f}, R-Precision {mb['metrics']['r_precision']:.4f}, "
+          f"MAP@R {mb['metrics']['mean_average_precision_at_r']:.4f}")

@@ -1,0 +1,96 @@
+"""The book: its table of contents and notebooks/ agree, it builds offline with warnings as errors from the
+executed notebooks, and a browser shows the results chapter with its tables and figures."""
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BOOK = ROOT / "book"
+CHAPTERS = [p.stem for p in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.py"))]
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def test_toc_lists_every_chapter_in_order():
+    toc = yaml.safe_load((BOOK / "_toc.yml").read_text())
+    assert toc["format"] == "jb-book" and (BOOK / f"{toc['root']}.md").exists()
+    files = [c["file"] for c in toc["chapters"]]
+    assert [f for f in files if f.startswith("chapters/")] == [f"chapters/{c}" for c in CHAPTERS]
+    for f in files:
+        if not f.startswith("chapters/"):
+            assert (BOOK / f"{f}.md").exists(), f
+
+
+def test_intro_links_every_chapter():
+    intro = (BOOK / "intro.md").read_text()
+    assert re.findall(r"\{doc\}`chapters/(\w+)`", intro) == CHAPTERS
+
+
+def test_config_builds_offline_without_executing():
+    config = yaml.safe_load((BOOK / "_config.yml").read_text())
+    assert config["execute"]["execute_notebooks"] == "off"  # the pipeline executes, the build never does
+    assert "sphinx-mathjax-offline" in config["sphinx"]["extra_extensions"]  # MathJax without a CDN
+    for bib in config["bibtex_bibfiles"]:
+        assert (BOOK / bib).exists()
+    cited = set(re.findall(r"\{cite\}`([\w,]+)`", "".join(
+        p.read_text() for p in [*(ROOT / "notebooks").glob("*.py"), BOOK / "intro.md"])))
+    keys = set(re.findall(r"@\w+\{(\w+),", (BOOK / "references.bib").read_text()))
+    assert {k for c in cited for k in c.split(",")} <= keys
+
+
+def chromium():
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    pytest.fail("headless Chromium is needed to check the book as a reader sees it: apt-get install -y chromium")
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """Stage the book as `make book` does (chapters: the committed executed notebooks) and build it with -W."""
+    tmp = tmp_path_factory.mktemp("book")
+    src = tmp / "src"
+    (src / "chapters").mkdir(parents=True)
+    for f in [*BOOK.glob("*.yml"), *BOOK.glob("*.md"), *BOOK.glob("*.bib")]:
+        shutil.copy(f, src)
+    for c in CHAPTERS:
+        shutil.copy(ROOT / "notebooks" / f"{c}.ipynb", src / "chapters")
+    cmd = [str(Path(sys.executable).parent / "jupyter-book"), "build", "-W", "--keep-going", "--path-output",
+           str(tmp), str(src)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return tmp / "_build" / "html"
+
+
+def test_book_has_every_chapter(built):
+    for c in CHAPTERS:
+        page = (built / "chapters" / f"{c}.html").read_text()
+        assert "<h1>" in page and "Traceback" not in page, c
+    # MathJax comes with the book (sphinx-mathjax-offline), not from a CDN.
+    page = (built / "chapters" / "03_losses.html").read_text()
+    scripts = re.findall(r'<script[^>]+src="([^"]*mathjax[^"]*)"', page, flags=re.I)
+    assert scripts and not [s for s in scripts if s.startswith(("http:", "https:", "//"))], scripts
+
+
+def test_results_chapter_in_a_browser(built, tmp_path):
+    page = built / "chapters" / "06_results.html"
+    cmd = [chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", page.as_uri()]
+    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
+    tables = re.findall(r"<table.*?</table>", dom, flags=re.S)
+    header = "<th>Loss</th>"
+    ours = [t for t in tables if header in t and "<th>Mean</th>" in t and "<th>Diff.</th>" in t]
+    assert len(ours) >= 6, "the three result tables, ours and the paper's, side by side"
+    assert "MemVir + Norm-SoftMax" in ours[0] and "<th>Std.</th>" in ours[0]
+    for title in ("Recall@1", "RP", "MAP@R"):
+        assert f">{title}<" in dom or f">{title}</" in dom, title
+    images = re.findall(r'<img[^>]+src="([^"]+)"', dom)
+    assert len(images) >= 3, "the figures (bars, learning curves, curriculum)"
+    for src in images:  # every figure is a file of the built book (no data: URI, no network)
+        assert not src.startswith(("http:", "https:")), src
+        if not src.startswith("data:"):
+            assert (page.parent / src).resolve().exists(), src
