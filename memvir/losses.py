@@ -127,8 +127,10 @@ class NormSoftmax(ProxyLoss):
         return F.normalize(x, dim=1)
 
     def similarity(self, x, p):
-        # The scale multiplies the (B, D) side: cheaper than scaling the (B, C') product, same numbers.
-        return (self.scale * x) @ p.T  # (B, C') = scale * cos
+        # The scale multiplies the operand with fewer rows: cheaper than scaling the (B, C') product.
+        if x.shape[0] <= p.shape[0]:
+            return (self.scale * x) @ p.T  # (B, C') = scale * cos
+        return x @ (self.scale * p).T
 
 
 class ProxyNCA(ProxyLoss):
@@ -150,9 +152,11 @@ class ProxyNCA(ProxyLoss):
     def similarity(self, x, p):
         # -s * ||x - p||^2 = 2s x.p - s|x|^2 - s|p|^2, expanded so that the big (B, C') product is one matmul
         # with the scale folded into the (B, D) side; exact for any norms and differentiable everywhere.
-        x_sq = (x * x).sum(1, keepdim=True)  # (B, 1)
-        p_sq = (p * p).sum(1)  # (C',)
-        return torch.addmm(-self.scale * (x_sq + p_sq), 2 * self.scale * x, p.T)  # (B, C')
+        x_sq = torch.linalg.vector_norm(x, dim=1, keepdim=True).square()  # (B, 1); no (B, D) temporary
+        p_sq = torch.linalg.vector_norm(p, dim=1).square()  # (C',)
+        if x.shape[0] <= p.shape[0]:  # the factor 2s on the operand with fewer rows
+            return torch.addmm(-self.scale * (x_sq + p_sq), 2 * self.scale * x, p.T)  # (B, C')
+        return torch.addmm(-self.scale * (x_sq + p_sq), x, (2 * self.scale * p).T)
 
 
 LOSSES = {"normsoftmax": NormSoftmax, "proxynca": ProxyNCA}
