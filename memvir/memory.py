@@ -212,13 +212,13 @@ class MemVir(nn.Module):
             self._target_owner[slots[kk]] = steps[kk]
             self._lse_owner[slots[kk], d[kk]] = steps[kk]
             missing[kk] = False
-        # Remaining gaps, one proxy step at a time (normally the newest taken step's column).
+        # Remaining gaps, one proxy step at a time (normally the newest taken step's column). All K rows are
+        # scored and the missing ones kept: one matmul, no second copy of the past embeddings.
         for jj in np.flatnonzero(missing.any(axis=0)):
             rows = np.flatnonzero(missing[:, jj])
-            emb_rows = past_emb[torch.as_tensor(rows, device=past_emb.device)]  # (r, Bmax, D)
-            logits = self.loss.similarity(emb_rows.reshape(-1, emb_rows.shape[-1]), past_proxies[jj])  # (r*Bmax, C)
+            logits = self.loss.similarity(past_emb.reshape(K * Bmax, -1), past_proxies[jj])  # (K*Bmax, C)
             logits = logits.to(self.lse_cache.dtype)
-            lse = torch.logsumexp(logits, dim=1).view(len(rows), Bmax)  # (r, Bmax)
+            lse = torch.logsumexp(logits, dim=1).view(K, Bmax)[torch.as_tensor(rows, device=logits.device)]
             row_slots = np.asarray(slots)[rows]
             self.lse_cache[torch.as_tensor(row_slots), torch.as_tensor(d[rows, jj])] = lse
             self._lse_owner[row_slots, d[rows, jj]] = q[rows]
