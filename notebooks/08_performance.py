@@ -97,6 +97,17 @@ settings = pd.DataFrame(step["settings"]).rename(columns={
     "plain_over_ours": "plain / ours", "ours_over_baseline": "ours / baseline"})
 settings.round(2)
 
+# %% [markdown]
+# The same benchmark with one torch thread (`OMP_NUM_THREADS=1 python -m bench.memvir_step --no-backbone --out
+# results/bench/memvir_step_1thread.json`): the plain computation is a few large matrix products, which two
+# threads speed up more than our many smaller ones, so the ratio depends on the thread count.
+
+# %%
+one = json.loads((Path(bench_dir) / "memvir_step_1thread.json").read_text())
+pd.DataFrame(one["settings"]).rename(columns={
+    "loss": "Loss", "plain": "plain (ms)", "ours": "ours (ms)", "baseline": "baseline (ms)",
+    "plain_over_ours": "plain / ours", "ours_over_baseline": "ours / baseline"}).round(2)
+
 # %%
 sweep = pd.DataFrame(step["sweep"])
 fit = step["sweep_fit"]
