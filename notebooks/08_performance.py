@@ -75,7 +75,7 @@ for step in range(60):
     l1, l2 = plain(e1, labels, 0), fast(e2, labels, 0)
     l1.backward()
     l2.backward()
-    worst = max(worst, abs(float(l1) - float(l2)), float((e1.grad - e2.grad).abs().max()),
+    worst = max(worst, abs(float(l1.detach()) - float(l2.detach())), float((e1.grad - e2.grad).abs().max()),
                 float((loss_plain.proxies.grad - loss_fast.proxies.grad).abs().max()))
     loss_plain.proxies.grad = loss_fast.proxies.grad = None
 assert worst < 1e-5, worst
@@ -95,7 +95,7 @@ print(f"machine: {machine['processor']}, {machine['cpus']} CPUs, {machine['torch
 settings = pd.DataFrame(step["settings"]).rename(columns={
     "loss": "Loss", "plain": "plain (ms)", "ours": "ours (ms)", "baseline": "baseline (ms)",
     "plain_over_ours": "plain / ours", "ours_over_baseline": "ours / baseline"})
-settings.round(2)
+settings.set_index("Loss").round(2)
 
 # %% [markdown]
 # The same benchmark with one torch thread (`OMP_NUM_THREADS=1 python -m bench.memvir_step --no-backbone --out
@@ -106,7 +106,7 @@ settings.round(2)
 one = json.loads((Path(bench_dir) / "memvir_step_1thread.json").read_text())
 pd.DataFrame(one["settings"]).rename(columns={
     "loss": "Loss", "plain": "plain (ms)", "ours": "ours (ms)", "baseline": "baseline (ms)",
-    "plain_over_ours": "plain / ours", "ours_over_baseline": "ours / baseline"}).round(2)
+    "plain_over_ours": "plain / ours", "ours_over_baseline": "ours / baseline"}).set_index("Loss").round(2)
 
 # %%
 sweep = pd.DataFrame(step["sweep"])
@@ -147,7 +147,7 @@ rows = [{"K list": ",".join(map(str, s["ks"])), "search depth": s["depth"],
         for s in ev["summary"]["settings"]]
 print(f"n = {ev['params']['n']:,} x {ev['params']['dim']}, embeddings {ev['summary']['embeddings_mb']:.0f} MB; "
       f"{ev['machine']['cpu_count']} CPUs, OMP_NUM_THREADS={ev['machine']['OMP_NUM_THREADS']}")
-pd.DataFrame(rows).round(2)
+pd.DataFrame(rows).set_index("K list").round(2)
 
 # %%
 pml = ev["pml"]
