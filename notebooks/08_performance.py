@@ -155,6 +155,7 @@ print("pytorch-metric-learning, default settings:", pml["pml_default"].get("skip
 if "seconds" in pml.get("pml_max_bin", {}):
     mb = pml["pml_max_bin"]
     print(f"pytorch-metric-learning, k='max_bin_count': {mb['seconds']:.0f} s "
-          f"({mb['over_bare_of_first_setting']:.2f} x the bare search), memory rise {mb['peak_rise_mb'] / 1024:.1f} GB; "
+          f"({mb['over_bare_of_first_setting']:.2f} x the bare search), "
+          f"memory rise {mb['peak_rise_mb'] / 1024:.1f} GB; "
           f"precision@1 {mb['metrics']['precision_at_1']:.4f}, R-Precision {mb['metrics']['r_precision']:.4f}, "
           f"MAP@R {mb['metrics']['mean_average_precision_at_r']:.4f}")
