@@ -232,7 +232,7 @@ class MemVir(nn.Module):
             self._grow(max(B, self.mem_emb.shape[1]))
         slot = self._num_pushed % self.capacity
         # Stored as the loss compares them (`loss.embed`: unit rows for our losses), so that no step has to
-        # normalise the N(M+1) snapshots again; every logit is the same as with the raw rows.
+        # normalise the N(M+1) snapshots again; every logit is the same as with the raw rows, up to rounding.
         store = dict(device=self.mem_emb.device, dtype=self.mem_emb.dtype)
         self.mem_emb[slot, :B] = self.loss.embed(emb.detach()).to(**store)
         self.mem_labels[slot, :B] = labels.to(self.mem_labels.device)
