@@ -159,7 +159,7 @@ class MemVir(nn.Module):
     def _fast_loss(self, emb, labels, steps, slots):
         """Rule 4 with the constant past x past logits cached: same value and gradients, O(N) per step."""
         C, D = self.loss.proxies.shape
-        K, B = len(slots), emb.shape[0]
+        K = len(slots)
         proxies = self.loss.proxies  # (C, D), trainable
         slot_idx = torch.tensor(slots, device=emb.device)
         stored_idx = slot_idx.to(self.mem_emb.device)
@@ -189,7 +189,7 @@ class MemVir(nn.Module):
         live = self.loss.similarity(past_emb.reshape(K * Bmax, D), proxies_hat)  # (K*Bmax, C)
         lse = torch.logaddexp(torch.logsumexp(live, dim=1).view(K, Bmax), frozen_lse)  # (K, Bmax)
         past = torch.where(valid, lse - self.target_cache[slot_idx], torch.zeros_like(lse)).sum()
-        return (current + past) / (B + int(sizes.sum()))
+        return (current + past) / self.num_embeddings_in_use  # B + the taken rows, counted on the host
 
     @torch.no_grad()
     def _fill_cache(self, steps, slots, past_emb, past_labels, past_proxies):
