@@ -154,9 +154,10 @@ class ProxyNCA(ProxyLoss):
         # with the scale folded into the (B, D) side; exact for any norms and differentiable everywhere.
         x_sq = torch.linalg.vector_norm(x, dim=1, keepdim=True).square()  # (B, 1); no (B, D) temporary
         p_sq = torch.linalg.vector_norm(p, dim=1).square()  # (C',)
+        shift = -self.scale * (x_sq + p_sq)  # (B, C')
         if x.shape[0] <= p.shape[0]:  # the factor 2s on the operand with fewer rows
-            return torch.addmm(-self.scale * (x_sq + p_sq), 2 * self.scale * x, p.T)  # (B, C')
-        return torch.addmm(-self.scale * (x_sq + p_sq), x, (2 * self.scale * p).T)
+            return torch.addmm(shift, 2 * self.scale * x, p.T)  # (B, C')
+        return torch.addmm(shift, x, (2 * self.scale * p).T)
 
 
 LOSSES = {"normsoftmax": NormSoftmax, "proxynca": ProxyNCA}
