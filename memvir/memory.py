@@ -26,7 +26,14 @@ Two ways to compute step 4, equal to float tolerance (tests/test_memory.py check
     pairs with the newest taken step are new. We cache one log-sum-exp per (row, pair of steps) and compute only
     what depends on the current parameters: current embeddings x all proxies and past embeddings x current proxies.
     Cost O(N B C D) per step.
+
+The cache is saved in `state_dict()` with the memory, so a resumed run reads the very floats the uninterrupted one
+reads. Recomputing it after a load is no substitute: the incremental fill scores a row against a newer step in a
+(K*B, D) x (D, C) matmul, a recomputation would score it in another shape, and the cached floats would differ in the
+last bits (issue 11). It costs S x 2N floats per row of the batch, next to the S x C x D of the proxy snapshots.
 """
+from collections import namedtuple
+
 import numpy as np
 import torch
 import torch.nn as nn
@@ -34,7 +41,11 @@ import torch.nn.functional as F
 
 from .losses import check_batch
 
-__all__ = ["MemVir"]
+__all__ = ["MemVir", "TakenStep"]
+
+# One past step as the next call takes it (rule 3), trimmed to its real batch: embeddings (n, D) as stored
+# (`loss.embed` of the step's embeddings), labels (n,) as the batch had them (not shifted by k*C), proxies (C, D).
+TakenStep = namedtuple("TakenStep", ["step", "embeddings", "labels", "proxies"])
 
 
 class MemVir(nn.Module):
@@ -53,7 +64,8 @@ class MemVir(nn.Module):
             torch.float16 or torch.bfloat16 halve the memory; both paths then read the same rounded values.
     """
 
-    STORED = ("mem_emb", "mem_labels", "mem_sizes", "mem_proxies", "num_pushed")
+    STORED = ("mem_emb", "mem_labels", "mem_sizes", "mem_proxies", "num_pushed")  # the memory (memory_bytes)
+    CACHE = ("lse_cache", "target_cache", "lse_owner", "target_owner")  # the fast path's cache, saved too
 
     def __init__(self, loss, num_steps, step_gap, warmup_epochs=0, fast=True, storage="device", storage_dtype=None):
         super().__init__()
@@ -81,11 +93,15 @@ class MemVir(nn.Module):
         self.register_buffer("mem_sizes", torch.zeros(S, dtype=torch.long))  # (S,) rows used in each slot
         self.register_buffer("mem_proxies", torch.zeros(0, C, D, dtype=dtype))  # (S, C, D) proxies, allocated lazily
         self.register_buffer("num_pushed", torch.zeros((), dtype=torch.long))  # steps pushed so far
-        # Fast-path cache, derivable from the memory and therefore not saved: for the slot of a past step q,
+        # Fast-path cache, saved so that a resume is bitwise (module docstring): for the slot of a past step q,
         # lse_cache[slot, d, i] = logsumexp_c logit(emb_q[i], proxies_q'[c]) with q' = q + (d - N + 1)(M+1), and
-        # target_cache[slot, i] = logit(emb_q[i], proxies_q[label_i]).
-        self.register_buffer("lse_cache", torch.zeros(S, W, 0), persistent=False)  # (S, 2N-1, Bmax)
-        self.register_buffer("target_cache", torch.zeros(S, 0), persistent=False)  # (S, Bmax)
+        # target_cache[slot, i] = logit(emb_q[i], proxies_q[label_i]); each entry is valid when its owner (the push
+        # index it was computed for; -1: none) is the step in the slot. The owners are host tensors, read through
+        # numpy views every step without a device sync.
+        self.register_buffer("lse_cache", torch.zeros(S, W, 0))  # (S, 2N-1, Bmax)
+        self.register_buffer("target_cache", torch.zeros(S, 0))  # (S, Bmax)
+        self.register_buffer("lse_owner", torch.full((S, W), -1, dtype=torch.long))  # (S, 2N-1), on the host
+        self.register_buffer("target_owner", torch.full((S,), -1, dtype=torch.long))  # (S,), on the host
         self.num_taken = 0  # past steps used by the last call (for the curriculum plot)
         self.num_embeddings_in_use = 0  # rows in the last call's loss: B + sum of taken batch sizes
         self._sync_from_buffers()
@@ -102,7 +118,7 @@ class MemVir(nn.Module):
 
     @property
     def memory_bytes(self):
-        """Bytes held by the memory (embeddings, labels, proxy snapshots), wherever it is stored."""
+        """Bytes held by the memory (embeddings, labels, proxy snapshots), wherever it is stored; not the cache."""
         return sum(self._buffers[n].numel() * self._buffers[n].element_size() for n in self.STORED)
 
     def reset(self):
@@ -118,16 +134,33 @@ class MemVir(nn.Module):
         positions = [k * (self.step_gap + 1) - 1 for k in range(1, self.num_steps + 1)]  # M, 2M+1, ...
         return [self._num_pushed - 1 - j for j in positions if j < count]
 
+    def taken(self):
+        """Return the past steps the next call takes, newest first, as TakenStep(step, embeddings, labels, proxies).
+
+        Each is trimmed to its real batch size n and copied to the proxies' device and dtype (later pushes do not
+        change it): embeddings (n, D) as stored (`loss.embed` rows, rounded if `storage_dtype` is set), labels (n,)
+        unshifted, proxies (C, D). The k-th (from 1) is the k-th virtual class block of rule 4 (MemVir Sec. 3.2).
+        """
+        out = []
+        for q in self.taken_steps():
+            slot = q % self.capacity
+            n = self._sizes[slot]
+            out.append(TakenStep(q, self._fetch(self.mem_emb[slot, :n], copy=True),  # (n, D)
+                                 self._fetch(self.mem_labels[slot, :n], copy=True),  # (n,)
+                                 self._fetch(self.mem_proxies[slot], copy=True)))  # (C, D)
+        return out
+
     # ---- the step --------------------------------------------------------------------------------------------
     def forward(self, emb, labels, epoch):
         """Return this step's loss over the current batch and the virtual classes of the taken past steps.
 
         Args:
             emb: (B, D) embeddings of the current batch (gradients flow to them).
-            labels: (B,) labels in [0, C).
+            labels: (B,) labels in [0, C), of any integer dtype.
             epoch: the current epoch, counted from 0; the memory fills only when epoch >= warmup_epochs.
         """
         check_batch(emb, labels, self.num_classes, self.loss.embedding_size)
+        labels = labels.long()  # int32 or uint8 labels are common; cross-entropy and the memory want int64
         if isinstance(epoch, bool) or int(epoch) != epoch or epoch < 0:
             raise ValueError(f"MemVir epoch: expected an integer >= 0, got {epoch!r}")
         steps = self.taken_steps()  # rule 1 and 3: memory as it is before this step
@@ -139,21 +172,19 @@ class MemVir(nn.Module):
         elif self.fast and getattr(self.loss, "decomposable", False):
             loss = self._fast_loss(emb, labels, steps, slots)
         else:
-            loss = self._plain_loss(emb, labels, slots)
+            loss = self._plain_loss(emb, labels)
         if epoch >= self.warmup_epochs and self.capacity > 0:
             self._push(emb, labels)  # rule 2; after the loss, whose inputs are copies, not views of the buffers
         return loss
 
-    def _plain_loss(self, emb, labels, slots):
+    def _plain_loss(self, emb, labels):
         """Rule 4 as written: one concatenated batch against one concatenated proxy list."""
         C = self.num_classes
         embs, labs, proxies = [emb], [labels], [self.loss.proxies]
-        for k, slot in enumerate(slots, start=1):
-            n = self._sizes[slot]
-            embs.append(self._fetch(self.mem_emb[slot, :n]))  # (n, D), no gradient
-            labs.append(self._fetch(self.mem_labels[slot, :n]) + k * C)  # virtual class labels
-            proxies.append(self._fetch(self.mem_proxies[slot]))  # (C, D), no gradient
-        # torch.cat copies, so pushing into the buffers later cannot change what backward reads.
+        for k, past in enumerate(self.taken(), start=1):
+            embs.append(past.embeddings)  # (n_k, D), no gradient
+            labs.append(past.labels + k * C)  # virtual class labels
+            proxies.append(past.proxies)  # (C, D), no gradient
         return self.loss(torch.cat(embs), torch.cat(labs), torch.cat(proxies))
 
     def _fast_loss(self, emb, labels, steps, slots):
@@ -266,48 +297,63 @@ class MemVir(nn.Module):
             return torch.zeros(shape, dtype=dtype, device=self.loss.proxies.device)
         return torch.zeros(shape, dtype=dtype, pin_memory=torch.cuda.is_available())
 
-    def _fetch(self, stored):
-        """Bring stored memory to the proxies' device and dtype (a no-op for default storage)."""
+    def _fetch(self, stored, copy=False):
+        """Bring stored memory to the proxies' device and dtype (a no-op for default storage, unless `copy`)."""
         p = self.loss.proxies
-        if stored.is_floating_point():
-            return stored.to(device=p.device, dtype=p.dtype, non_blocking=True)
-        return stored.to(device=p.device, non_blocking=True)
+        dtype = p.dtype if stored.is_floating_point() else stored.dtype
+        return stored.to(device=p.device, dtype=dtype, non_blocking=True, copy=copy)
 
-    def _invalidate_cache(self):
-        self._lse_owner = np.full((self.capacity, max(2 * self.num_steps - 1, 0)), -1, dtype=np.int64)
-        self._target_owner = np.full(self.capacity, -1, dtype=np.int64)
+    # numpy views of the owner tables (host tensors), made afresh at each use so that a copy of the module
+    # (copy.deepcopy, pickle) never reads another module's tables.
+    @property
+    def _lse_owner(self):
+        return self.lse_owner.numpy()
 
-    def _sync_from_buffers(self):
-        """Mirror the counters on the host (no device sync per step) and drop the derivable cache."""
+    @property
+    def _target_owner(self):
+        return self.target_owner.numpy()
+
+    def _sync_from_buffers(self, keep_cache=False):
+        """Mirror the counters on the host (no device sync per step); unless `keep_cache`, empty the cache."""
         self._num_pushed = int(self.num_pushed)
         self._sizes = [int(s) for s in self.mem_sizes.tolist()]
+        if keep_cache:
+            return
         batch = self.mem_emb.shape[1]
         # The cache lives beside the proxies, in their dtype, whatever the storage.
         dev, dtype = self.loss.proxies.device, self.loss.proxies.dtype
         self.lse_cache = torch.zeros(self.capacity, max(2 * self.num_steps - 1, 0), batch, dtype=dtype, device=dev)
         self.target_cache = torch.zeros(self.capacity, batch, dtype=dtype, device=dev)
-        self._invalidate_cache()
+        self.lse_owner.fill_(-1)
+        self.target_owner.fill_(-1)
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, *args, **kwargs):
         # The saved memory may hold a different batch width (or be allocated when ours is not): take its shapes.
-        for name in ("mem_emb", "mem_labels", "mem_proxies"):
+        for name in ("mem_emb", "mem_labels", "mem_proxies", "lse_cache", "target_cache"):
             saved = state_dict.get(prefix + name)
             if saved is not None and saved.shape != getattr(self, name).shape:
                 setattr(self, name, torch.zeros(saved.shape, dtype=getattr(self, name).dtype,
                                                 device=getattr(self, name).device))
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        self._sync_from_buffers()
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, *args, **kwargs)
+        cache = [prefix + n for n in self.CACHE]
+        has_cache = all(k in state_dict for k in cache)
+        if not has_cache:  # saved before the cache was saved: it is recomputed, equal up to rounding only
+            missing_keys[:] = [k for k in missing_keys if k not in cache]
+        self._sync_from_buffers(keep_cache=has_cache)
 
     def _apply(self, fn, *args, **kwargs):
         # .to() / .cuda() / .double() reach every buffer. Host storage stays where it is, and an explicit
-        # storage dtype stays that dtype; the cache and the wrapped loss follow the module as usual.
+        # storage dtype stays that dtype; the cache and the wrapped loss follow the module as usual, but the
+        # cache's owners are host bookkeeping (read through numpy views) and stay on the host.
         stored = {n: self._buffers[n] for n in self.STORED}
+        owners = {n: self._buffers[n] for n in ("lse_owner", "target_owner")}
         super()._apply(fn, *args, **kwargs)
         for n in self.STORED:
             if self.storage == "host":
                 self._buffers[n] = stored[n]
             elif self.storage_dtype is not None and stored[n].is_floating_point():
                 self._buffers[n] = self._buffers[n].to(self.storage_dtype)
+        self._buffers.update(owners)
         return self
 
     def extra_repr(self):
