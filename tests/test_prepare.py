@@ -61,7 +61,9 @@ def add_oracle(oracle, split, cls, data):
 # ---------------------------------------------------------------------------------------------------------------
 # Miniature downloads. Each returns {split: {class: {image digests}}}.
 
-def make_cars(src, archive=False, classes=(1, 2, 98, 99, 150, 196), per_class=2):
+def make_cars(src, archive=False, classes=(1, 2, 98, 99, 150, 196), per_class=2, annotation="mat"):
+    """annotation: "mat" (Stanford's cars_annos.mat), "txt" (the official MemVir repository's cars_annos.txt:
+    '<path>,<class>' per line, as its dataset/prepare_cars.py reads it) or "both"."""
     oracle, rows = {}, []
     for i, (cls, k) in enumerate((c, k) for c in classes for k in range(per_class)):
         data, rel = jpeg(1000 + i), f"car_ims/{i + 1:06d}.jpg"
@@ -74,7 +76,10 @@ def make_cars(src, archive=False, classes=(1, 2, 98, 99, 150, 196), per_class=2)
     for i, row in enumerate(rows):
         anns[0, i] = row
     names = np.array([f"Car model {c}" for c in range(1, 197)], dtype=object).reshape(1, -1)
-    scipy.io.savemat(os.path.join(src, "cars_annos.mat"), {"annotations": anns, "class_names": names})
+    if annotation in ("mat", "both"):
+        scipy.io.savemat(os.path.join(src, "cars_annos.mat"), {"annotations": anns, "class_names": names})
+    if annotation in ("txt", "both"):
+        write(os.path.join(src, "cars_annos.txt"), "".join(f"{row[0]},{row[5]}\n" for row in rows))
     if archive:
         tar_and_remove(src, "car_ims", "car_ims.tgz")
     return oracle
@@ -204,8 +209,8 @@ def test_split_rules_and_counts(tmp_path, name, archive, capsys):
         found = tree_partition(out, split)
         assert sum(len(v) for v in found.values()) == sum(len(v) for v in classes.values())  # no duplicates
         assert as_partition(found) == as_partition(classes)
-    assert sorted(os.listdir(out / "test")) == (["gallery", "query"] if name == "inshop" else
-                                                sorted(os.listdir(out / "test")))
+    if name == "inshop":  # query and gallery are folders of test/, not classes
+        assert sorted(os.listdir(out / "test")) == ["gallery", "query"]
     manifest = json.loads((out / "memvir_prepare.json").read_text())
     assert manifest["state"] == "complete" and manifest["dataset"] == name
     # The counts the manifest reports are those of the oracle.
@@ -299,6 +304,65 @@ def test_compare_counts_against_paper_table(name):
     what = next(iter(PAPER[name]))
     off = dict(PAPER[name], **{what: PAPER[name][what] - 1})
     assert P.compare_counts(name, off) == [f"{what}: found {PAPER[name][what] - 1:,}, expected {PAPER[name][what]:,}"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CARS196 from the official repository's cars_annos.txt
+
+# Classes 2 and 10 tell the official order from the numeric one. The official prepare_cars.py names each class
+# folder by its bare number and main.py reads them with torchvision's ImageFolder, whose labels follow the sorted
+# folder names: written out by hand here.
+CARS_CLASSES = (1, 2, 10, 98, 99, 100, 196)
+OFFICIAL_ORDER = {"train": ["1", "10", "2", "98"], "test": ["100", "196", "99"]}
+
+
+@pytest.mark.parametrize("annotation", ["txt", "mat", "both"])
+@pytest.mark.parametrize("archive", [False, True])
+def test_cars_split_counts_and_official_class_order(tmp_path, annotation, archive, capsys):
+    from memvir.data.folder import ImageFolderDataset
+
+    src, out = tmp_path / "src", tmp_path / "out"
+    oracle = make_cars(str(src), archive=archive, classes=CARS_CLASSES, per_class=3, annotation=annotation)
+    assert run("cars196", "--src", src, "--out", out, "--force") == 0
+    manifest = json.loads((out / "memvir_prepare.json").read_text())
+    assert manifest["counts"] == {"train classes": 4, "train images": 12, "test classes": 3, "test images": 9}
+    for split, order in OFFICIAL_ORDER.items():
+        ds = ImageFolderDataset(out / split)
+        assert ds.classes == order
+        # each image's label is the official label of the class the annotation gave it
+        label_of = {d: order.index(str(cls)) for cls, digests in oracle[split].items() for d in digests}
+        for path, label in zip(ds.paths, ds.labels):
+            with open(path, "rb") as f:
+                assert label == label_of[digest(f.read())]
+        assert len(ds) == len(label_of)
+
+
+def test_cars_txt_and_mat_must_agree(tmp_path, capsys):
+    src, out = tmp_path / "src", tmp_path / "out"
+    make_cars(str(src), classes=CARS_CLASSES, annotation="both")
+    lines = (src / "cars_annos.txt").read_text().splitlines()
+    lines[4] = lines[4].split(",")[0] + ",150"  # car_ims/000005.jpg: class 10 in the .mat
+    (src / "cars_annos.txt").write_text("\n".join(lines) + "\n")
+    assert run("cars196", "--src", src, "--out", out, "--force") == 1
+    err = capsys.readouterr().err
+    assert "cars_annos.mat" in err and "cars_annos.txt" in err and "car_ims/000005.jpg" in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("bad", ["car_ims/000003.jpg", "car_ims/000003.jpg,ten", "car_ims/000003.jpg,197",
+                                 "car_ims/000003.jpg,0", ",5", "car_ims/000003.jpg;5", "car_ims/000003.jpg,5.0"])
+def test_bad_cars_txt_line(tmp_path, capsys, bad):
+    src, out = tmp_path / "src", tmp_path / "out"
+    make_cars(str(src), classes=CARS_CLASSES, annotation="txt")
+    lines = (src / "cars_annos.txt").read_text().splitlines()
+    lines[2] = bad
+    (src / "cars_annos.txt").write_text("\n\n".join(lines) + "\n")  # blank lines between: line 5 is the bad one
+    assert run("cars196", "--src", src, "--out", out, "--force") == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err  # one line
+    assert f"{src / 'cars_annos.txt'}, line 5: {bad!r}" in err
+    assert "expected '<image path>,<class 1..196>'" in err
+    assert not out.exists()
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import numpy as np
 _LAZY = {"ImageFolderDataset": "folder", "ImageListDataset": "folder", "ImageLoadError": "folder",
          "load_rgb": "folder", "BatchSampler": "samplers", "train_transform": "transforms",
          "test_transform": "transforms"}
-__all__ = ["Splits", "build_datasets", "DATA_NAMES", *_LAZY]
+__all__ = ["Splits", "build_datasets", "DATA_NAMES", "canonical_data_name", *_LAZY]
 
 
 def __getattr__(name):
@@ -29,10 +29,21 @@ def __getattr__(name):
         return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-# Accepted names -> canonical; the aliases are those of the official main.py.
-DATA_NAMES = {"cars196": "cars196", "car": "cars196", "cars": "cars196", "cub200": "cub200", "cub": "cub200",
-              "sop": "sop", "stanfordonlineproducts": "sop", "inshop": "inshop", "glyphs": "glyphs",
-              "custom": "custom"}
+# The one table of data-set names (memvir.data.prepare and memvir.train read it too): every accepted spelling ->
+# the canonical name. The aliases are the official main.py's (car, cub, stanfordonlineproducts, ...) and the
+# official downloads' folder names (CUB_200_2011, Stanford_Online_Products, In-shop); see canonical_data_name.
+DATA_NAMES = {"cars196": "cars196", "car": "cars196", "cars": "cars196",
+              "cub200": "cub200", "cub": "cub200", "cub_200_2011": "cub200",
+              "sop": "sop", "stanfordonlineproducts": "sop", "stanford_online_products": "sop",
+              "inshop": "inshop", "in_shop": "inshop",
+              "glyphs": "glyphs", "custom": "custom"}
+
+
+def canonical_data_name(name):
+    """Return the canonical data-set name of `name` (any case, '-' or '_'), or None when it is not one."""
+    return DATA_NAMES.get(str(name).lower().replace("-", "_"))
+
+
 # Number of training classes C of each benchmark (the official code hard-codes them as args.C).
 PAPER_NUM_CLASSES = {"cars196": 98, "cub200": 100, "sop": 11318, "inshop": 3997}
 LAYOUT = ("DATA/train/<class>/<image> and DATA/test/<class>/<image> (In-Shop: DATA/train/<item>/<image>, "
@@ -78,7 +89,7 @@ def build_datasets(data_name, data=None, backbone="bninception", input_size=224,
 
     Args:
         data_name: cars196, cub200, sop, inshop (prepared folders), custom (any folder in that layout) or glyphs;
-            the official code's aliases (car, cars, cub, stanfordonlineproducts) are accepted, in any case.
+            the aliases of DATA_NAMES (car, cub, stanfordonlineproducts, in_shop, ...) too, in any case.
         data: the prepared folder (DATA/train, DATA/test); for glyphs, an optional cache folder.
         backbone: "bninception" or "resnet*": picks the image normalisation (memvir.data.transforms).
         input_size: side of the square crops (224 in the paper).
@@ -86,9 +97,10 @@ def build_datasets(data_name, data=None, backbone="bninception", input_size=224,
     Returns:
         Splits with num_classes = the number of training classes.
     """
-    name = DATA_NAMES.get(str(data_name).lower())
+    name = canonical_data_name(data_name)
     if name is None:
-        raise ValueError(f"data_name {data_name!r}; expected one of cars196, cub200, sop, inshop, glyphs, custom")
+        raise ValueError(f"data_name {data_name!r}; expected one of {', '.join(dict.fromkeys(DATA_NAMES.values()))}"
+                         f" or an alias ({', '.join(k for k, v in DATA_NAMES.items() if k != v)})")
     if name == "glyphs":
         return _glyph_splits(data, glyph_kwargs)
     if glyph_kwargs:

@@ -3,7 +3,9 @@
 `python -m memvir prepare` writes such folders (memvir/data/prepare.py); any other folder in this layout works
 too (data_name "custom"). Unlike torchvision's ImageFolder, labels are a numpy array (`.labels`) that samplers
 and metrics read without touching an image, an image that cannot be read names its path, and class names can be
-imposed (`classes=`), so In-Shop's query and gallery folders share one item -> label map.
+imposed (`classes=`), so In-Shop's query and gallery folders share one item -> label map. Like GlyphDataset, these
+are not subclasses of torch.utils.data.Dataset (DataLoader needs only __len__ and __getitem__), so this module, and
+`python -m memvir prepare` which reads IMAGE_SUFFIXES from it, never import torch.
 """
 from __future__ import annotations
 
@@ -11,8 +13,8 @@ import os
 import warnings
 
 import numpy as np
-from torch.utils.data import Dataset
 
+# The file suffixes that count as images (lower case), here and in memvir.data.prepare.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
@@ -32,7 +34,7 @@ def load_rgb(path):
                              f"image file; `python -m memvir prepare` verifies each one)") from exc
 
 
-class ImageListDataset(Dataset):
+class ImageListDataset:
     """Images given as a list of paths with integer labels; items are (transform(image), label).
 
     Args:

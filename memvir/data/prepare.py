@@ -4,7 +4,8 @@
 
 `--src` is a folder holding the official files, unpacked or as archives (`.tgz`, `.tar.gz`, `.tar`, `.zip`):
 
-    cars196  cars_annos.mat and car_ims/ (or car_ims.tgz)
+    cars196  cars_annos.mat (Stanford's) or cars_annos.txt (the official MemVir repository's), and car_ims/
+             (or car_ims.tgz)
     cub200   CUB_200_2011/ (or CUB_200_2011.tgz): images.txt, image_class_labels.txt, classes.txt, images/
     sop      Stanford_Online_Products/ (or its .zip): Ebay_train.txt, Ebay_test.txt and the image folders
     inshop   Eval/list_eval_partition.txt and Img/img/ (or img.zip)
@@ -32,6 +33,9 @@ nothing changed, writes nothing.
 The splits are the standard ones of deep metric learning (Oh Song et al., CVPR 2016; MemVir Sec. 4.1):
 CARS196 classes 1-98 train / 99-196 test (the annotation's own `test` flag is the classification split and is
 ignored), CUB-200-2011 classes 1-100 / 101-200, SOP's Ebay_train/Ebay_test files, In-Shop's evaluation partition.
+CARS196 class folders are named as the official dataset/prepare_cars.py names them, by the bare class number
+(1 ... 196), so their sorted order, which is ImageFolder's label order, is the official code's (1, 10, 11, ..., 19, 2,
+20, ...) and label i is the same car model in both.
 """
 from __future__ import annotations
 
@@ -48,6 +52,10 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from ..rundir import atomic_json  # the project's one atomic writer (standard library only: cheap to import)
+from . import canonical_data_name  # the one table of data-set names and aliases
+from .folder import IMAGE_SUFFIXES  # folder.py imports numpy only, no torch
+
 # Split sizes reported by every deep-metric-learning paper since Oh Song et al. (2016); MemVir Sec. 4.1.
 EXPECTED = {
     "cars196": {"train classes": 98, "train images": 8054, "test classes": 98, "test images": 8131},
@@ -55,11 +63,7 @@ EXPECTED = {
     "sop": {"train classes": 11318, "train images": 59551, "test classes": 11316, "test images": 60502},
     "inshop": {"train classes": 3997, "train images": 25882, "query images": 14218, "gallery images": 12612},
 }
-ALIASES = {"car": "cars196", "cars": "cars196", "cars196": "cars196", "cub": "cub200", "cub200": "cub200",
-           "cub_200_2011": "cub200", "sop": "sop", "stanfordonlineproducts": "sop",
-           "stanford_online_products": "sop", "inshop": "inshop", "in_shop": "inshop"}
 ARCHIVE_SUFFIXES = (".tgz", ".tar.gz", ".tar", ".zip")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 MANIFEST = "memvir_prepare.json"
 STAGING = ".memvir-staging"
 RAW = "raw"
@@ -285,7 +289,7 @@ def _bases(key, *suffixes):
 def _lines(index, key, expect):
     """Return the non-empty lines of a text annotation file, each with its 1-based line number."""
     try:
-        text = index.read(key).decode("utf-8")
+        text = index.read(key).decode("utf-8-sig")  # -sig: a byte-order mark is not part of the first line
     except UnicodeDecodeError as exc:
         raise PrepareError(f"{index.items[key].describe()}: not UTF-8 text ({exc}); expected {expect}") from exc
     return [(i, line) for i, line in enumerate(text.splitlines(), 1) if line.strip()]
@@ -305,12 +309,19 @@ def _fields(index, key, i, line, n, expect, ints=()):
     return parts
 
 
-def read_cars196(index):
-    """Classes 1-98 train, 99-196 test, from cars_annos.mat (its `test` flag is ignored)."""
+CARS_TXT_FORMAT = "'<image path>,<class 1..196>' lines, e.g. 'car_ims/000001.jpg,1'"
+
+
+def _cars_entry(cls, path):
+    """Classes 1-98 train, 99-196 test; the folder is the bare class number, as the official prepare_cars.py."""
+    return Entry("train" if cls <= 98 else "test", str(cls), path)
+
+
+def _read_cars_mat(index, key):
+    """The entries of Stanford's cars_annos.mat (a struct array `annotations`; its `test` flag is ignored)."""
     import numpy as np
     import scipy.io
 
-    key = _require(index, "cars_annos.mat", "the CARS196 annotation file cars_annos.mat next to car_ims/")
     where = index.items[key].describe()
     try:
         mat = scipy.io.loadmat(io.BytesIO(index.read(key)), simplify_cells=True)
@@ -329,8 +340,50 @@ def read_cars196(index):
         cls = int(np.asarray(a["class"]).item())
         if not 1 <= cls <= 196:
             raise PrepareError(f"{where}: image {a['relative_im_path']} has class {cls}; expected 1..196")
-        entries.append(Entry("train" if cls <= 98 else "test", f"{cls:03d}", str(a["relative_im_path"])))
-    return Annotations(entries, where, _bases(key, ""))
+        entries.append(_cars_entry(cls, str(a["relative_im_path"])))
+    return entries
+
+
+def _read_cars_txt(index, key):
+    """The entries of the official repository's cars_annos.txt: '<path>,<class>' per line.
+
+    The official dataset/prepare_cars.py reads the first two comma-separated fields of each line (the path
+    relative to the file's folder, the class number) and ignores any further ones; so do we.
+    """
+    where = index.items[key].describe()
+    entries = []
+    for i, line in _lines(index, key, CARS_TXT_FORMAT):
+        parts = [p.strip() for p in line.split(",")]
+        try:
+            cls = int(parts[1]) if len(parts) >= 2 and parts[0] else 0
+        except ValueError:
+            cls = 0
+        if not 1 <= cls <= 196:
+            raise PrepareError(f"{where}, line {i}: {line.strip()!r}; expected {CARS_TXT_FORMAT}")
+        entries.append(_cars_entry(cls, parts[0]))
+    return entries
+
+
+def read_cars196(index):
+    """Classes 1-98 train, 99-196 test, from cars_annos.mat or cars_annos.txt (both given: they must agree)."""
+    found = {name: index.find(name) for name in ("cars_annos.mat", "cars_annos.txt")}
+    if not any(found.values()):
+        raise FileNotFoundError(f"no cars_annos.mat or cars_annos.txt under {index.src}"
+                                f"{' or its archives' if index.archives else ''} (expected the CARS196 annotation "
+                                f"file next to car_ims/: Stanford's cars_annos.mat or the official MemVir "
+                                f"repository's cars_annos.txt)")
+    read = {"cars_annos.mat": _read_cars_mat, "cars_annos.txt": _read_cars_txt}
+    lists = {name: read[name](index, key) for name, key in found.items() if key}
+    if len(lists) == 2:
+        as_set = {name: {(e.split, e.cls, e.path) for e in entries} for name, entries in lists.items()}
+        differ = sorted(as_set["cars_annos.mat"] ^ as_set["cars_annos.txt"], key=lambda t: t[2])
+        if differ:
+            raise PrepareError(f"{index.items[found['cars_annos.mat']].describe()} and "
+                               f"{index.items[found['cars_annos.txt']].describe()} disagree on {len(differ)} "
+                               f"image(s), e.g. {differ[0][2]} (class {differ[0][1]}); expected the same images "
+                               f"and classes in both: remove the one you do not trust")
+    name = "cars_annos.mat" if "cars_annos.mat" in lists else "cars_annos.txt"  # Stanford's own file first
+    return Annotations(lists[name], index.items[found[name]].describe(), _bases(found[name], ""))
 
 
 def read_cub200(index):
@@ -428,7 +481,7 @@ def read_inshop(index):
 
 
 READERS = {"cars196": read_cars196, "cub200": read_cub200, "sop": read_sop, "inshop": read_inshop}
-TEXT_NAMES = {"cars196": ["cars_annos.mat"], "cub200": ["images.txt", "image_class_labels.txt", "classes.txt"],
+TEXT_NAMES = {"cars196": ["cars_annos.mat", "cars_annos.txt"], "cub200": ["images.txt", "image_class_labels.txt", "classes.txt"],
               "sop": ["Ebay_train.txt", "Ebay_test.txt"], "inshop": ["list_eval_partition.txt"]}
 
 
@@ -508,10 +561,7 @@ def _read_manifest(out):
 
 
 def _write_manifest(out, manifest):
-    tmp = os.path.join(out, MANIFEST + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(manifest, f, indent=1)
-    os.replace(tmp, os.path.join(out, MANIFEST))  # atomic: the manifest is always whole
+    atomic_json(manifest, os.path.join(out, MANIFEST))  # the manifest is always whole
 
 
 def _tree_counts(out, splits):
@@ -692,9 +742,13 @@ def prepare(name, src, out, mode="symlink", force=False, verify=True, workers=No
         PrepareError (a ValueError) or FileNotFoundError naming the file and what was expected; nothing is
         written when one is raised during validation.
     """
-    key = ALIASES.get(str(name).lower().replace("-", "_"))
-    if key is None:
-        raise PrepareError(f"unknown dataset {name!r}; expected one of {', '.join(READERS)}")
+    key = canonical_data_name(name)
+    if key in ("glyphs", "custom"):
+        raise PrepareError(f"dataset {name!r} needs no `prepare` (glyphs are rendered on first use; custom is any "
+                           f"folder already in the layout); expected one of {', '.join(READERS)}")
+    if key not in READERS:
+        raise PrepareError(f"unknown dataset {name!r}; expected one of {', '.join(READERS)} or an alias of "
+                           f"memvir.data.DATA_NAMES")
     name = key
     if mode not in MODES:
         raise PrepareError(f"--mode {mode!r}; expected one of {', '.join(MODES)}")
