@@ -2,6 +2,7 @@
 import json
 import os
 import pickle
+import warnings
 
 import numpy as np
 import pytest
@@ -219,8 +220,9 @@ def test_class_balanced_batches(num_classes, per_class, batch_size, n_instance):
             if P < num_classes:  # distinct classes, n_instance distinct images each
                 assert len(classes) == P and (counts == n_instance).all()
                 assert len(set(b)) == batch_size
-            else:  # P >= C: classes drawn with replacement, as the official sampler does
-                assert counts.sum() == batch_size
+            else:  # P >= C: classes drawn with replacement, as the official sampler does; each draw is still
+                # n_instance distinct images of its class (every class here has per_class >= n_instance images)
+                assert all(len(set(np.asarray(b)[labels[b] == c].tolist())) >= n_instance for c in classes)
 
 
 def test_small_classes_are_topped_up_with_repeats():
@@ -327,6 +329,65 @@ def test_build_errors(tmp_path, case):
     with pytest.raises(err, match=match) as info:
         build_datasets(name, data=data, **kwargs)
     assert "expected" in str(info.value)
+
+
+# Every spelling a user may give (the official main.py's aliases, the downloads' folder names), written by hand.
+SPELLINGS = {"cars196": "cars196", "CARS196": "cars196", "car": "cars196", "Cars": "cars196",
+             "cub200": "cub200", "cub": "cub200", "CUB_200_2011": "cub200", "cub-200-2011": "cub200",
+             "sop": "sop", "StanfordOnlineProducts": "sop", "Stanford_Online_Products": "sop",
+             "inshop": "inshop", "in_shop": "inshop", "In-shop": "inshop",
+             "glyphs": "glyphs", "GLYPHS": "glyphs", "custom": "custom"}
+
+
+def test_the_alias_table_is_the_documented_one():
+    from memvir.data import DATA_NAMES, canonical_data_name
+
+    assert set(DATA_NAMES) == {s.lower().replace("-", "_") for s in SPELLINGS}  # no alias more, none less
+    for spelling, name in SPELLINGS.items():
+        assert canonical_data_name(spelling) == name
+    assert canonical_data_name("cars197") is None and canonical_data_name("cars 196") is None
+
+
+@pytest.mark.parametrize("spelling", list(SPELLINGS))
+def test_every_alias_works_in_build_datasets(tmp_path, monkeypatch, spelling):
+    name = SPELLINGS[spelling]
+    if name == "glyphs":  # the glyph path is taken: it calls the renderer (stubbed)
+        glyphs = pytest.importorskip("memvir.data.glyphs")
+
+        def render(**kwargs):
+            raise LookupError("the glyph renderer was called")
+
+        monkeypatch.setattr(glyphs, "render_glyphs", render)
+        with pytest.raises(LookupError, match="renderer was called"):
+            build_datasets(spelling, data=tmp_path)
+        return
+    make_tree(tmp_path / "train", {"a": 1})
+    make_tree(tmp_path / "test", {"b": 1})
+    if name == "inshop":
+        make_tree(tmp_path / "test" / "query", {"b": 1})
+        make_tree(tmp_path / "test" / "gallery", {"b": 1})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        splits = build_datasets(spelling, data=tmp_path, input_size=8)
+    said = [str(w.message) for w in caught]
+    # The paper check names the canonical benchmark (custom has none); only In-Shop has query and gallery.
+    assert any(f"the paper's {name} has" in m for m in said) == (name != "custom"), said
+    assert (splits.query is not None) == (name == "inshop")
+
+
+@pytest.mark.parametrize("spelling", list(SPELLINGS))
+def test_every_alias_works_in_prepare(tmp_path, spelling):
+    from memvir.data import prepare as P
+
+    name = SPELLINGS[spelling]
+    if name in ("glyphs", "custom"):
+        with pytest.raises(P.PrepareError, match="needs no `prepare`"):
+            P.prepare(spelling, src=tmp_path / "nowhere", out=tmp_path / "out")
+        return
+    # Accepted: it gets as far as looking for the downloads, and names the canonical benchmark.
+    with pytest.raises(FileNotFoundError, match=f"the official {name} files"):
+        P.prepare(spelling, src=tmp_path / "nowhere", out=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_build_glyphs_wiring(monkeypatch, tmp_path):

@@ -32,11 +32,12 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import unicodedata
 from pathlib import Path
 
 import numpy as np
+
+from ..rundir import atomic_write  # standard library only: cheap to import
 
 FORMAT_VERSION = 1  # bump when anything below changes the pixels or the pool; it is part of every cache key
 
@@ -384,19 +385,10 @@ def _select_pool(fonts) -> dict:
     return {"fonts": [face.name for face in faces], "chars": chars, "homoglyphs": homoglyphs}
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write a file through a temporary file in the same folder and a rename, so readers never see half a file."""
+def _cache_write(path: Path, write) -> None:
+    """Write a cache file atomically (memvir.rundir.atomic_write), creating the cache folder first."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a cache is for everyone who can read the folder
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, write)
 
 
 def _load_pool(cache_dir=None) -> dict:
@@ -414,7 +406,7 @@ def _load_pool(cache_dir=None) -> dict:
             table = None
     if table is None:
         table = {"key": key, **_select_pool(fonts)}
-        _atomic_write(path, lambda fh: fh.write(json.dumps(table).encode()))
+        _cache_write(path, lambda fh: fh.write(json.dumps(table).encode()))
     table["font_paths"] = fonts
     return table
 
@@ -652,9 +644,9 @@ def render_glyphs(image_size: int = 32, min_fonts: int = 10, instances_per_class
                          "thickness": list(THICKNESS)},
     }
     glyph_set = GlyphSet(images, labels, [chr(c) for c in class_cps], params, fonts_used)
-    _atomic_write(path, lambda fh: np.savez(fh, images=images, labels=labels, fonts=fonts_used,
-                                            chars=np.array(class_cps, np.int64),
-                                            params=np.array(json.dumps(params))))
+    _cache_write(path, lambda fh: np.savez(fh, images=images, labels=labels, fonts=fonts_used,
+                                           chars=np.array(class_cps, np.int64),
+                                           params=np.array(json.dumps(params))))
     return glyph_set
 
 

@@ -481,7 +481,9 @@ def read_inshop(index):
 
 
 READERS = {"cars196": read_cars196, "cub200": read_cub200, "sop": read_sop, "inshop": read_inshop}
-TEXT_NAMES = {"cars196": ["cars_annos.mat", "cars_annos.txt"], "cub200": ["images.txt", "image_class_labels.txt", "classes.txt"],
+# The annotation files of each benchmark (kept in memory when met inside an archive).
+TEXT_NAMES = {"cars196": ["cars_annos.mat", "cars_annos.txt"],
+              "cub200": ["images.txt", "image_class_labels.txt", "classes.txt"],
               "sop": ["Ebay_train.txt", "Ebay_test.txt"], "inshop": ["list_eval_partition.txt"]}
 
 
