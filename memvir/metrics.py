@@ -1,4 +1,4 @@
-"""Retrieval metrics: Recall@K, R-Precision and MAP@R, from an exact cosine k-nearest-neighbour search.
+"""Retrieval metrics: Recall@K, R-Precision and MAP@R, from an exact cosine k-nearest-neighbour search; and NMI.
 
 The MemVir paper reports Recall@K (MemVir Sec. 4, following Song et al. 2016) and, like Musgrave et al.
 ("A Metric Learning Reality Check", ECCV 2020), R-Precision and MAP@R. For a query whose class has R other
@@ -13,13 +13,21 @@ miss for Recall@K and is left out of R-Precision and MAP@R, whose denominator R 
 convention as pytorch-metric-learning's AccuracyCalculator). If no query has R > 0 those two are NaN, with a
 warning.
 
+The formulas are one pure function of a neighbour table, `neighbour_metrics(hits, num_relevant, ks)`: hits[i, j]
+is rel(j+1) of query i, its neighbours nearest first with the query itself left out, and num_relevant[i] its R.
+The search only builds that table: `retrieval_metrics` (every item a query against the others) and
+`query_gallery_metrics` (In-Shop's queries against a separate gallery) feed it chunk by chunk.
+
 Similarity is the cosine: rows are L2-normalised to float32 and compared by inner product with faiss, on the
 GPU when faiss-gpu and CUDA are there. The search goes only as deep as the metrics need (the largest R or K,
 plus one for the query itself) and runs in chunks of queries, so no n x n matrix is ever built: the Stanford
 Online Products test set (60,502 x 512) costs a few hundred MB beyond its embeddings, and the time is close to
 that of the bare faiss search (bench/evaluation.py measures both).
 
-Chapter: the evaluation notebook (notebooks/), which builds these formulas by hand first.
+`nmi` is the official `--do_nmi`: k-means with as many clusters as classes, scored by normalised mutual
+information (Song et al. 2016 report it beside Recall@K). The official code computes it but logs it nowhere.
+
+Chapter: notebooks/04_evaluation.py, which builds these formulas by hand on a table small enough to print.
 """
 import warnings
 
@@ -27,7 +35,7 @@ import faiss
 import numpy as np
 import torch
 
-__all__ = ["retrieval_metrics", "query_gallery_metrics"]
+__all__ = ["neighbour_metrics", "retrieval_metrics", "query_gallery_metrics", "nmi"]
 
 # Rows per query chunk: shrunk for deep searches so a chunk's (rows, depth) arrays stay around 2**22 entries,
 # and kept a multiple of faiss's BLAS query block (faiss.cvar.distance_compute_blas_query_bs = 4096), so that
@@ -110,8 +118,96 @@ def query_gallery_metrics(query_emb, query_labels, gallery_emb, gallery_labels, 
     return _evaluate(xq, q_codes, xg, g_codes, R, ks, depth, exclude_self=False, use_gpu=use_gpu)
 
 
+def neighbour_metrics(hits, num_relevant, ks=(1, 2, 4, 8)):
+    """Compute Recall@K, R-Precision and MAP@R from a neighbour table: the formulas, without any search.
+
+    Args:
+        hits: (Q, L) bool; hits[i, j] is rel(j+1) of query i: True when its (j+1)-th nearest neighbour (nearest
+            first, the query itself already left out) shares its class. L must be at least max(R); a Recall@K
+            with K > L looks at all L columns (right when the table holds every candidate).
+        num_relevant: (Q,) R_i, the number of items of query i's class among the candidates; 0 for a query that
+            has none (it counts as a miss for Recall@K and is left out of R-Precision and MAP@R).
+        ks: the K of each Recall@K, positive ints.
+
+    Returns:
+        dict: "recall@K" for each K, then "r_precision" and "map_at_r", python floats in [0, 1]; the last two
+        NaN, with a RuntimeWarning, when no query has R > 0.
+
+    Musgrave et al. 2020 (R-Precision, MAP@R); MemVir Sec. 4 (Recall@K).
+    """
+    if torch.is_tensor(hits):
+        hits = hits.detach().cpu().numpy()
+    hits = np.asarray(hits)
+    if hits.ndim != 2 or hits.dtype != np.bool_:
+        raise ValueError(f"hits: expected a 2-D bool array (Q, L), got shape {hits.shape} and dtype {hits.dtype}")
+    if hits.shape[0] == 0:
+        raise ValueError("hits: expected at least one query (row), got none")
+    if torch.is_tensor(num_relevant):
+        num_relevant = num_relevant.detach().cpu().numpy()
+    R = np.asarray(num_relevant)
+    if R.shape != (hits.shape[0],):
+        raise ValueError(f"num_relevant: expected a 1-D array of length {hits.shape[0]} (one R per row of hits), "
+                         f"got shape {R.shape}")
+    if R.dtype.kind not in "iu":
+        raise ValueError(f"num_relevant: expected integer counts, got dtype {R.dtype}")
+    R = R.astype(np.int64)
+    if (R < 0).any():
+        raise ValueError(f"num_relevant: expected counts >= 0, got min {int(R.min())}")
+    if int(R.max()) > hits.shape[1]:
+        raise ValueError(f"hits: expected at least max(num_relevant) = {int(R.max())} columns (R-Precision and "
+                         f"MAP@R look at the top R), got {hits.shape[1]}")
+    ks = _check_ks(ks)
+    return _finish(_sums(hits, R, ks), ks, hits.shape[0], R, stacklevel=3)  # warn at our caller
+
+
+def _sums(hits, R, ks):
+    """Per-table sums of the metrics (vectorised numpy), to add up over chunks of queries.
+
+    Args:
+        hits: (c, L) bool rel(i) of each query, nearest first.
+        R: (c,) int number of relevant items of each query.
+        ks: tuple of positive ints.
+
+    Returns:
+        (found, rp_sum, map_sum): queries with a hit in the top K for each K, and the sums of R-Precision and
+        of the average precision over the queries with R > 0.
+    """
+    # Recall@K needs only the rank of the first hit: one pass over the row, however many Ks.
+    first_hit = np.where(hits.any(axis=1), hits.argmax(axis=1) + 1, np.iinfo(np.int64).max)  # (c,)
+    found = {k: int((first_hit <= k).sum()) for k in ks}
+    r_max = int(R.max())
+    if r_max == 0:  # no query here has anything to find: nothing to add to RP and MAP@R
+        return found, 0.0, 0.0
+
+    # R-Precision and MAP@R look at the top R only, usually far fewer columns than the largest K.
+    top = hits[:, :r_max]  # (c, r_max)
+    rank = np.arange(1, r_max + 1)  # (r_max,) i = 1..r_max
+    rel = top & (rank[None, :] <= R[:, None])  # (c, r_max) rel(i) for i <= R
+    correct = np.cumsum(rel, axis=1)  # (c, r_max) relevant among the top i
+    has_r = R > 0
+    r_safe = np.maximum(R, 1)  # rows with R = 0 have no rel and are dropped below
+    rp_sum = float((correct[:, -1] / r_safe)[has_r].sum())  # relevant among the top R, over R
+    ap = (correct / rank * rel).sum(axis=1) / r_safe  # (c,) (1/R) sum_i P(i) rel(i)
+    return found, rp_sum, float(ap[has_r].sum())
+
+
+def _finish(sums, ks, n_q, R, stacklevel):
+    """Turn the sums of `_sums` over all n_q queries into the averaged metrics; warn `stacklevel` frames up."""
+    found, rp_sum, map_sum = sums
+    out = {f"recall@{k}": found[k] / n_q for k in ks}
+    n_scored = int((R > 0).sum())
+    if n_scored == 0:
+        warnings.warn("no query has another item of its class to find: r_precision and map_at_r are NaN",
+                      RuntimeWarning, stacklevel=stacklevel)
+        out["r_precision"] = out["map_at_r"] = float("nan")
+    else:
+        out["r_precision"] = rp_sum / n_scored
+        out["map_at_r"] = map_sum / n_scored
+    return out
+
+
 def _evaluate(xq, q_codes, xg, g_codes, R, ks, depth, exclude_self, use_gpu):
-    """Search each chunk of queries `depth` deep and accumulate the per-query metrics (vectorised numpy)."""
+    """Search each chunk of queries `depth` deep, build its neighbour table and add up its metric sums."""
     search = _searcher(xg, depth, use_gpu)
     n_q = xq.shape[0]
     rows = max(1, min(CHUNK_ROWS, CHUNK_ENTRIES // depth))
@@ -124,34 +220,72 @@ def _evaluate(xq, q_codes, xg, g_codes, R, ks, depth, exclude_self, use_gpu):
         nbrs = search(xq[start:stop])  # (c, depth) gallery indices, most similar first
         if exclude_self:
             nbrs = _drop_self(nbrs, np.arange(start, stop))  # (c, depth - 1)
-        hits = g_codes[nbrs] == q_codes[start:stop, None]  # (c, k) rel(i)
-        # Recall@K needs only the rank of the first hit: one pass over the row, however many Ks.
-        first_hit = np.where(hits.any(axis=1), hits.argmax(axis=1) + 1, np.iinfo(np.int64).max)  # (c,)
+        hits = g_codes[nbrs] == q_codes[start:stop, None]  # (c, L) the neighbour table: rel(i)
+        chunk_found, chunk_rp, chunk_map = _sums(hits, R[start:stop], ks)
         for k in ks:
-            found[k] += int((first_hit <= k).sum())
+            found[k] += chunk_found[k]
+        rp_sum += chunk_rp
+        map_sum += chunk_map
+    # Warn at the caller of retrieval_metrics / query_gallery_metrics (_finish, _evaluate, they, it).
+    return _finish((found, rp_sum, map_sum), ks, n_q, R, stacklevel=4)
 
-        # R-Precision and MAP@R look at the top R only, usually far fewer columns than the largest K.
-        r = R[start:stop]  # (c,)
-        top = hits[:, :max(int(r.max()), 1)]  # (c, r_max)
-        rank = np.arange(1, top.shape[1] + 1)  # (r_max,) i = 1..r_max
-        rel = top & (rank[None, :] <= r[:, None])  # (c, r_max) rel(i) for i <= R
-        correct = np.cumsum(rel, axis=1)  # (c, r_max) relevant among the top i
-        has_r = r > 0
-        r_safe = np.maximum(r, 1)  # rows with R = 0 have no rel and are dropped below
-        rp_sum += float((correct[:, -1] / r_safe)[has_r].sum())  # relevant among the top R, over R
-        ap = (correct / rank * rel).sum(axis=1) / r_safe  # (c,) (1/R) sum_i P(i) rel(i)
-        map_sum += float(ap[has_r].sum())
 
-    out = {f"recall@{k}": found[k] / n_q for k in ks}
-    n_scored = int((R > 0).sum())
-    if n_scored == 0:
-        warnings.warn("no query has another item of its class to find: r_precision and map_at_r are NaN",
-                      RuntimeWarning, stacklevel=3)
-        out["r_precision"] = out["map_at_r"] = float("nan")
-    else:
-        out["r_precision"] = rp_sum / n_scored
-        out["map_at_r"] = map_sum / n_scored
-    return out
+def nmi(embeddings, labels, seed=0, n_init=10, max_iter=300, use_gpu=None):
+    """Compute the NMI of a k-means clustering of the embeddings with their classes (the official `--do_nmi`).
+
+    As the official utils/evaluation.py: the L2-normalised embeddings are clustered by k-means into as many
+    clusters as there are classes, and scikit-learn's normalized_mutual_info_score (arithmetic mean) compares the
+    clusters with the labels. The official code clusters with scikit-learn's KMeans at its defaults of the time
+    (k-means++ initialisation, 10 initialisations keeping the lowest inertia, at most 300 iterations) and no seed;
+    here faiss runs the same algorithm (k-means++, `n_init` runs, the lowest objective kept, at most `max_iter`
+    Lloyd iterations, stopping early once converged), seeded, and on the GPU when there is one. The cost grows
+    as n * k * D per iteration and per run: large test sets (SOP: 60,502 items, 11,316 clusters) want a GPU, or
+    n_init=1 for a tenth of it.
+
+    Args:
+        embeddings: (n, D) embeddings, numpy array or torch tensor; need not be normalised; a row of norm 0 is an
+            error.
+        labels: (n,) integer class labels, at least 2 classes.
+        seed: seed of the k-means initialisation.
+        n_init: k-means runs from different initialisations; the one with the lowest objective is scored.
+        max_iter: the most Lloyd iterations of each run.
+        use_gpu: as in `retrieval_metrics`.
+
+    Returns:
+        float: NMI in [0, 1].
+    """
+    x = _normalised(embeddings, "embeddings")  # (n, D) float32 unit rows, as the official features_l2
+    codes = _label_codes(labels, "labels", x.shape[0])  # (n,) in [0, k)
+    k = int(codes.max()) + 1  # the number of classes (official: max(Y) + 1 of its 0..k-1 labels)
+    if k < 2:
+        raise ValueError(f"labels: expected at least 2 classes for NMI, got {k}")
+    for name, value in (("n_init", n_init), ("max_iter", max_iter), ("seed", seed)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < (name != "seed"):
+            raise ValueError(f"{name}: expected an integer >= {int(name != 'seed')}, got {value!r}")
+    try:
+        from sklearn.metrics import normalized_mutual_info_score
+    except ImportError:
+        raise ImportError("nmi: needs scikit-learn (pip install scikit-learn), which scores the clusters as the "
+                          "official --do_nmi does") from None
+    kmeans = faiss.Kmeans(x.shape[1], k, niter=int(max_iter), nredo=int(n_init), seed=int(seed),
+                          init_method=faiss.ClusteringInitMethod_KMEANS_PLUS_PLUS,
+                          max_points_per_centroid=x.shape[0],  # every point, no subsampling (as scikit-learn)
+                          min_points_per_centroid=1,  # few items per class (SOP: ~5) is what the metric is for
+                          gpu=_gpu_wanted(use_gpu))
+    kmeans.train(x)
+    clusters = kmeans.index.search(x, 1)[1][:, 0]  # (n,) nearest final centroid of each item
+    return float(normalized_mutual_info_score(codes, clusters, average_method="arithmetic"))
+
+
+def _gpu_wanted(use_gpu):
+    """Resolve `use_gpu` (None: when faiss-gpu and CUDA see a GPU; True: required; False: CPU) to a bool."""
+    gpu_ok = faiss.get_num_gpus() > 0 and torch.cuda.is_available()
+    if use_gpu is None:
+        return gpu_ok
+    if use_gpu and not gpu_ok:
+        raise ValueError("use_gpu=True: expected faiss-gpu with a visible GPU and torch.cuda, found none "
+                         f"(faiss.get_num_gpus()={faiss.get_num_gpus()}, cuda={torch.cuda.is_available()})")
+    return bool(use_gpu)
 
 
 def _drop_self(nbrs, self_idx):
@@ -173,12 +307,7 @@ def _drop_self(nbrs, self_idx):
 
 def _searcher(xg, depth, use_gpu):
     """Return `search(xq (c, D)) -> (c, depth)` exact inner-product neighbours in the gallery `xg` (n_g, D)."""
-    gpu_ok = faiss.get_num_gpus() > 0 and torch.cuda.is_available()
-    if use_gpu is None:
-        use_gpu = gpu_ok
-    elif use_gpu and not gpu_ok:
-        raise ValueError("use_gpu=True: expected faiss-gpu with a visible GPU and torch.cuda, found none "
-                         f"(faiss.get_num_gpus()={faiss.get_num_gpus()}, cuda={torch.cuda.is_available()})")
+    use_gpu = _gpu_wanted(use_gpu)
     if use_gpu and depth > GPU_MAX_K:
         warnings.warn(f"search depth {depth} > {GPU_MAX_K}, the most faiss-gpu can return: searching on the CPU",
                       RuntimeWarning, stacklevel=4)

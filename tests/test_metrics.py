@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from memvir import metrics
-from memvir.metrics import query_gallery_metrics, retrieval_metrics
+from memvir.metrics import neighbour_metrics, nmi, query_gallery_metrics, retrieval_metrics
 
 KEYS = ("r_precision", "map_at_r")
 
@@ -335,3 +335,164 @@ def test_use_gpu_without_a_gpu_is_an_error():
         pytest.skip("this machine has a GPU for faiss")
     with pytest.raises(ValueError, match="use_gpu=True"):
         retrieval_metrics(GOOD, GOOD_LABELS, use_gpu=True)
+
+
+# ---------------------------------------------------------------- the pure function of a neighbour table
+
+def test_neighbour_table_by_hand():
+    # rel(i) of four queries, nearest first (the query itself already left out), and their R:
+    #   q0  T F T F   R=2: top 2 = T F -> RP = 1/2; MAP@R = (1/2)(P(1)) = 1/2; first hit at rank 1.
+    #                      (its hit at rank 3 is beyond R: it counts for Recall@4 only)
+    #   q1  F T T F   R=3: top 3 = F T T -> RP = 2/3; MAP@R = (1/3)(P(2) + P(3)) = (1/3)(1/2 + 2/3) = 7/18; rank 2.
+    #   q2  F F F T   R=1: top 1 = F -> RP = 0, MAP@R = 0; first hit at rank 4.
+    #   q3  F F F F   R=0: a singleton: a miss for Recall@K, left out of RP and MAP@R.
+    # Recall@1 = 1/4 (q0), Recall@2 = 2/4 (q0, q1), Recall@4 = 3/4 (q0, q1, q2).
+    # RP = (1/2 + 2/3 + 0) / 3 = 7/18;  MAP@R = (1/2 + 7/18 + 0) / 3 = 8/27.
+    T, F = True, False
+    hits = np.array([[T, F, T, F], [F, T, T, F], [F, F, F, T], [F, F, F, F]])
+    got = neighbour_metrics(hits, np.array([2, 3, 1, 0]), ks=(1, 2, 4))
+    assert list(got) == ["recall@1", "recall@2", "recall@4", "r_precision", "map_at_r"]
+    assert got["recall@1"] == pytest.approx(1 / 4)
+    assert got["recall@2"] == pytest.approx(2 / 4)
+    assert got["recall@4"] == pytest.approx(3 / 4)
+    assert got["r_precision"] == pytest.approx(7 / 18)
+    assert got["map_at_r"] == pytest.approx(8 / 27)
+    # The same table as a torch bool tensor.
+    assert neighbour_metrics(torch.from_numpy(hits), torch.tensor([2, 3, 1, 0]), ks=(1, 2, 4)) == got
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_neighbour_table_against_loops(seed):
+    """Random tables against the definitions, one query at a time (R up to L, some R = 0)."""
+    rng = np.random.default_rng(seed)
+    Q, L = 40, 12
+    hits = rng.random((Q, L)) < 0.3
+    R = rng.integers(0, L + 1, size=Q)
+    ks = (1, 3, 12)
+    rp, ap = [], []
+    for row, r in zip(hits, R):
+        if r > 0:
+            rp.append(row[:r].sum() / r)
+            ap.append(sum(row[:t + 1].sum() / (t + 1) for t in range(r) if row[t]) / r)
+    got = neighbour_metrics(hits, R, ks)
+    for k in ks:
+        assert got[f"recall@{k}"] == pytest.approx(np.mean([row[:k].any() for row in hits]), abs=1e-12)
+    assert got["r_precision"] == pytest.approx(np.mean(rp), abs=1e-12)
+    assert got["map_at_r"] == pytest.approx(np.mean(ap), abs=1e-12)
+
+
+def test_neighbour_table_nothing_to_find_warns_at_the_caller():
+    with pytest.warns(RuntimeWarning, match="NaN") as record:
+        got = neighbour_metrics(np.zeros((3, 1), dtype=bool), np.zeros(3, dtype=int), ks=(1,))
+    assert record[0].filename == __file__  # the warning names the caller's line, not metrics.py
+    assert got["recall@1"] == 0.0 and math.isnan(got["r_precision"]) and math.isnan(got["map_at_r"])
+
+
+def test_search_warning_still_names_the_caller():
+    with pytest.warns(RuntimeWarning, match="NaN") as record:
+        retrieval_metrics(unit_circle([0, 90, 200]), np.array([3, 4, 5]), ks=(1,))
+    assert record[0].filename == __file__
+
+
+HITS = np.array([[True, False], [False, True]])
+
+
+@pytest.mark.parametrize("hits, R, ks, match", [
+    (HITS.astype(int), [1, 1], (1,), r"hits: expected a 2-D bool array"),
+    (HITS[0], [1, 1], (1,), r"hits: expected a 2-D bool array"),
+    (HITS[:0], [], (1,), r"hits: expected at least one query"),
+    (HITS, [1], (1,), r"num_relevant: expected a 1-D array of length 2"),
+    (HITS, [1.0, 1.0], (1,), r"num_relevant: expected integer"),
+    (HITS, [1, -1], (1,), r"num_relevant: expected counts >= 0"),
+    (HITS, [3, 1], (1,), r"hits: expected at least max\(num_relevant\) = 3 columns"),
+    (HITS, [1, 1], (0,), r"ks: expected"),
+])
+def test_neighbour_table_bad_input(hits, R, ks, match):
+    with pytest.raises(ValueError, match=match):
+        neighbour_metrics(hits, np.asarray(R), ks)
+
+
+# ---------------------------------------------------------------- NMI (the official --do_nmi)
+
+def blobs(seed, num_classes, per_class, dim=16, spread=0.05):
+    """Well-separated clusters on random directions: (emb (n, dim), blob id (n,))."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(num_classes, dim))
+    blob = np.repeat(np.arange(num_classes), per_class)
+    return centres[blob] + spread * rng.normal(size=(len(blob), dim)), blob
+
+
+def nmi_by_hand(a, b):
+    """NMI(a, b) = I(a; b) / ((H(a) + H(b)) / 2), from the contingency table (natural logs)."""
+    n = len(a)
+    joint = np.zeros((a.max() + 1, b.max() + 1))
+    np.add.at(joint, (a, b), 1.0 / n)
+    pa, pb = joint.sum(axis=1), joint.sum(axis=0)
+    nz = joint > 0
+    mi = (joint[nz] * np.log(joint[nz] / np.outer(pa, pb)[nz])).sum()
+    entropy = lambda p: -(p[p > 0] * np.log(p[p > 0])).sum()  # noqa: E731
+    return mi / ((entropy(pa) + entropy(pb)) / 2)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_nmi_separated_clusters_is_one(seed):
+    emb, labels = blobs(seed, num_classes=8, per_class=15)
+    labels = 5 * labels + 3  # gaps between label values: as many clusters as classes, whatever their values
+    assert nmi(emb, labels, seed=seed) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_nmi_random_labels_is_near_zero():
+    emb, _ = blobs(0, num_classes=4, per_class=500)
+    labels = np.random.default_rng(1).integers(0, 4, size=len(emb))
+    assert 0.0 <= nmi(emb, labels) < 0.01
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_nmi_noisy_labels_by_hand_and_scikit_learn(seed):
+    """Clusters k-means cannot miss, labels with 30% of them reassigned at random: a value well below 1, equal to
+    the formula on the known clusters and to scikit-learn's KMeans + NMI (the official code's pair)."""
+    sklearn_cluster = pytest.importorskip("sklearn.cluster")
+    sklearn_metrics = pytest.importorskip("sklearn.metrics")
+    emb, blob = blobs(seed, num_classes=5, per_class=40)
+    rng = np.random.default_rng(seed)
+    labels = blob.copy()
+    noisy = rng.random(len(labels)) < 0.3
+    labels[noisy] = rng.integers(0, 5, size=int(noisy.sum()))
+    got = nmi(emb, labels, seed=seed)
+    expected = nmi_by_hand(blob, labels)
+    assert 0.2 < expected < 0.9
+    assert got == pytest.approx(expected, abs=1e-9)
+    unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)  # the official code clusters features_l2
+    km = sklearn_cluster.KMeans(n_clusters=5, n_init=10, random_state=seed).fit(unit)
+    theirs = sklearn_metrics.normalized_mutual_info_score(labels, km.labels_, average_method="arithmetic")
+    assert got == pytest.approx(theirs, abs=1e-12)
+
+
+def test_nmi_is_seeded():
+    emb, blob = blobs(3, num_classes=12, per_class=6, spread=0.8)  # overlapping: k-means depends on its start
+    assert nmi(torch.from_numpy(emb), torch.from_numpy(blob), seed=7) == nmi(emb, blob, seed=7)
+    # The seed reaches k-means: single runs from different starts end in different clusterings.
+    assert len({nmi(emb, blob, seed=s, n_init=1) for s in range(5)}) > 1
+
+
+@pytest.mark.parametrize("emb, labels, kwargs, match", [
+    (GOOD, np.zeros(4, dtype=int), {}, r"labels: expected at least 2 classes"),
+    (GOOD, GOOD_LABELS[:3], {}, r"labels: expected a 1-D array of length 4"),
+    (GOOD, GOOD_LABELS.astype(float), {}, r"labels: expected integer"),
+    (with_row(np.nan), GOOD_LABELS, {}, r"embeddings: expected finite values, row 2"),
+    (with_row(0.0), GOOD_LABELS, {}, r"embeddings: row 2 has norm 0"),
+    (GOOD, GOOD_LABELS, dict(n_init=0), r"n_init: expected an integer >= 1"),
+    (GOOD, GOOD_LABELS, dict(max_iter=2.5), r"max_iter: expected an integer >= 1"),
+    (GOOD, GOOD_LABELS, dict(seed=-1), r"seed: expected an integer >= 0"),
+])
+def test_nmi_bad_input(emb, labels, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        nmi(emb, labels, **kwargs)
+
+
+def test_nmi_use_gpu_without_a_gpu_is_an_error():
+    import faiss
+    if faiss.get_num_gpus() > 0 and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU for faiss")
+    with pytest.raises(ValueError, match="use_gpu=True"):
+        nmi(GOOD, GOOD_LABELS, use_gpu=True)
