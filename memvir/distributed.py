@@ -17,14 +17,16 @@ trainer converts BatchNorm to SyncBatchNorm; on CPU (gloo) PyTorch has no SyncBa
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "from_env", "init", "gather_batch", "broadcast_object", "barrier", "shutdown"]
+__all__ = ["DistInfo", "from_env", "pick_device", "determinism", "init", "gather_batch", "broadcast_object", "barrier", "shutdown"]
 
 TIMEOUT = datetime.timedelta(minutes=60)  # rank 0 evaluates alone while the others wait at a barrier
 
@@ -62,6 +64,56 @@ def from_env(environ=None) -> DistInfo:
     if info.world_size < 1 or not 0 <= info.rank < info.world_size:
         raise ValueError(f"RANK={info.rank}, WORLD_SIZE={info.world_size}: expected 0 <= RANK < WORLD_SIZE")
     return info
+
+
+def pick_device(gpu, info: DistInfo) -> torch.device:
+    """The device to train on: torchrun's LOCAL_RANK GPU; else --gpu's GPU; else the first GPU; else the CPU.
+
+    --gpu on a machine without CUDA warns and uses the CPU, so the official README's lines run anywhere.
+    """
+    cuda = torch.cuda.is_available()
+    if info.enabled:
+        if cuda:
+            torch.cuda.set_device(info.local_rank)
+            return torch.device("cuda", info.local_rank)
+        return torch.device("cpu")
+    if gpu is None:
+        return torch.device("cuda", 0) if cuda else torch.device("cpu")
+    if gpu.strip().lower() == "cpu":
+        return torch.device("cpu")
+    ids = [s.strip() for s in gpu.split(",") if s.strip()]
+    if not ids or not all(s.isdigit() for s in ids):
+        raise ValueError(f"--gpu={gpu!r}: expected a GPU id such as 0 (or cpu)")
+    if not cuda:
+        warnings.warn(f"--gpu={gpu}: no CUDA GPU on this machine; training on the CPU", stacklevel=3)
+        return torch.device("cpu")
+    if len(ids) > 1:
+        warnings.warn(f"--gpu={gpu}: one process uses one GPU (cuda:{ids[0]}); for several, run "
+                      f"`torchrun --nproc_per_node={len(ids)} -m memvir train ...`", stacklevel=3)
+    index = int(ids[0])
+    if index >= torch.cuda.device_count():
+        raise ValueError(f"--gpu={gpu}: this machine has {torch.cuda.device_count()} GPU(s), ids 0.."
+                         f"{torch.cuda.device_count() - 1}")
+    return torch.device("cuda", index)
+
+
+@contextlib.contextmanager
+def determinism(deterministic: bool):
+    """Set torch's determinism flags for the run and restore the caller's afterwards."""
+    cudnn = torch.backends.cudnn
+    saved = (torch.are_deterministic_algorithms_enabled(), cudnn.deterministic, cudnn.benchmark)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for reproducible results
+        torch.use_deterministic_algorithms(True)
+        cudnn.deterministic, cudnn.benchmark = True, False
+    else:
+        cudnn.benchmark = True  # as the official code: fastest kernels, not reproducible on a GPU
+    try:
+        yield
+    finally:
+        if torch.are_deterministic_algorithms_enabled() != saved[0]:  # the call is slow the first time: skip it
+            torch.use_deterministic_algorithms(saved[0])
+        cudnn.deterministic, cudnn.benchmark = saved[1], saved[2]
 
 
 def init(info: DistInfo, device: torch.device) -> bool:

@@ -303,9 +303,9 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_checkpoint(tmp_path, monkeyp
     calls = []
     forward = NormSoftmax.forward
 
-    def nan_at_sixth_step(self, emb, labels, proxies=None):
+    def nan_at_sixth_step(self, emb, labels, proxies=None, **kwargs):
         calls.append(1)
-        loss = forward(self, emb, labels, proxies)
+        loss = forward(self, emb, labels, proxies, **kwargs)
         return loss * float("nan") if len(calls) == 6 else loss
 
     monkeypatch.setattr(NormSoftmax, "forward", nan_at_sixth_step)
@@ -317,7 +317,8 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_checkpoint(tmp_path, monkeyp
 
     calls.clear()
     assert main(TINY_ARGS + ["--epochs", "3", "--save_path", str(tmp_path / "cli")]) == 2
-    assert "error: loss is nan at step 5 (epoch 2)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "error: training diverged at step 5 (epoch 2): the loss is nan" in err and "--modellr" in err
 
 
 def test_gpu_flag_without_cuda_warns_and_uses_the_cpu(tmp_path):

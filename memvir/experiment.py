@@ -1,0 +1,75 @@
+"""From a config to the objects of a run: the data splits, the network, the loss and the criterion.
+
+    exp = build(resolve_config({"data_name": "glyphs", "memvir": True}))
+    exp.net(images)                      # (B, D) embeddings
+    exp.criterion(emb, labels, epoch=0)  # MemVir around exp.loss, or exp.loss itself
+
+The one place a config becomes objects: training (memvir.train), --eval_best and the report's `load_trained` all
+call it, so a run is rebuilt exactly as it was trained.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import torch.nn as nn
+
+__all__ = ["Experiment", "build", "build_splits", "build_criterion"]
+
+
+@dataclass
+class Experiment:
+    splits: object  # memvir.data.Splits: train, test (and val, query, gallery where they exist), num_classes
+    net: nn.Module  # backbone -> pooling -> embedding, (B, channels, H, W) -> (B, D)
+    loss: nn.Module  # owns `proxies` (C, D)
+    criterion: nn.Module  # MemVir(loss) or the loss itself; both are called criterion(emb, labels, epoch=e)
+
+
+def build_splits(cfg):
+    """The datasets of a config: the glyph set it names (rendered or cached) or the prepared folder."""
+    from .data import build_datasets
+
+    if cfg.data_name == "glyphs":
+        return build_datasets("glyphs", data=cfg.data, image_size=cfg.input_size, num_classes=cfg.num_classes,
+                              instances_per_class=cfg.instances_per_class, min_fonts=cfg.min_fonts,
+                              seed=cfg.glyph_seed, val_classes=cfg.val_classes)
+    return build_datasets(cfg.data_name, data=cfg.data, backbone=cfg.backbone, input_size=cfg.input_size)
+
+
+def build_criterion(cfg, num_classes):
+    """The loss with C = num_classes proxies (C, D), wrapped in MemVir when cfg.memvir; returns (loss, criterion)."""
+    from .losses import ProxyNCA, build_loss
+    from .memory import MemVir
+
+    loss = build_loss(cfg.loss, num_classes, cfg.dim, cfg.scale, normalize_embeddings=cfg.train_with_l2norm)
+    if isinstance(loss, ProxyNCA) and cfg.init_type == "uniform":  # the official kaiming_uniform_(a=sqrt(5))
+        nn.init.uniform_(loss.proxies, -1 / math.sqrt(num_classes), 1 / math.sqrt(num_classes))
+    criterion = MemVir(loss, cfg.mem_num_step, cfg.mem_step_gap, cfg.warm_epoch) if cfg.memvir else loss
+    return loss, criterion
+
+
+def build(cfg, device="cpu", pretrained=True) -> Experiment:
+    """Build a run's objects from its resolved config, on `device`.
+
+    Args:
+        cfg: a resolved TrainConfig (memvir.config.resolve_config).
+        pretrained: load cfg.pretrained into the backbone (training); False when a checkpoint brings the weights.
+    """
+    from .models import build_model
+
+    splits = build_splits(cfg)
+    C = splits.num_classes  # the classes of the train folder; -C may add proxies that are only negatives
+    if cfg.C is not None:
+        if cfg.C < C:
+            raise ValueError(f"-C={cfg.C}: the training data has {C} classes; expected -C >= {C} (or leave it "
+                             f"unset: C is then the number of training classes)")
+        if cfg.C > C:
+            warnings.warn(f"-C={cfg.C} with {C} training classes: {cfg.C - C} proxies have no images and act only "
+                          f"as negatives (as the official code)", stacklevel=2)
+        C = cfg.C
+    net = build_model(cfg.backbone, cfg.dim, cfg.pooling_type, cfg.pretrained if pretrained else "none",
+                      in_channels=1 if cfg.data_name == "glyphs" else 3).to(device)
+    loss, criterion = build_criterion(cfg, C)
+    criterion.to(device)
+    return Experiment(splits, net, loss, criterion)
