@@ -35,13 +35,15 @@ import collections
 
 import matplotlib.pyplot as plt
 import pandas as pd
+from IPython.display import Markdown, display
 
 import memvir.data
 from memvir.data import glyphs
 from memvir.data.prepare import EXPECTED
 
 glyph_set = glyphs.render_glyphs(image_size=input_size, num_classes=num_classes,
-                                 instances_per_class=instances_per_class, min_fonts=min_fonts, seed=glyph_seed)
+                                 instances_per_class=instances_per_class,
+                                 min_fonts=min_fonts, seed=glyph_seed)
 parts = glyphs.glyph_splits(glyph_set)
 
 # %% [markdown]
@@ -53,9 +55,11 @@ parts = glyphs.glyph_splits(glyph_set)
 # fine-grained, as CARS196 (car models) and CUB-200 (bird species) are.
 
 # %%
-fig = glyphs.contact_sheet(parts["train"], classes=8, per_class=12, title="train classes (seen in training)")
+fig = glyphs.contact_sheet(parts["train"], classes=8, per_class=12,
+                          title="train classes (seen in training)")
 plt.show()
-fig = glyphs.contact_sheet(parts["test"], classes=8, per_class=12, title="test classes (never seen in training)")
+fig = glyphs.contact_sheet(parts["test"], classes=8, per_class=12,
+                          title="test classes (never seen in training)")
 plt.show()
 
 # %% [markdown]
@@ -64,10 +68,11 @@ plt.show()
 # Like CARS196 (classes 1-98 train, 99-196 test), the classes are split in two halves; a model is trained on
 # the first half and evaluated by retrieval among the images of the second half.
 
-# %%
+# %% tags=["hide-input"]
 # NBVAL_CHECK_OUTPUT
 pd.DataFrame([{"split": name, "classes": len(p.chars), "images": len(p.labels),
-               "images per class": len(p.labels) // len(p.chars)} for name, p in parts.items()]).set_index("split")
+               "images per class": len(p.labels) // len(p.chars)}
+              for name, p in parts.items()]).set_index("split")
 
 # %% [markdown]
 # ## Class and font statistics
@@ -78,8 +83,11 @@ pd.DataFrame([{"split": name, "classes": len(p.chars), "images": len(p.labels),
 # the distinct renders in turn, so a class with many renders has more varied instances.
 
 # %%
-stats = glyphs.font_stats(glyph_set)
-stats["split"] = ["train" if c < len(parts["train"].chars) else "test" for c in stats["class"]]
+stats = glyphs.font_stats(glyph_set)  # one row per class: script, num_renders, fonts
+
+# %% tags=["hide-input"]
+num_train = len(parts["train"].chars)  # classes 0 .. num_train - 1 train
+stats["split"] = ["train" if c < num_train else "test" for c in stats["class"]]
 by_script = stats.groupby(["script", "split"]).size().unstack(fill_value=0)
 by_script = by_script.loc[by_script.sum(axis=1).sort_values(ascending=False).index]
 fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
@@ -87,18 +95,22 @@ by_script.plot.barh(ax=axes[0], stacked=True)
 axes[0].invert_yaxis()
 axes[0].set_xlabel("classes")
 axes[0].set_title("classes per script")
-axes[1].hist(stats["num_renders"], bins=range(min_fonts, stats["num_renders"].max() + 2), color="grey")
+axes[1].hist(stats["num_renders"], bins=range(min_fonts, stats["num_renders"].max() + 2),
+             color="grey")
 axes[1].set_xlabel("distinct renders of the class")
 axes[1].set_ylabel("classes")
 axes[1].set_title("variety within a class")
 plt.tight_layout()
 plt.show()
 
-# %%
-font_use = collections.Counter(f.strip() for fonts in stats["fonts"] for f in fonts.split(","))
-print(f"{len(stats)} classes drawn by {len(font_use)} fonts; pool: {glyph_set.params['pool_size']} characters "
-      f"with >= {min_fonts} distinct renders")
-pd.Series(font_use, name="classes it draws").sort_values(ascending=False).head(12).to_frame()
+# %% tags=["hide-input"]
+font_use = collections.Counter(f.strip() for fonts in stats["fonts"]
+                               for f in fonts.split(","))
+pool = glyph_set.params["pool_size"]
+print(f"{len(stats)} classes drawn by {len(font_use)} fonts; "
+      f"pool: {pool} characters with >= {min_fonts} distinct renders")
+font_use = pd.Series(font_use, name="classes it draws").sort_values(ascending=False)
+font_use.head(12).to_frame()
 
 # %% [markdown]
 # ## The paper's four benchmarks
@@ -119,7 +131,7 @@ pd.Series(font_use, name="classes it draws").sort_values(ascending=False).head(1
 # evaluation partition, where test queries search a separate gallery. `prepare` checks every count against this
 # table and refuses a difference (unless `--force`):
 
-# %%
+# %% tags=["hide-input"]
 # NBVAL_CHECK_OUTPUT
 pd.DataFrame(EXPECTED).T.map(lambda v: "-" if pd.isna(v) else f"{int(v):,}")
 
@@ -128,3 +140,18 @@ pd.DataFrame(EXPECTED).T.map(lambda v: "-" if pd.isna(v) else f"{int(v):,}")
 # about 82): 32-pixel grey images, small enough for a CPU, not easy. Recall@1 on it ends in the nineties
 # (chapter 6), so the chapters report R-Precision and MAP@R next to it: they still move when the nearest
 # neighbour is almost always right {cite}`musgrave2020reality`.
+
+# %% [markdown]
+# ## What we saw
+
+# %% tags=["hide-input"]
+train, test = parts["train"], parts["test"]
+renders, cars = stats["num_renders"], EXPECTED["cars196"]
+display(Markdown(
+    f"The glyph benchmark drew {len(train.chars)} training and {len(test.chars)} test "
+    f"classes ({len(train.labels):,} and {len(test.labels):,} images of {input_size} px) "
+    f"from a pool of {pool:,} characters, with {len(font_use)} fonts; a class has "
+    f"{renders.min()} to {renders.max()} distinct renders "
+    f"(median {renders.median():g}), and "
+    f"{by_script.shape[0]} scripts are mixed across both halves. The paper's CARS196 has "
+    f"{cars['train classes']} training classes with {cars['train images']:,} images."))

@@ -23,9 +23,9 @@
 # The paper's numbers are shown next to ours; they come from `memvir/paper_results/`.
 
 # %% tags=["parameters"]
-report_dir = "../results/report/cpu"  # written by `python -m memvir report` (make reproduce); a snapshot is committed
+report_dir = "../results/report/cpu"  # the report's folder (a snapshot is committed)
 
-# %%
+# %% tags=["hide-input"]
 import json
 from pathlib import Path
 
@@ -38,17 +38,21 @@ out = Path(report_dir)
 summary = json.loads((out / "report.json").read_text())
 runs = pd.read_csv(out / "runs.csv")
 value = summary["table_value"]
-what = {"best": "the best value over the run's evaluations on the test classes (what the official code records "
-                "and the paper reports)", "last": "the value at the last evaluation"}
+what = {"best": "the best value over the run's evaluations on the test classes "
+                "(what the official code records and the paper reports)",
+        "last": "the value at the last evaluation"}
 display(Markdown(
-    f"**Profile `{summary['profile']}`** ({summary['config']}): {summary['description']}\n\n"
+    f"**Profile `{summary['profile']}`** ({summary['config']}): "
+    f"{summary['description']}\n\n"
     f"{summary['runs']} runs of {summary['expected_runs']}"
-    + (" (**partial**: some runs have not finished)" if summary["partial"] else "") +
-    f". The tables below use **{value}**: {what[value]}; the same tables with the other value follow."))
+    + (" (**partial**: some runs have not finished)" if summary["partial"] else "")
+    + f". The tables below use **{value}**: {what[value]}; "
+    "the same tables with the other value follow."))
 
 
-# %%
-STYLE = "<style>.results td, .results th {padding: 0.15em 0.6em; text-align: right}</style>"
+# %% tags=["hide-input"]
+STYLE = ("<style>.results td, .results th {padding: 0.15em 0.6em;"
+         " text-align: right}</style>")
 
 
 def html(table):
@@ -58,14 +62,17 @@ def html(table):
 
 def side_by_side(*tables):
     """Show HTML tables next to each other, each with a caption."""
-    cells = "".join(f"<div><p><b>{caption}</b></p>{html(t)}</div>" for caption, t in tables)
-    display(HTML(f'{STYLE}<div style="display:flex;flex-wrap:wrap;gap:2em">{cells}</div>'))
+    cells = "".join(f"<div><p><b>{caption}</b></p>{html(t)}</div>"
+                    for caption, t in tables)
+    flex = "display:flex;flex-wrap:wrap;gap:2em"
+    display(HTML(f'{STYLE}<div style="{flex}">{cells}</div>'))
 
 
 ours = "ours" if summary["data_name"] != "cars196" else "ours (CARS196)"
 for metric, name in report.METRICS.items():
     display(Markdown(f"## {name}"))
-    side_by_side((f"{ours}, {summary['data_name']}, {value}", report.table_from_runs(runs, metric, value)),
+    side_by_side((f"{ours}, {summary['data_name']}, {value}",
+                  report.table_from_runs(runs, metric, value)),
                  ("paper (official README), CARS196", report.paper_table(metric)))
 
 # %% [markdown]
@@ -76,18 +83,19 @@ for metric, name in report.METRICS.items():
 # mean and standard deviation of the per-seed differences, in how many seeds MemVir is ahead, and the p-value of
 # a paired t-test (is the mean difference zero?).
 
-# %%
+# %% tags=["hide-input"]
 paired = []
 for v in ("best", "last"):
     for metric, name in report.METRICS.items():
         t = report.paired_from_runs(runs, metric, v)
         paired.append(t.assign(Metric=name, Value=v))
-paired = pd.concat(paired)[["Metric", "Value", "Loss", "Baseline", "Pairs", "Mean", "Std.", "Positive", "p"]]
+paired = pd.concat(paired)[["Metric", "Value", "Loss", "Baseline", "Pairs",
+                            "Mean", "Std.", "Positive", "p"]]
 display(HTML(STYLE + html(paired)))
 
-# %%
+# %% tags=["hide-input"]
 def verdict(mean, p):
-    """Call a difference a gain or a loss only when a paired t-test over the seeds rejects 'no difference' at 5%."""
+    """A gain or a loss only when a paired t-test rejects 'no difference' at 5%."""
     if p < 0.05:
         return "a gain" if mean > 0 else "a loss"
     return "not distinguishable from the seed-to-seed noise"
@@ -95,8 +103,10 @@ def verdict(mean, p):
 
 lines = []
 for _, r in paired[paired["Value"] == value].iterrows():
-    lines.append(f"- **{r['Loss']}**, {r['Metric']}: {r['Mean']:+.2f} ± {r['Std.']:.2f} points, ahead in "
-                 f"{r['Positive']} seeds (paired t-test p = {r['p']:.3f}): {verdict(r['Mean'], r['p'])}")
+    lines.append(f"- **{r['Loss']}**, {r['Metric']}: "
+                 f"{r['Mean']:+.2f} ± {r['Std.']:.2f} points, "
+                 f"ahead in {r['Positive']} seeds (paired t-test p = {r['p']:.3f}): "
+                 f"{verdict(r['Mean'], r['p'])}")
 display(Markdown(f"In short ({value} values):\n\n" + "\n".join(lines)))
 
 
@@ -106,7 +116,7 @@ display(Markdown(f"In short ({value} values):\n\n" + "\n".join(lines)))
 # Recall@1, R-Precision and MAP@R of every row: the bar is the mean over the seeds, the error bar the standard
 # deviation, the dots the single runs.
 
-# %%
+# %% tags=["hide-input"]
 display(Image(filename=str(out / "figures" / "bars.png")))
 
 # %% [markdown]
@@ -114,13 +124,13 @@ display(Image(filename=str(out / "figures" / "bars.png")))
 # A MemVir run and its baseline share everything up to the end of the warm-up, so their curves coincide until
 # then.
 
-# %%
+# %% tags=["hide-input"]
 display(Image(filename=str(out / "figures" / "learning_curves.png")))
 
 # %% [markdown]
 # The curriculum of the MemVir rows (their first seed): classes and embeddings in the loss at each step.
 
-# %%
+# %% tags=["hide-input"]
 if (out / "figures" / "curriculum.png").exists():
     display(Image(filename=str(out / "figures" / "curriculum.png")))
 
@@ -130,7 +140,7 @@ if (out / "figures" / "curriculum.png").exists():
 # The same tables with the other value of each run. The best value over the evaluations on the test set is
 # selected on the test set, so it is optimistic; the last is not selected at all.
 
-# %%
+# %% tags=["hide-input"]
 other = "last" if value == "best" else "best"
 for metric, name in report.METRICS.items():
     display(Markdown(f"**{name}, {other}**"))
@@ -144,11 +154,12 @@ for metric, name in report.METRICS.items():
 # rows). For context, the paper's Table 4 (Recall@1 with BN-Inception, 512-d, on three benchmarks; MemVir rows
 # marked):
 
-# %%
+# %% tags=["hide-input"]
 # NBVAL_CHECK_OUTPUT
 table4 = report.paper_results("table4_recall_at_1")
-table4.assign(method=[("MemVir + " if m else "") + name for name, m in zip(table4["method"], table4["memvir"])]) \
-    .drop(columns=["memvir", "fair"]).set_index("method")
+names = [("MemVir + " if m else "") + name
+         for name, m in zip(table4["method"], table4["memvir"])]
+table4.assign(method=names).drop(columns=["memvir", "fair"]).set_index("method")
 
 # %% [markdown]
 # ## Reading the numbers
@@ -161,3 +172,23 @@ table4.assign(method=[("MemVir + " if m else "") + name for name, m in zip(table
 # near its ceiling on the glyph benchmark, which is why R-Precision and MAP@R, which count all $R$ neighbours of
 # a query, are the headline metrics here. Chapter 3 explains why the two losses behave alike: with normalised
 # embeddings and proxies, Proxy-NCA at scale 12 is Norm-SoftMax at scale 24.
+
+# %% [markdown]
+# ## What we saw
+
+# %% tags=["hide-input"]
+def said(metric):
+    rows = paired[(paired["Value"] == value) & (paired["Metric"] == metric)]
+    return " and ".join(f"{r['Mean']:+.2f} points for {r['Loss']} "
+                        f"(ahead in {r['Positive']} seeds, p = {r['p']:.3f}: "
+                        f"{verdict(r['Mean'], r['p'])})" for _, r in rows.iterrows())
+
+
+paper_r1 = report.paper_table("recall@1")
+paper_gain = [f"{float(r['Diff.']):+.2f} for {r['Loss']}" for _, r in paper_r1.iterrows()
+              if r["Diff."] != "-"]
+display(Markdown(
+    f"On the `{summary['profile']}` profile ({summary['runs']} runs, {value} values), "
+    f"MemVir changed MAP@R by {said('MAP@R')}, and Recall@1 by {said('Recall@1')}. "
+    f"In Recall@1 the paper's CARS196 runs gain {' and '.join(paper_gain)}, "
+    "with MemVir trained longer than its baseline."))

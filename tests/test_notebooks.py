@@ -30,8 +30,30 @@ def pair(request):
 
 
 def test_there_are_chapters():
-    assert [p.stem[:2] for p in SOURCES] == [f"{i:02d}" for i in range(1, len(SOURCES) + 1)], "NN_ in reading order"
+    # Reading order is sorted order; a number may be shared (04_evaluation before 04_memvir), none skipped.
+    numbers = sorted({int(p.stem[:2]) for p in SOURCES})
+    assert numbers == list(range(1, len(numbers) + 1)), "NN_ numbers 01, 02, ... without a gap"
     assert not sorted(set((ROOT / "notebooks").glob("*.ipynb")) - {p.with_suffix(".ipynb") for p in SOURCES})
+
+
+LINE_LIMIT = 90  # characters of code that fit the book's page column without a sideways scroll bar
+
+
+@pytest.mark.parametrize("py", SOURCES, ids=IDS)
+def test_code_lines_fit_the_page_column(py):
+    long = [f"{py.name}, cell {i}: {len(line)} characters: {line[:50]}..."
+            for i, c in enumerate(jupytext.read(py).cells) if c.cell_type == "code"
+            for line in c.source.splitlines() if len(line) > LINE_LIMIT]
+    assert not long, "\n".join(long)
+
+
+def test_line_limit_catches_a_long_line(tmp_path):
+    # The check above reads cells through jupytext: a long line in a code cell is seen, one in Markdown is not.
+    py = tmp_path / "99_x.py"
+    py.write_text("# %% [markdown]\n# " + "m" * 120 + "\n\n# %%\nx = 1  # " + "c" * 100 + "\n")
+    cells = jupytext.read(py).cells
+    assert [c.cell_type for c in cells] == ["markdown", "code"]
+    assert [len(line) > LINE_LIMIT for line in cells[1].source.splitlines()] == [True]
 
 
 def test_pair_in_sync(pair):
