@@ -1,20 +1,31 @@
-# The MemVir book. `make reproduce` is the main job; `make test` is what CI runs.
+# The MemVir book. `make reproduce` is the main job; `make test` is what CI runs; `make lab` to read and edit it.
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
+KERNEL := $(PY) -m ipykernel install --user --name memvir --display-name "Python (memvir)"
 # Torch's OpenMP threads spin-wait and starve anything else on a 2-core machine: let them sleep.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup test bench clean-venv
+.PHONY: setup browser test lab bench clean-venv
 
-# Create .venv, install the project with its extras, and register a Jupyter kernel named `memvir`.
-setup: $(VENV)/.installed
-$(VENV)/.installed: pyproject.toml
+# Everything the tests and the book need: .venv with the project and its extras (JupyterLab included), the Jupyter
+# kernel `memvir`, and headless Chromium for the browser tests.
+setup: $(VENV)/.installed browser
+
+# jupytext's Lab extension comes with jupytext; the overrides make a chapter's .py open as a notebook in Lab.
+LAB_SETTINGS := $(VENV)/share/jupyter/lab/settings/overrides.d
+$(VENV)/.installed: pyproject.toml tools/jupyterlab-overrides.json
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[book,dev]'
-	$(PY) -m ipykernel install --user --name memvir --display-name "Python (memvir)" >/dev/null
+	$(KERNEL) >/dev/null
+	mkdir -p $(LAB_SETTINGS) && cp tools/jupyterlab-overrides.json $(LAB_SETTINGS)/memvir.json
 	touch $@
+
+# Debian's chromium, installed with apt-get when none is found and we are root. Not root: the script prints one line
+# naming the command to run, and the set-up goes on, so that the browser tests fail with that same line.
+browser:
+	@$(SHELL) tools/ensure_browser.sh || true
 
 # The whole test suite: two workers, one torch thread each (see README, "Tests"); nbval re-executes the committed
 # notebooks (their default parameters) and checks the outputs marked NBVAL_CHECK_OUTPUT. --dist loadfile keeps a
@@ -22,10 +33,21 @@ $(VENV)/.installed: pyproject.toml
 test: setup
 	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile --nbval-lax --nbval-kernel-name python3 tests notebooks
 
+# JupyterLab on notebooks/ with the `memvir` kernel (re-registered here, so that it is this checkout's .venv); no
+# browser pop-up, localhost only: open the URL with its token that it prints. Ctrl-C stops it.
+LAB_PORT ?= 8888
+lab: setup
+	@$(KERNEL) >/dev/null
+	@$(SHELL) tools/lab.sh $(PY) notebooks $(LAB_PORT)
+
 # Benchmarks print ratios measured in one run; they are never part of `make test`.
 bench: setup
 	$(PY) -m bench.memvir_step
 	$(PY) -m bench.evaluation
+
+# Remove .venv; the next `make setup` installs it anew.
+clean-venv:
+	rm -rf $(VENV)
 
 # ---- The book: runs -> report -> chapters -> HTML. Results flow one way (memvir/report.py) ----------------------
 # `make -j2 reproduce` runs every experiment of configs/$(PROFILE).yml through papermill (one folder per run in

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from browser import CHROMIUM_FLAGS, chromium
+
 ROOT = Path(__file__).resolve().parents[1]
 BOOK = ROOT / "book"
 CHAPTERS = [p.stem for p in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.py"))]
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 def test_toc_lists_every_chapter_in_order():
@@ -41,13 +41,6 @@ def test_config_builds_offline_without_executing():
         p.read_text() for p in [*(ROOT / "notebooks").glob("*.py"), BOOK / "intro.md"])))
     keys = set(re.findall(r"@\w+\{(\w+),", (BOOK / "references.bib").read_text()))
     assert {k for c in cited for k in c.split(",")} <= keys
-
-
-def chromium():
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        if shutil.which(name):
-            return shutil.which(name)
-    pytest.fail("headless Chromium is needed to check the book as a reader sees it: apt-get install -y chromium")
 
 
 @pytest.fixture(scope="module")

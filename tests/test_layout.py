@@ -46,6 +46,8 @@ def test_ci_runs_the_readme_test_command():
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
     assert "make test" in readme and re.search(r"^make test$", ci, re.M)
+    # CI installs nothing of its own (a green CI must not hide a set-up step): `make setup` does it for everyone.
+    assert not re.search(r"\b(apt-get|pip|conda)\b", ci), ci
 
 
 def test_python_version_supported():
