@@ -13,8 +13,8 @@ import importlib
 
 __version__ = "0.1.0"
 _SUBMODULES = {"losses", "memory", "metrics", "data", "models", "train", "report"}
-_NAMES = {"MemVir": "memory", "NormSoftmax": "losses", "ProxyNCA": "losses", "build_loss": "losses",
-          "retrieval_metrics": "metrics", "query_gallery_metrics": "metrics"}
+_NAMES = {"MemVir": "memory", "TakenStep": "memory", "NormSoftmax": "losses", "ProxyNCA": "losses",
+          "build_loss": "losses", "retrieval_metrics": "metrics", "query_gallery_metrics": "metrics"}
 __all__ = sorted(_NAMES) + sorted(_SUBMODULES)
 
 

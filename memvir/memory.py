@@ -10,7 +10,8 @@ Symbols of the paper and their names here (notebooks/04_memvir.py has the same t
 Per training step, exactly:
   1. Look at the memory as it is *before* this step.
   2. If epoch >= U, push this step's detached embeddings (B, D), labels (B,) and a copy of the proxies (C, D)
-     (stored as the loss compares them, `loss.embed(x)`: unit rows for Norm-SoftMax and Proxy-NCA);
+     (stored as the loss compares them: embeddings as `loss.embed(x)`, unit rows unless the loss has
+     `normalize_embeddings=False`; proxies as `loss.embed_proxies(p)`, unit rows for Norm-SoftMax and Proxy-NCA);
      keep only the newest N*(M+1) steps.
   3. From the memory of step 1, newest first, take positions M, 2M+1, 3M+2, ... (every (M+1)-th step), at most N.
   4. The k-th taken step adds its embeddings with labels + k*C and its proxies as C more classes; the loss is the
@@ -44,7 +45,8 @@ from .losses import check_batch
 __all__ = ["MemVir", "TakenStep"]
 
 # One past step as the next call takes it (rule 3), trimmed to its real batch: embeddings (n, D) as stored
-# (`loss.embed` of the step's embeddings), labels (n,) as the batch had them (not shifted by k*C), proxies (C, D).
+# (`loss.embed` of the step's embeddings), labels (n,) as the batch had them (not shifted by k*C), proxies (C, D)
+# as stored (`loss.embed_proxies` of the step's proxies).
 TakenStep = namedtuple("TakenStep", ["step", "embeddings", "labels", "proxies"])
 
 
@@ -139,7 +141,8 @@ class MemVir(nn.Module):
 
         Each is trimmed to its real batch size n and copied to the proxies' device and dtype (later pushes do not
         change it): embeddings (n, D) as stored (`loss.embed` rows, rounded if `storage_dtype` is set), labels (n,)
-        unshifted, proxies (C, D). The k-th (from 1) is the k-th virtual class block of rule 4 (MemVir Sec. 3.2).
+        unshifted, proxies (C, D) as stored (`loss.embed_proxies` rows). The k-th (from 1) is the k-th virtual
+        class block of rule 4 (MemVir Sec. 3.2).
         """
         out = []
         for q in self.taken_steps():
@@ -199,14 +202,14 @@ class MemVir(nn.Module):
         past_proxies = self._fetch(self.mem_proxies[stored_idx])  # (K, C, D)
         if self.mem_emb.dtype != proxies.dtype:  # rounded on storage: embed again, as the plain path does
             past_emb, past_proxies = self.loss.embed(past_emb.flatten(0, 1)).view_as(past_emb), \
-                self.loss.embed(past_proxies.flatten(0, 1)).view_as(past_proxies)
+                self.loss.embed_proxies(past_proxies.flatten(0, 1)).view_as(past_proxies)
         Bmax = past_emb.shape[1]
         sizes = torch.tensor([self._sizes[s] for s in slots], device=emb.device)
         valid = torch.arange(Bmax, device=emb.device)[None, :] < sizes[:, None]  # (K, Bmax) real rows
 
         # Current rows against all (1+K)C classes: the only block where embeddings get gradients. Two pieces, so
         # that backward computes no gradient for the K*C frozen proxies. What is stored is already embedded.
-        emb_hat, proxies_hat = self.loss.embed(emb), self.loss.embed(proxies)  # (B, D), (C, D)
+        emb_hat, proxies_hat = self.loss.embed(emb), self.loss.embed_proxies(proxies)  # (B, D), (C, D)
         logits = torch.cat([self.loss.similarity(emb_hat, proxies_hat),  # (B, C)
                             self.loss.similarity(emb_hat, past_proxies.reshape(K * C, D))], dim=1)  # (B, (1+K)C)
         current = F.cross_entropy(logits, labels, reduction="sum")
@@ -262,13 +265,13 @@ class MemVir(nn.Module):
         if B > self.mem_emb.shape[1] or self.mem_proxies.shape[0] == 0:
             self._grow(max(B, self.mem_emb.shape[1]))
         slot = self._num_pushed % self.capacity
-        # Stored as the loss compares them (`loss.embed`: unit rows for our losses), so that no step has to
-        # normalise the N(M+1) snapshots again; every logit is the same as with the raw rows, up to rounding.
+        # Stored as the loss compares them (`loss.embed` for embeddings, `loss.embed_proxies` for proxies), so that
+        # no step has to map the N(M+1) snapshots again; every logit is the same as with the raw rows, up to rounding.
         store = dict(device=self.mem_emb.device, dtype=self.mem_emb.dtype)
         self.mem_emb[slot, :B] = self.loss.embed(emb.detach()).to(**store)
         self.mem_labels[slot, :B] = labels.to(self.mem_labels.device)
         self.mem_sizes[slot] = B
-        self.mem_proxies[slot] = self.loss.embed(self.loss.proxies.detach()).to(**store)
+        self.mem_proxies[slot] = self.loss.embed_proxies(self.loss.proxies.detach()).to(**store)
         self.num_pushed += 1
         self._sizes[slot] = B
         self._num_pushed += 1

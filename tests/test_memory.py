@@ -337,3 +337,52 @@ def test_labels_of_any_integer_dtype(fast, dtype):
         emb, labels = torch.randn(4, 8), torch.randint(0, 5, (4,))
         assert torch.equal(mv(emb, labels.to(dtype), epoch=0), mv64(emb, labels, epoch=0))
     assert mv.num_taken == 2 and mv.mem_labels.dtype == torch.long
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# --train_with_l2norm=False: embeddings stored raw, proxies unit rows
+
+
+@pytest.mark.parametrize("loss_cls,kind", [(NormSoftmax, "normsoftmax"), (ProxyNCA, "proxynca")])
+@pytest.mark.parametrize("fast", [True, False])
+def test_unnormalised_embeddings_match_official_formulas(loss_cls, kind, fast):
+    """MemVir over a loss with normalize_embeddings=False against the official formulas (test_losses.official_loss)
+    over the concatenated batch: past embeddings as the head gave them, past proxies as the loss's weight was.
+    Values and gradients, float64, N=3, M=1: the memory fills and wraps around within 12 steps."""
+    from test_losses import official_loss  # the official loss/softmax_variants.py, written out there
+
+    N, M, C, D, scale = 3, 1, 5, 4, 1.3
+    torch.manual_seed(0)
+    loss = loss_cls(C, D, scale=scale, normalize_embeddings=False).double()
+    mv = MemVir(loss, N, M, fast=fast)
+    g = torch.Generator().manual_seed(1)
+    past = []  # (raw embeddings, labels, raw proxies), oldest first: the official memory keeps the raw weight
+    for step in range(12):
+        B = 3 + step % 4
+        raw = torch.randn(B, D, generator=g, dtype=torch.float64) * torch.empty(B, 1, dtype=torch.float64).uniform_(
+            0.2, 4.0, generator=g)  # norms far from 1: normalising anywhere would show
+        labels = torch.randint(0, C, (B,), generator=g)
+        newest_first = past[::-1]
+        taken = [newest_first[j] for j in range(M, len(newest_first), M + 1)][:N]
+        proxies_ref = loss.proxies.detach().clone().requires_grad_()
+        emb_ref = raw.clone().requires_grad_()
+        embs, labs, prox = [emb_ref], [labels], [proxies_ref]
+        for k, (e, y, p) in enumerate(taken, start=1):
+            embs.append(e)
+            labs.append(y + k * C)
+            prox.append(p)
+        theirs = official_loss(kind, torch.cat(embs), torch.cat(prox), torch.cat(labs), scale)
+        theirs.backward()
+
+        emb = raw.clone().requires_grad_()
+        loss.proxies.grad = None
+        ours = mv(emb, labels, epoch=0)
+        ours.backward()
+        assert mv.num_taken == len(taken)
+        torch.testing.assert_close(ours.detach(), theirs.detach(), rtol=1e-10, atol=1e-12, msg=f"step {step}")
+        torch.testing.assert_close(emb.grad, emb_ref.grad, rtol=1e-9, atol=1e-12, msg=f"step {step}")
+        torch.testing.assert_close(loss.proxies.grad, proxies_ref.grad, rtol=1e-9, atol=1e-12, msg=f"step {step}")
+        past.append((raw.clone(), labels, loss.proxies.detach().clone()))
+        with torch.no_grad():
+            loss.proxies.sub_(0.3 * loss.proxies.grad)  # the proxies move, and their norms with them
+    assert int(mv.num_pushed) > mv.capacity and mv.num_taken == N
