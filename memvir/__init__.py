@@ -4,7 +4,9 @@ The public API:
     memvir.MemVir                       the memory of virtual classes (memvir/memory.py)
     memvir.losses.NormSoftmax, ProxyNCA proxy losses; each owns `proxies` (C, D)
     memvir.metrics.retrieval_metrics    Recall@K, R-Precision, MAP@R
-    memvir.data, memvir.models, memvir.train, memvir.report
+    memvir.config                       the one list of training flags (TrainConfig)
+    memvir.data, memvir.models, memvir.experiment, memvir.train, memvir.evaluation, memvir.rundir
+    memvir.report, memvir.pipeline      tables and figures; the runs and chapters of `make reproduce`
 
 Submodules are imported on first use (PEP 562), so `python -m memvir prepare` or the glyph renderer
 do not pay for importing torch.
@@ -12,7 +14,8 @@ do not pay for importing torch.
 import importlib
 
 __version__ = "0.1.0"
-_SUBMODULES = {"losses", "memory", "metrics", "data", "models", "train", "report"}
+_SUBMODULES = {"losses", "memory", "metrics", "data", "models", "config", "experiment", "train", "evaluation",
+               "rundir", "report", "pipeline", "distributed"}
 _NAMES = {"MemVir": "memory", "TakenStep": "memory", "NormSoftmax": "losses", "ProxyNCA": "losses",
           "build_loss": "losses", "retrieval_metrics": "metrics", "query_gallery_metrics": "metrics"}
 __all__ = sorted(_NAMES) + sorted(_SUBMODULES)

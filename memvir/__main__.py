@@ -1,4 +1,4 @@
-"""`python -m memvir <command>`: prepare a data set, train a model, build the report.
+"""`python -m memvir <command>`: prepare a data set, train a model, build the report, drive the pipeline.
 
 Each command's module owns its own argument parser; this file only dispatches, so that
 `python -m memvir train --help` costs no import of the data-preparation code and vice versa.
@@ -10,6 +10,7 @@ COMMANDS = {
     "prepare": ("memvir.data.prepare", "prepare a paper benchmark (cars196, cub200, sop, inshop) from its archives"),
     "train": ("memvir.train", "train (and periodically evaluate) a model; accepts the official main.py flags"),
     "report": ("memvir.report", "build the result tables and figures from run folders"),
+    "pipeline": ("memvir.pipeline", "the runs, chapters and book of a profile (what `make reproduce` drives)"),
 }
 
 

@@ -1,290 +1,40 @@
-"""Tables and figures from run folders (`python -m memvir report`), and the driver of `make reproduce`.
+"""Tables and figures from run folders only (`python -m memvir report`): what the book's results chapters read.
 
 Results flow one way:
 
-    configs/<profile>.yml             the runs of a profile: rows (a loss, with or without MemVir) x seeds
-    results/runs/<profile>/<run>/     one folder per run, written by memvir.train through notebooks/05_training.ipynb:
-                                      05_training.ipynb (executed), config.json, metrics.json, steps.csv, events
+    results/runs/<profile>/<run>/     one folder per run (memvir/rundir.py), trained by memvir/pipeline.py
     results/report/<profile>/         runs.csv, evaluations.csv, tables (CSV and Markdown), figures (PNG and SVG)
-    book/_build/src/chapters/         the chapters, executed with papermill on those files; then `make book`
+    the book's chapters               read those tables and figures; they never write here
 
-Everything here reads only the files of that contract (memvir/train.py writes them); nothing scrapes notebooks.
-The tables have the layout of the official README (Loss | 1 | 2 | 3 | 4 | 5 | Mean | Diff. | Std.), values in
-percent: `Mean` over the runs, `Std.` the sample standard deviation (ddof=1), `Diff.` a MemVir row's mean minus
-its baseline row's mean. The paper's code keeps the best value over training's evaluations on the test set;
-a profile says which value its tables use (`table_value`), and the report always gives both.
+Everything here reads only the files of the run folder's format; nothing scrapes notebooks. The tables have the
+layout of the official README (Loss | 1 | 2 | 3 | 4 | 5 | Mean | Diff. | Std.), values in percent: `Mean` over the
+runs, `Std.` the sample standard deviation (ddof=1), `Diff.` a MemVir row's mean minus its baseline row's mean.
+The paper's code keeps the best value over training's evaluations on the test set; a profile says which value its
+tables use (`table_value`), and the report always gives both. The t-SNE figures of chapter 07 are drawn here
+too, from the checkpoints of two runs (`tsne_figures`).
 
-Chapter: notebooks/06_results.py.
+Chapters: notebooks/06_results.py, 07_embedding_space.py.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
-import os
-import re
 import sys
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["METRICS", "ROOT", "Profile", "Row", "Run", "load_profile", "run_name", "run_state", "read_run",
-           "collect", "runs_table", "paired_differences", "table_from_runs", "paired_from_runs", "paper_table",
-           "paper_results", "formatted", "markdown_table", "load_trained", "save_figure", "bar_figure",
-           "learning_curves_figure", "curriculum_figure", "build_report", "execute_run", "execute_chapters",
-           "chapters", "chapter_parameters", "notebook_parameters", "warm_data", "execute_defaults", "main"]
+from .config import parse_bool
+from .pipeline import TABLE_VALUES, Profile, load_profile
+from .rundir import epoch_checkpoints, load_checkpoint, read_run, run_state
 
-ROOT = Path(__file__).resolve().parents[1]  # the repository memvir was installed from (editable install)
+__all__ = ["METRICS", "collect", "runs_table", "paired_differences", "table_from_runs", "paired_from_runs",
+           "paper_table", "paper_results", "formatted", "markdown_table", "load_trained", "save_figure",
+           "bar_figure", "learning_curves_figure", "curriculum_figure", "tsne_figures", "build_report", "main"]
+
 METRICS = {"recall@1": "Recall@1", "r_precision": "RP", "map_at_r": "MAP@R"}  # key in metrics.json -> column name
-VALUES = ("best", "last")  # best over training's evaluations (as the official code records it) or the last one
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Profiles: which runs make up a table
-# ----------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Row:
-    """One row of the result tables: a loss with or without MemVir, run once per seed."""
-    label: str  # e.g. "MemVir + Norm-SoftMax", as the official README names its rows
-    params: dict  # parameters of notebooks/05_training.py (the train flags), common ones included
-    baseline: str = ""  # the row this one is compared with ("" for a baseline)
-    tag: str = ""  # appended to the run names when two rows would otherwise share them
-
-
-@dataclass
-class Run:
-    """One run: a row at one seed, in its own folder named after its parameters."""
-    name: str
-    row: str
-    seed: int
-    params: dict  # the parameters cell of the training notebook, save_path included
-
-
-@dataclass
-class Profile:
-    """A list of runs (configs/<name>.yml) and what the book shows of them."""
-    name: str
-    path: Path
-    description: str
-    notebook: Path  # executed once per run with papermill
-    root: Path  # the repository the profile belongs to (configs/..): notebooks/ and results/ are there
-    seeds: list
-    rows: list  # [Row]
-    table_value: str = "best"  # which value the three main tables use: "best" or "last"
-    book: dict = field(default_factory=dict)  # {"curriculum": row, "training": row, "tsne": row}
-    runs_dir: Path = None
-    report_dir: Path = None
-
-    @property
-    def runs(self):
-        """Every run, row by row, seed by seed."""
-        out = []
-        for row in self.rows:
-            for seed in self.seeds:
-                params = dict(row.params, seed=int(seed))
-                name = run_name(params, row.tag)
-                params["save_path"] = str(self.runs_dir / name)
-                out.append(Run(name, row.label, int(seed), params))
-        return out
-
-    def run(self, row, seed=None):
-        """Return the run of `row` at `seed` (default: the first seed)."""
-        seed = self.seeds[0] if seed is None else seed
-        for r in self.runs:
-            if r.row == row and r.seed == seed:
-                return r
-        raise ValueError(f"{self.path}: no run for row {row!r} and seed {seed}; rows: {[r.label for r in self.rows]}")
-
-    @property
-    def baselines(self):
-        """{MemVir row: its baseline row}."""
-        return {r.label: r.baseline for r in self.rows if r.baseline}
-
-
-def _expand(value, where):
-    """Replace ${NAME} in a string with the environment variable NAME; a missing one is an error."""
-    if not isinstance(value, str):
-        return value
-
-    def sub(m):
-        if not os.environ.get(m.group(1)):
-            raise ValueError(f"{where}: needs the variable {m.group(1)} (e.g. `make reproduce PROFILE=... "
-                             f"{m.group(1)}=/path/...`), which is not set")
-        return os.environ[m.group(1)]
-
-    return _VAR.sub(sub, value)
-
-
-def _check_scalar(key, value, where):
-    if isinstance(value, (dict, list, tuple)) or value is None:
-        raise ValueError(f"{where}: parameter {key!r} must be a flat scalar (str, int, float, bool), got {value!r}")
-
-
-def load_profile(profile, runs_root=None, report_root=None):
-    """Read a profile: a name in configs/ (cpu, paper, ...) or a path to a YAML file.
-
-    Args:
-        profile: "cpu" reads configs/cpu.yml (of the current folder, else of ROOT); a path ending in .yml/.yaml
-            is read as it is. The repository of a profile is the folder above its configs/.
-        runs_root: folder of run folders (default <repository>/results/runs); runs go to runs_root/<profile>/.
-        report_root: folder of reports (default <repository>/results/report); the report: report_root/<profile>/.
-    """
-    import yaml
-
-    path = Path(profile)
-    if path.suffix not in (".yml", ".yaml"):
-        # A name: configs/<name>.yml of the repository we are in (the Makefile runs from its root), else of the
-        # repository memvir was installed from.
-        here = Path.cwd() / "configs" / f"{profile}.yml"
-        path = here if here.is_file() else ROOT / "configs" / f"{profile}.yml"
-    if not path.is_file():
-        known = sorted(p.stem for p in path.parent.glob("*.yml"))
-        raise FileNotFoundError(f"profile {profile!r}: no file {path}; known profiles: {', '.join(known)}")
-    path = path.resolve()
-    root = path.parent.parent  # configs/<name>.yml -> the repository
-    spec = yaml.safe_load(path.read_text())
-    if not isinstance(spec, dict):
-        raise ValueError(f"{path}: expected a mapping with keys description, notebook, seeds, common, rows")
-    unknown = set(spec) - {"description", "notebook", "seeds", "common", "rows", "table_value", "book"}
-    if unknown:
-        raise ValueError(f"{path}: unknown keys {sorted(unknown)}; expected description, notebook, seeds, common, "
-                         f"rows, table_value, book")
-    for key in ("notebook", "seeds", "rows"):
-        if key not in spec:
-            raise ValueError(f"{path}: missing key {key!r}")
-    seeds = spec["seeds"]
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
-        raise ValueError(f"{path}: seeds must be a non-empty list of integers >= 0, got {seeds!r}")
-    if len(set(seeds)) != len(seeds):
-        raise ValueError(f"{path}: seeds must be distinct, got {seeds}")
-    if not isinstance(spec["rows"], list) or not spec["rows"]:
-        raise ValueError(f"{path}: rows must be a non-empty list of {{label, params, baseline}}")
-    common = spec.get("common") or {}
-    if not isinstance(common, dict):
-        raise ValueError(f"{path}: common must be a mapping of parameters")
-    for k, v in common.items():
-        _check_scalar(k, v, f"{path} common")
-    rows, labels = [], set()
-    for i, r in enumerate(spec["rows"]):
-        if not isinstance(r, dict) or "label" not in r:
-            raise ValueError(f"{path}: rows[{i}] must be a mapping with a label and params")
-        extra = set(r) - {"label", "params", "baseline", "tag"}
-        if extra:
-            raise ValueError(f"{path}: rows[{i}] has unknown keys {sorted(extra)}; expected label, params, "
-                             f"baseline, tag")
-        if r["label"] in labels:
-            raise ValueError(f"{path}: two rows are labelled {r['label']!r}")
-        labels.add(r["label"])
-        params = dict(common, **(r.get("params") or {}))
-        for k, v in params.items():
-            _check_scalar(k, v, f"{path} rows[{i}]")
-        params = {k: _expand(v, f"{path} rows[{i}] {k}") for k, v in params.items()}
-        for k in ("seed", "save_path"):
-            if k in params:
-                raise ValueError(f"{path}: rows[{i}] sets {k!r}; the pipeline sets it per run")
-        rows.append(Row(r["label"], params, r.get("baseline") or "", str(r.get("tag") or "")))
-    for r in rows:
-        if r.baseline and r.baseline not in labels:
-            raise ValueError(f"{path}: row {r.label!r} has baseline {r.baseline!r}, which is not a row label")
-    table_value = spec.get("table_value", "best")
-    if table_value not in VALUES:
-        raise ValueError(f"{path}: table_value must be one of {VALUES}, got {table_value!r}")
-    book = spec.get("book") or {}
-    for k, v in book.items():
-        if k not in ("curriculum", "training", "tsne") or v not in labels:
-            raise ValueError(f"{path}: book.{k} must name a row (keys curriculum, training, tsne), got {v!r}")
-    notebook = root / spec["notebook"]
-    if not notebook.is_file():
-        raise FileNotFoundError(f"{path}: notebook {notebook} does not exist")
-    runs_root = Path(runs_root).resolve() if runs_root else root / "results" / "runs"
-    report_root = Path(report_root).resolve() if report_root else root / "results" / "report"
-    prof = Profile(path.stem, path, str(spec.get("description", "")).strip(), notebook, root, list(seeds), rows,
-                   table_value, book, runs_root / path.stem, report_root / path.stem)
-    names = [r.name for r in prof.runs]
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise ValueError(f"{path}: rows give the same run name {dup[0]!r}; give one of them a `tag`")
-    return prof
-
-
-def run_name(params, tag=""):
-    """Name a run folder after its parameters, e.g. glyphs_normsoftmax_memvir1_N5_M20_U24_e36_seed0.
-
-    Args:
-        params: the run's parameters; uses data_name, loss, memvir, mem_num_step, mem_step_gap, warm_epoch, epochs,
-            seed.
-        tag: optional suffix (before the seed) for rows that differ in anything else.
-    """
-    for key in ("data_name", "loss", "epochs", "seed"):
-        if key not in params:
-            raise ValueError(f"run parameters: missing {key!r} (needed to name the run folder)")
-    loss = str(params["loss"]).lower().replace("_", "").replace("-", "")
-    parts = [str(params["data_name"]).lower(), loss]
-    if _truthy(params.get("memvir", 0)):
-        parts.append(f"memvir1_N{params['mem_num_step']}_M{params['mem_step_gap']}_U{params.get('warm_epoch', 0)}")
-    else:
-        parts.append("memvir0")
-    parts.append(f"e{params['epochs']}")
-    if tag:
-        if not re.fullmatch(r"[A-Za-z0-9.-]+", tag):
-            raise ValueError(f"run tag must be letters, digits, '.' or '-', got {tag!r}")
-        parts.append(tag)
-    parts.append(f"seed{params['seed']}")
-    return "_".join(parts)
-
-
-def _truthy(v):
-    return str(v).lower() in ("1", "true", "t", "yes")
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Reading run folders
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def run_state(folder):
-    """Return "finished", "partial" (metrics.json says finished: false) or "missing" (no metrics.json)."""
-    path = Path(folder) / "metrics.json"
-    if not path.is_file():
-        return "missing"
-    try:
-        done = json.loads(path.read_text()).get("finished") is True
-    except (json.JSONDecodeError, AttributeError):
-        return "partial"  # being written, or damaged: the run has to go on
-    return "finished" if done else "partial"
-
-
-def read_run(folder):
-    """Read a run folder: (config dict, metrics dict, steps DataFrame or None).
-
-    Args:
-        folder: a run folder written by memvir.train (config.json, metrics.json, steps.csv).
-    """
-    folder = Path(folder)
-    out = []
-    for name in ("config.json", "metrics.json"):
-        path = folder / name
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} does not exist: run {folder.name} has not been trained "
-                                    f"(make runs, or python -m memvir report --run {folder.name})")
-        try:
-            out.append(json.loads(path.read_text()))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: not valid JSON ({exc})") from exc
-    metrics = out[1]
-    for key in ("evaluations", "best", "last", "finished"):
-        if key not in metrics:
-            raise ValueError(f"{folder / 'metrics.json'}: missing key {key!r}; expected evaluations, best, last, "
-                             f"finished (see memvir/train.py)")
-    steps_path = folder / "steps.csv"
-    steps = pd.read_csv(steps_path) if steps_path.is_file() else None
-    return out[0], metrics, steps
 
 
 def collect(profile, partial=False):
@@ -303,7 +53,7 @@ def collect(profile, partial=False):
     baselines = profile.baselines
     rows, evals = [], []
     for run in profile.runs:
-        folder = profile.runs_dir / run.name
+        folder = run.folder
         state = run_state(folder)
         if state != "finished":
             if partial:
@@ -410,8 +160,8 @@ def paired_differences(runs, baselines):
 
 
 def _per_row(runs, metric, value):
-    if metric not in METRICS or value not in VALUES:
-        raise ValueError(f"metric must be one of {list(METRICS)} and value one of {VALUES}, got {metric!r}, "
+    if metric not in METRICS or value not in TABLE_VALUES:
+        raise ValueError(f"metric must be one of {list(METRICS)} and value one of {TABLE_VALUES}, got {metric!r}, "
                          f"{value!r}")
     col = f"{value}_{metric}"
     out = {}
@@ -610,16 +360,12 @@ def load_trained(run_dir, checkpoint="last", device="cpu"):
     Returns:
         (net in eval mode, criterion, Splits, config dict, checkpoint epoch).
     """
-    from . import train as _train
-    from .data import build_datasets
-    from .losses import build_loss
-    from .memory import MemVir
-    from .models import build_model
+    from .config import resolve_config
+    from .experiment import build
 
-    run_dir = Path(run_dir)
-    ckpt_dir = run_dir / "checkpoints"
+    ckpt_dir = Path(run_dir) / "checkpoints"
     if checkpoint == "last":
-        paths = sorted(ckpt_dir.glob("epoch_[0-9]*.pt"))
+        paths = epoch_checkpoints(ckpt_dir)
         if not paths:
             raise FileNotFoundError(f"{ckpt_dir}: no epoch_*.pt checkpoint; train the run first")
         path = paths[-1]
@@ -628,23 +374,84 @@ def load_trained(run_dir, checkpoint="last", device="cpu"):
         if not path.is_file():
             raise FileNotFoundError(f"{path} does not exist; checkpoints there: "
                                     f"{sorted(p.name for p in ckpt_dir.glob('*.pt'))}")
-    ckpt = _train.load_checkpoint(path, device)
-    cfg = ckpt["config"]
-    if cfg["data_name"] == "glyphs":
-        splits = build_datasets("glyphs", data=cfg["data"], image_size=cfg["input_size"],
-                                num_classes=cfg["num_classes"], instances_per_class=cfg["instances_per_class"],
-                                min_fonts=cfg["min_fonts"], seed=cfg["glyph_seed"], val_classes=cfg["val_classes"])
-    else:
-        splits = build_datasets(cfg["data_name"], data=cfg["data"], backbone=cfg["backbone"],
-                                input_size=cfg["input_size"])
-    net = build_model(cfg["backbone"], cfg["dim"], cfg["pooling_type"], "none",
-                      in_channels=1 if cfg["data_name"] == "glyphs" else 3)
-    net.load_state_dict(ckpt["model"])
-    net.to(device).eval()
-    loss = build_loss(cfg["loss"], splits.num_classes, cfg["dim"], cfg["scale"])
-    criterion = MemVir(loss, cfg["mem_num_step"], cfg["mem_step_gap"], cfg["warm_epoch"]) if cfg["memvir"] else loss
-    criterion.load_state_dict(ckpt["criterion"])
-    return net, criterion, splits, cfg, int(ckpt["epoch"])
+    ckpt = load_checkpoint(path, device)
+    exp = build(resolve_config(ckpt["config"]), device, pretrained=False)  # rebuilt exactly as trained
+    exp.net.load_state_dict(ckpt["model"])
+    exp.net.eval()
+    exp.criterion.load_state_dict(ckpt["criterion"])
+    return exp.net, exp.criterion, exp.splits, ckpt["config"], int(ckpt["epoch"])
+
+
+def tsne_figures(memvir_run, baseline_run, out_dir, test_classes=20, perplexity=30.0, seed=0):
+    """Draw chapter 07's two t-SNE figures from two run folders and save them (PNG and SVG) in out_dir.
+
+    tsne_steps: the MemVir run's next training batch (embedded by the trained network) with the past steps its
+    memory would take as virtual classes, one colour per step, and the current proxies (the paper's Fig. 3).
+    tsne_test: `test_classes` unseen classes as embedded by the MemVir run and by its baseline.
+
+    Args:
+        memvir_run, baseline_run: run folders (same loss and seed, with and without MemVir).
+    Returns:
+        {"tsne_steps": png path, "tsne_test": png path}.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+    from sklearn.manifold import TSNE
+
+    from .data.samplers import BatchSampler
+    from .evaluation import embed
+
+    runs = {"with MemVir": Path(memvir_run), "without MemVir": Path(baseline_run)}
+    models = {name: load_trained(folder) for name, folder in runs.items()}
+    net, criterion, splits, cfg, epoch = models["with MemVir"]
+    if not hasattr(criterion, "taken"):
+        raise ValueError(f"{memvir_run}: not a MemVir run (its criterion is {type(criterion).__name__})")
+    sampler = BatchSampler(splits.train.labels, cfg["batch_size"], cfg["n_instance"], seed=cfg["seed"])
+    sampler.set_epoch(epoch)  # the first batch of the epoch after the checkpoint
+    with torch.no_grad():
+        images = torch.stack([splits.train[i][0] for i in next(iter(sampler))])  # (B, channels, H, W)
+        groups = {"current step": net(images, l2_norm=True).numpy()}  # (B, D)
+    for k, step in enumerate(criterion.taken(), start=1):
+        groups[f"t-{k * (cfg['mem_step_gap'] + 1)} (k={k})"] = step.embeddings.numpy()  # (n, D)
+    proxies = criterion.loss.embed_proxies(criterion.loss.proxies.detach()).numpy()  # (C, D)
+    xy = TSNE(perplexity=perplexity, init="pca", random_state=seed).fit_transform(
+        np.concatenate([*groups.values(), proxies]))
+    fig_steps, ax = plt.subplots(figsize=(7, 6))
+    start = 0
+    for i, (name, e) in enumerate(groups.items()):
+        ax.scatter(*xy[start:start + len(e)].T, s=10, color=plt.get_cmap("tab10")(i), label=name,
+                   alpha=0.9 if i == 0 else 0.6)
+        start += len(e)
+    ax.scatter(*xy[start:].T, marker="*", s=40, color="black", label="proxies (current)")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.legend(fontsize=8, loc="best")
+    ax.set_title(f"training embeddings by step: MemVir N={cfg['mem_num_step']}, M={cfg['mem_step_gap']}")
+
+    rng = np.random.default_rng(seed)
+    labels = splits.test.labels
+    chosen = np.sort(rng.choice(int(labels.max()) + 1, size=min(test_classes, int(labels.max()) + 1),
+                                replace=False))
+    idx = np.flatnonzero(np.isin(labels, chosen))
+    fig_test, axes = plt.subplots(1, 2, figsize=(12, 5.5))
+    for ax, (name, (net, _, splits, _, _)) in zip(axes, models.items()):
+        emb = embed(net, torch.utils.data.Subset(splits.test, idx), torch.device("cpu")).numpy()
+        xy = TSNE(perplexity=min(perplexity, len(idx) - 1), init="pca", random_state=seed).fit_transform(emb)
+        ax.scatter(*xy.T, c=np.searchsorted(chosen, labels[idx]), cmap="tab20", s=12)
+        last = read_run(runs[name])[1]["last"]
+        ax.set_title(f"{name}: R@1 {100 * last['recall@1']:.1f}, MAP@R {100 * last['map_at_r']:.1f}")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig_test.tight_layout()
+    out = {}
+    for stem, fig in (("tsne_steps", fig_steps), ("tsne_test", fig_test)):
+        save_figure(fig, out_dir, stem)
+        plt.close(fig)
+        out[stem] = Path(out_dir) / f"{stem}.png"
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -682,7 +489,7 @@ def build_report(profile, out=None, partial=False, log=print):
     md = [f"# Results: profile `{profile.name}`", "", profile.description, "",
           f"Tables use the **{profile.table_value}** value of each run ({meaning}); values in percent, seeds "
           f"{sorted(set(runs['seed']))}. Each heading says which value its table uses.", ""]
-    for value in VALUES:
+    for value in TABLE_VALUES:
         for metric, title in METRICS.items():
             table = table_from_runs(runs, metric, value)
             stem = f"table_{metric.replace('@', '_at_')}" + ("" if value == profile.table_value else f"_{value}")
@@ -701,12 +508,12 @@ def build_report(profile, out=None, partial=False, log=print):
     fig = learning_curves_figure(evaluations, runs)
     save_figure(fig, out / "figures", "learning_curves")
     plt.close(fig)
-    memvir_rows = [r for r in profile.rows if _truthy(r.params.get("memvir", 0))]
+    memvir_rows = [r for r in profile.rows if parse_bool(r.params.get("memvir", False))]
     steps, C, B = {}, None, None
     for r in memvir_rows:
         run = profile.run(r.label)
         if run.name in set(runs["name"]):
-            config, _, s = read_run(profile.runs_dir / run.name)
+            config, _, s = read_run(run.folder)
             if s is not None:
                 steps[r.label] = s
                 C, B = C or s["num_classes_in_use"].min(), B or config.get("batch_size")
@@ -714,6 +521,13 @@ def build_report(profile, out=None, partial=False, log=print):
         fig = curriculum_figure(steps, C, B)
         save_figure(fig, out / "figures", "curriculum")
         plt.close(fig)
+    if "tsne" in profile.book:  # chapter 07 only reads these
+        run = profile.run(profile.book["tsne"])
+        base = profile.run(profile.baselines[run.row])
+        if not all(epoch_checkpoints(r.folder / "checkpoints") for r in (run, base)):
+            log(f"report: no t-SNE figures: {run.folder} or {base.folder} has no checkpoint")
+        elif {run.name, base.name} <= set(runs["name"]):
+            tsne_figures(run.folder, base.folder, out / "figures")
     summary = {
         "profile": profile.name, "config": str(profile.path.relative_to(profile.root)),
         "table_value": profile.table_value, "runs": int(len(runs)), "expected_runs": len(profile.runs),
@@ -726,229 +540,30 @@ def build_report(profile, out=None, partial=False, log=print):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Executing notebooks (papermill)
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def notebook_parameters(path):
-    """Return {name: default} of a notebook's cell tagged `parameters` (papermill's own reading of it)."""
-    import papermill
-
-    return {name: p["default"] for name, p in papermill.inspect_notebook(str(path)).items()}
-
-
-def _papermill(input_path, output_path, parameters, kernel, log):
-    import papermill
-
-    known = notebook_parameters(input_path)
-    unknown = sorted(set(parameters) - set(known))
-    if unknown:  # papermill would inject them anyway, and the notebook would ignore them
-        raise ValueError(f"{input_path}: no parameter(s) {unknown} in its `parameters` cell; it has {sorted(known)}")
-    log(f"papermill {Path(input_path).name} -> {output_path}")
-    # The kernel runs in notebooks/, as when a reader opens the notebook; paths passed here are absolute.
-    papermill.execute_notebook(str(input_path), str(output_path), parameters=parameters, kernel_name=kernel,
-                               cwd=str(Path(input_path).resolve().parent), progress_bar=False, log_output=False)
-
-
-def execute_run(profile, name, kernel="python3", log=print):
-    """Train one run of a profile by executing the training notebook with its parameters; skip it if finished.
-
-    A run killed half-way leaves metrics.json with finished: false and its checkpoints; executing it again resumes
-    (memvir.train picks up the last checkpoint in save_path).
-
-    Args:
-        profile: a Profile or a name for load_profile.
-        name: the run's name (see `--list-runs`).
-        kernel: the Jupyter kernel; "python3" is the interpreter running this code.
-    Returns:
-        "skipped" or "done".
-    """
-    profile = load_profile(profile) if not isinstance(profile, Profile) else profile
-    runs = {r.name: r for r in profile.runs}
-    if name not in runs:
-        raise ValueError(f"run {name!r} is not in profile {profile.name} ({profile.path}); its runs: "
-                         f"{', '.join(runs)}")
-    run = runs[name]
-    folder = Path(run.params["save_path"])
-    if run_state(folder) == "finished":
-        log(f"skip {name}: finished")
-        return "skipped"
-    folder.mkdir(parents=True, exist_ok=True)
-    start = time.time()
-    # resume=True: a run killed half-way continues from its last checkpoint instead of starting afresh.
-    _papermill(profile.notebook, folder / profile.notebook.name, {**run.params, "resume": True}, kernel, log)
-    if run_state(folder) != "finished":
-        raise RuntimeError(f"{folder}: the notebook ran to the end but metrics.json does not say finished: true")
-    log(f"done {name} in {time.time() - start:.0f} s")
-    return "done"
-
-
-def chapter_parameters(profile):
-    """The parameters each chapter gets when the pipeline builds the book from a profile's runs."""
-    profile = load_profile(profile) if not isinstance(profile, Profile) else profile
-    params = {"01_overview": {"profile": str(profile.path)}, "03_losses": {},
-              "06_results": {"report_dir": str(profile.report_dir)}}
-    common = profile.rows[0].params
-    if str(common.get("data_name", "")).lower() == "glyphs":
-        params["02_data"] = {k: common[k] for k in ("input_size", "num_classes", "instances_per_class",
-                                                    "min_fonts", "glyph_seed") if k in common}
-    else:
-        params["02_data"] = {}
-    if "curriculum" in profile.book:
-        run = profile.run(profile.book["curriculum"])
-        params["04_memvir"] = {"run_dir": run.params["save_path"]}
-    else:
-        params["04_memvir"] = {}
-    if "tsne" in profile.book:
-        row = profile.book["tsne"]
-        base = profile.baselines.get(row)
-        if not base:
-            raise ValueError(f"{profile.path}: book.tsne row {row!r} needs a baseline")
-        params["07_embedding_space"] = {"memvir_run": profile.run(row).params["save_path"],
-                                        "baseline_run": profile.run(base).params["save_path"],
-                                        "figure_dir": str(profile.report_dir / "figures")}
-    else:
-        params["07_embedding_space"] = {}
-    return params
-
-
-def chapters(root=ROOT):
-    """The chapter notebooks of a repository, in reading order: notebooks/NN_*.ipynb."""
-    return sorted((Path(root) / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-
-
-def execute_chapters(profile, out, only=None, kernel="python3", log=print):
-    """Execute the chapter notebooks for the book with this profile's runs and report; copy the training chapter.
-
-    The training chapter (05) is the executed notebook of the profile's `book.training` run, not a new run.
-
-    Args:
-        profile: a Profile or a name for load_profile.
-        out: folder for the executed chapters (book/_build/src/chapters).
-        only: a chapter's name (e.g. "06_results") to execute that one only.
-    """
-    import shutil
-
-    profile = load_profile(profile) if not isinstance(profile, Profile) else profile
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    params = chapter_parameters(profile)
-    notebooks = chapters(profile.root)
-    if only is not None:
-        notebooks = [nb for nb in notebooks if nb.stem == only]
-        if not notebooks:
-            raise ValueError(f"--only {only!r}: no notebook {profile.root / 'notebooks' / (only + '.ipynb')}; "
-                             f"chapters: {[nb.stem for nb in chapters(profile.root)]}")
-    for nb in notebooks:
-        if nb.name == profile.notebook.name:  # the training chapter: a run's own executed notebook
-            row = profile.book.get("training", profile.rows[0].label)
-            src = Path(profile.run(row).params["save_path"]) / nb.name
-            if not src.is_file():
-                raise FileNotFoundError(f"{src} does not exist: run {profile.run(row).name} first (make runs)")
-            shutil.copyfile(src, out / nb.name)
-            log(f"copy {src} -> {out / nb.name}")
-            continue
-        # A chapter that does not depend on the profile (no entry) runs with its default parameters.
-        _papermill(nb, out / nb.name, params.get(nb.stem, {}), kernel, log)
-    return out
-
-
-def execute_defaults(paths, kernel="python3", log=print):
-    """Execute notebooks in place with their default parameters (what `make sync` commits for nbval and the book).
-
-    Unlike papermill, this adds no run metadata (times, paths) to the notebook, so re-executing an unchanged
-    notebook changes only its outputs.
-
-    Args:
-        paths: .ipynb files; each runs in its own folder, as when a reader opens it.
-    """
-    import nbclient
-    import nbformat
-
-    for path in map(Path, paths):
-        if path.suffix != ".ipynb" or not path.is_file():
-            raise FileNotFoundError(f"{path}: expected an existing .ipynb file")
-        log(f"execute {path}")
-        nb = nbformat.read(path, as_version=4)
-        nbclient.NotebookClient(nb, kernel_name=kernel, record_timing=False,
-                                resources={"metadata": {"path": str(path.resolve().parent)}}).execute()
-        nbformat.write(nb, path)
-
-
-def warm_data(profile, log=print):
-    """Render (and cache) a glyph profile's data set once, before parallel runs would each render it."""
-    profile = load_profile(profile) if not isinstance(profile, Profile) else profile
-    seen = set()
-    for row in profile.rows:
-        p = row.params
-        if str(p.get("data_name", "")).lower() != "glyphs":
-            continue
-        # train flag -> render_glyphs argument
-        names = {"input_size": "image_size", "num_classes": "num_classes", "glyph_seed": "seed",
-                 "instances_per_class": "instances_per_class", "min_fonts": "min_fonts"}
-        key = tuple((names[k], p[k]) for k in names if k in p)
-        if key in seen:
-            continue
-        seen.add(key)
-        from .data.glyphs import render_glyphs
-
-        render_glyphs(**dict(key))
-        log(f"glyphs ready: {dict(key)}")
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------------------------------------------
 
 
 def main(argv=None):
-    """`python -m memvir report`: build the tables and figures of a profile (and drive `make reproduce`)."""
-    parser = argparse.ArgumentParser(
-        prog="python -m memvir report", description=__doc__.split("\n", 1)[0],
-        epilog="Without an action option: read every run of the profile and write its report "
-               "(results/report/<profile>/: runs.csv, tables, figures).")
+    """`python -m memvir report --profile P`: write the tables and figures of a profile's finished runs."""
+    parser = argparse.ArgumentParser(prog="python -m memvir report", description=__doc__.split("\n", 1)[0],
+                                     epilog="Writes results/report/<profile>/: runs.csv, tables, figures. The runs "
+                                            "themselves: python -m memvir pipeline.")
     parser.add_argument("--profile", default="cpu", help="configs/<name>.yml or a path to a profile (default cpu)")
     parser.add_argument("--runs-root", default=None, help="folder of run folders (default results/runs)")
     parser.add_argument("--report-root", default=None, help="folder of reports (default results/report)")
     parser.add_argument("--out", default=None, help="report folder (default <report-root>/<profile>)")
     parser.add_argument("--partial", action="store_true", help="report the finished runs only")
-    parser.add_argument("--kernel", default="python3", help="Jupyter kernel for papermill (default python3)")
-    action = parser.add_mutually_exclusive_group()
-    action.add_argument("--list-runs", action="store_true", help="print the profile's run names, one a line")
-    action.add_argument("--run", metavar="NAME", help="train one run (papermill); skipped when finished")
-    action.add_argument("--chapters", metavar="DIR", help="execute the book's chapters on this profile into DIR")
-    parser.add_argument("--only", metavar="CHAPTER", help="with --chapters: only this chapter (e.g. 06_results)")
-    action.add_argument("--warm-data", action="store_true", help="render the profile's glyph data set once")
-    action.add_argument("--execute-defaults", nargs="+", metavar="NOTEBOOK",
-                        help="execute these notebooks in place with their default parameters (make sync)")
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0)
     try:
-        if args.execute_defaults:
-            execute_defaults(args.execute_defaults, kernel=args.kernel, log=lambda s: print(s, flush=True))
-            return 0
         profile = load_profile(args.profile, args.runs_root, args.report_root)
-        if args.list_runs:
-            print("\n".join(r.name for r in profile.runs))
-        elif args.run:
-            execute_run(profile, args.run, kernel=args.kernel, log=lambda s: print(s, flush=True))
-        elif args.chapters:
-            execute_chapters(profile, args.chapters, only=args.only, kernel=args.kernel,
-                             log=lambda s: print(s, flush=True))
-        elif args.warm_data:
-            warm_data(profile, log=lambda s: print(s, flush=True))
-        else:
-            build_report(profile, args.out, partial=args.partial, log=lambda s: print(s, flush=True))
+        build_report(profile, args.out, partial=args.partial, log=lambda s: print(s, flush=True))
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except Exception as exc:  # papermill's execution errors: say which notebook failed, briefly
-        if type(exc).__name__ in ("PapermillExecutionError", "CellExecutionError"):
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-        raise
     return 0
 
 

@@ -1,0 +1,87 @@
+"""memvir.config: the one flag list. The parser, the training notebook's parameters cell and a run's config.json
+are checked against TrainConfig's fields, read here from the dataclass itself, so a flag added in one place only
+fails a test; the official README lines are checked in tests/test_train.py."""
+import ast
+import dataclasses
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from memvir import config as C
+from memvir.train import train
+
+ROOT = Path(__file__).resolve().parents[1]
+FIELDS = {f.name: f for f in dataclasses.fields(C.TrainConfig)}
+NOTEBOOK_ONLY = {"resume"}  # the training notebook's own switch (start afresh or resume), not a train flag
+
+
+def parameters_cell(path):
+    """{name: value} of the cell tagged parameters of a py:percent notebook, read with ast."""
+    cells = re.split(r"^# %%", path.read_text(), flags=re.M)
+    (cell,) = [c for c in cells if c.startswith(' tags=["parameters"]')]
+    out = {}
+    for node in ast.parse(cell.split("\n", 1)[1]).body:
+        assert isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant), ast.dump(node)
+        out[node.targets[0].id] = node.value.value
+    return out
+
+
+def test_parser_has_one_argument_per_field_with_its_default():
+    actions = {a.dest: a for a in C.build_parser()._actions if a.dest != "help"}
+    assert set(actions) == set(FIELDS)
+    for name, action in actions.items():
+        f = FIELDS[name]
+        if name == "progress":  # --no_progress: the official spelling is the negative one
+            assert action.option_strings == ["--no_progress"] and action.default is True
+            continue
+        assert action.default == f.default, name
+        assert f"--{name}" in action.option_strings or f.metadata["names"], name
+        assert action.help and f.metadata["help"] in action.help, name
+
+
+def test_training_notebook_cell_sets_exactly_the_flags():
+    cell = parameters_cell(ROOT / "notebooks" / "05_training.py")
+    assert set(cell) - NOTEBOOK_ONLY == set(FIELDS), (
+        f"not flags: {sorted(set(cell) - NOTEBOOK_ONLY - set(FIELDS))}; "
+        f"flags the cell cannot set: {sorted(set(FIELDS) - set(cell))}")
+    params = {k: v for k, v in cell.items() if k not in NOTEBOOK_ONLY}
+    cfg = C.config_from_parameters(**params)  # the cell's defaults are a valid config
+    assert cfg.data_name == "glyphs"
+
+
+def test_config_from_parameters_refuses_unknown_and_missing():
+    cell = {name: ("" if f.default is None else f.default) for name, f in FIELDS.items()}
+    with pytest.raises(ValueError, match=r"not training flags: \['colour'\]"):
+        C.config_from_parameters(**cell, colour="red")
+    del cell["epochs"]
+    with pytest.raises(ValueError, match=r"missing flags: \['epochs'\]"):
+        C.config_from_parameters(**cell)
+
+
+def test_config_json_holds_every_flag_and_rebuilds_the_config(tmp_path):
+    train(dict(data_name="glyphs", num_classes=20, instances_per_class=10, input_size=16, batch_size=32, dim=16,
+               epochs=1, progress=False, save_path=str(tmp_path)))
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert set(saved) == set(FIELDS)
+    again = C.config_from_parameters(**{k: ("" if v is None else v) for k, v in saved.items()})
+    assert dataclasses.asdict(again) == saved
+
+
+@pytest.mark.parametrize("argv,match", [(["--epochs", "x"], "--epochs"), (["--nope", "1"], "unrecognized"),
+                                        (["--memvir", "maybe"], "true/false"), (["-C", "0"], "-C")])
+def test_bad_flags_are_one_line(argv, match):
+    with pytest.raises(ValueError, match=match) as err:
+        C.config_from_argv(argv)
+    assert "\n" not in str(err.value)
+
+
+def test_profile_defaults_come_from_the_fields():
+    glyphs, cars = C.resolve_config({}), C.resolve_config({"data_name": "cars196", "data": "x"})
+    for name, f in FIELDS.items():
+        prof = f.metadata["profile"]
+        if prof["glyphs"] is not None:
+            assert getattr(glyphs, name) == prof["glyphs"], name
+        if prof["official"] is not None:
+            assert getattr(cars, name) == prof["official"], name

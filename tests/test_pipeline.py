@@ -1,0 +1,254 @@
+"""memvir.pipeline: run names, profiles, runs through papermill (finished = metrics and notebook complete),
+chapter parameters (declared by the chapter, relative paths), the book's staging, cluster commands."""
+import ast
+import json
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from memvir import pipeline, rundir
+from runfolders import GOOD, ROOT, finished_profile as _finished_profile, make_repo
+
+
+@pytest.fixture
+def finished_profile(tmp_path):
+    return _finished_profile(tmp_path)
+
+
+# ---- run names and profiles ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("params,tag,name", [
+    (dict(data_name="glyphs", loss="NormSoftmax", memvir=True, mem_num_step=5, mem_step_gap=20, warm_epoch=24,
+          epochs=36, seed=0), "", "glyphs_normsoftmax_memvir1_N5_M20_U24_e36_seed0"),
+    (dict(data_name="cars196", loss="Proxy_NCA", memvir=False, mem_num_step=20, epochs=130, seed=3), "",
+     "cars196_proxynca_memvir0_e130_seed3"),
+    (dict(data_name="glyphs", loss="Norm_SoftMax", epochs=24, seed=1), "wide",
+     "glyphs_normsoftmax_memvir0_e24_wide_seed1"),
+])
+def test_run_name(params, tag, name):
+    assert rundir.run_name(params, tag) == name
+
+
+def test_run_name_needs_its_parameters():
+    with pytest.raises(ValueError, match="'epochs'"):
+        rundir.run_name(dict(data_name="glyphs", loss="x", seed=0))
+
+
+def notebook_defaults(path):
+    """{name: value} of the cell tagged parameters of a py:percent notebook, read with ast (not with papermill)."""
+    cells = re.split(r"^# %%", path.read_text(), flags=re.M)
+    (cell,) = [c for c in cells if c.startswith(' tags=["parameters"]')]
+    out = {}
+    for node in ast.parse(cell.split("\n", 1)[1]).body:
+        assert isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant), ast.dump(node)
+        out[node.targets[0].id] = node.value.value
+    return out
+
+
+PROFILES = sorted(p.stem for p in (ROOT / "configs").glob("*.yml"))
+
+
+@pytest.mark.parametrize("name", PROFILES)
+def test_profile_parameters_exist_in_the_training_notebook(name, monkeypatch):
+    monkeypatch.setenv("DATA", "/data/x")
+    monkeypatch.setenv("PRETRAINED", "/weights/y.pth")
+    prof = pipeline.load_profile(name)
+    defaults = notebook_defaults(ROOT / "notebooks" / "05_training.py")
+    for run in prof.runs:
+        for key, value in run.params.items():
+            assert key in defaults, f"{name}: {key} is not a parameter of notebooks/05_training.py"
+            want = type(defaults[key])
+            assert isinstance(value, want) or (want is float and type(value) is int), (name, key, value, want)
+    names = [r.name for r in prof.runs]
+    assert len(set(names)) == len(names) == len(prof.rows) * len(prof.seeds)
+    assert all(r.folder.parent == ROOT / "results" / "runs" / name and "save_path" not in r.params
+               for r in prof.runs)
+
+
+def official_commands():
+    """The README's four commands as {comment: {flag: value}} (flags without a value are True)."""
+    text = (ROOT / "configs" / "official_cars196.txt").read_text()
+    out = {}
+    for block in re.split(r"\n(?=# )", text):
+        title, _, body = block.partition("\n")
+        if "main.py" not in body:
+            continue
+        flags = {}
+        for m in re.finditer(r"--(\w+)(?:=(\S+))?", body):
+            flags[m.group(1)] = True if m.group(2) is None else m.group(2)
+        out[title.lstrip("# ").strip()] = flags
+    return out
+
+
+def test_paper_profile_is_the_readme(monkeypatch):
+    monkeypatch.setenv("DATA", "/data/carDB")
+    monkeypatch.setenv("PRETRAINED", "/w/bn.pth")
+    prof = pipeline.load_profile("paper")
+    commands = official_commands()
+    assert sorted(commands) == sorted(r.label for r in prof.rows)
+    for row in prof.rows:
+        flags = commands[row.label]
+        for key, value in flags.items():
+            if key in ("gpu", "save_path", "data"):
+                continue  # where the run goes and which GPU: set per run / per machine
+            got = row.params[key]
+            if value is True:
+                assert got is True, (row.label, key)
+            elif key == "memvir":
+                assert got is (value == "1"), (row.label, key)
+            elif isinstance(got, str):
+                assert got == value, (row.label, key)
+            else:
+                assert float(got) == float(value), (row.label, key, got, value)
+        assert row.params["data"] == "/data/carDB" and row.params["pretrained"] == "/w/bn.pth"
+    assert prof.seeds == [0, 1, 2, 3, 4] and prof.baselines == {
+        "MemVir + Norm-SoftMax": "Norm-SoftMax", "MemVir + Proxy-NCA": "Proxy-NCA"}
+
+
+def test_paper_profile_needs_data(monkeypatch):
+    monkeypatch.delenv("DATA", raising=False)
+    monkeypatch.setenv("PRETRAINED", "/w")
+    with pytest.raises(ValueError, match="needs the variable DATA"):
+        pipeline.load_profile("paper")
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda s: s.replace("seeds: [0, 1]", "seeds: []"), "seeds must be"),
+    (lambda s: s.replace("seeds: [0, 1]", "seeds: [0, 0]"), "distinct"),
+    (lambda s: s.replace("baseline: A", "baseline: Z"), "baseline 'Z'"),
+    (lambda s: s + "colour: red\n", "unknown keys"),
+    (lambda s: s.replace("{loss: Norm_SoftMax}", "{loss: Norm_SoftMax, seed: 3}"), "sets 'seed'"),
+    (lambda s: s.replace("{loss: Norm_SoftMax}", "{loss: [1, 2]}"), "flat scalar"),
+    (lambda s: s.replace("memvir: true, ", ""), "same run name"),
+    (lambda s: s.replace("- label: MemVir + A", "- label: A"), "two rows"),
+    (lambda s: s.replace("curriculum: MemVir + A", "curriculum: B"), "book.curriculum"),
+])
+def test_bad_profiles(tmp_path, edit, match):
+    path = make_repo(tmp_path, edit(GOOD))
+    with pytest.raises(ValueError, match=match):
+        pipeline.load_profile(path)
+
+
+def test_missing_profile_and_notebook(tmp_path):
+    with pytest.raises(FileNotFoundError, match="known profiles"):
+        pipeline.load_profile("no_such_profile")
+    path = make_repo(tmp_path, GOOD, notebook=False)
+    with pytest.raises(FileNotFoundError, match="05_training.ipynb"):
+        pipeline.load_profile(path)
+
+
+@pytest.mark.parametrize("content,state", [(None, "missing"), ("{", "partial"), ('{"finished": false}', "partial"),
+                                           ('{"finished": true}', "finished")])
+def test_run_state(tmp_path, content, state):
+    if content is not None:
+        (tmp_path / "metrics.json").write_text(content)
+    assert rundir.run_state(tmp_path) == state
+
+
+def test_known_values_point_at_the_runs(finished_profile):
+    values = pipeline.known_values(finished_profile)
+    assert values["run_dir"] == finished_profile.run("MemVir + A").folder
+    assert values["baseline_run"] == finished_profile.run("A").folder
+    assert values["report_dir"] == finished_profile.report_dir
+    # Every chapter that declares a known value gets it; the library names no chapter.
+    declared = {nb.stem: set(notebook_defaults(nb.with_suffix(".py"))) for nb in pipeline.chapters(ROOT)}
+    assert any(set(values) & names for names in declared.values())
+
+
+def test_paths_given_to_a_chapter_are_relative(finished_profile, tmp_path):
+    chapter = ROOT / "notebooks" / "06_results.ipynb"
+    rel = pipeline._relative(finished_profile.report_dir, chapter.parent)
+    assert not Path(rel).is_absolute() and (chapter.parent / rel).resolve() == finished_profile.report_dir.resolve()
+
+
+def test_cli(finished_profile, capsys):
+    path = str(finished_profile.path)
+    assert pipeline.main(["--profile", path, "--list-runs"]) == 0
+    assert capsys.readouterr().out.split() == [r.name for r in finished_profile.runs]
+    assert pipeline.main(["--profile", path, "--run", "nope"]) == 1
+    assert "run 'nope' is not in profile" in capsys.readouterr().err
+    assert pipeline.main(["--profile", "no_such_profile", "--list-runs"]) == 1
+
+
+def complete_notebook(path, status="completed"):
+    cells = [{"cell_type": "code", "metadata": {"papermill": {"status": s}}, "source": "", "outputs": []}
+             for s in ("completed", status)]
+    path.write_text(json.dumps({"cells": cells, "metadata": {"papermill": {}}, "nbformat": 4,
+                                "nbformat_minor": 5}))
+
+
+@pytest.mark.parametrize("status,complete", [("completed", True), ("pending", False), ("running", False)])
+def test_notebook_complete(tmp_path, status, complete):
+    complete_notebook(tmp_path / "n.ipynb", status)
+    assert pipeline.notebook_complete(tmp_path / "n.ipynb") is complete
+    assert pipeline.notebook_complete(tmp_path / "missing.ipynb") is False
+
+
+def test_finished_training_with_a_half_executed_notebook_is_not_finished(finished_profile):
+    run = finished_profile.runs[0]
+    assert rundir.run_state(run.folder) == "finished"
+    complete_notebook(run.folder / "05_training.ipynb", "pending")  # killed before papermill wrote the end
+    assert not pipeline.run_finished(finished_profile, run)
+    complete_notebook(run.folder / "05_training.ipynb")
+    assert pipeline.run_finished(finished_profile, run)
+
+
+def test_print_commands_lists_the_unfinished_runs_as_shell_lines(finished_profile, capsys):
+    for run in finished_profile.runs[1:]:
+        complete_notebook(run.folder / "05_training.ipynb")
+    assert pipeline.main(["--profile", str(finished_profile.path), "--print-commands"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1  # runs[0] has no executed notebook
+    words = shlex.split(lines[0])
+    assert words[:2] == ["cd", str(finished_profile.root)] and words[-2:] == ["--run", finished_profile.runs[0].name]
+    assert "OMP_NUM_THREADS=1" in words
+
+
+def test_stage_book_refuses_a_missing_chapter(tmp_path):
+    executed = tmp_path / "executed"
+    executed.mkdir()
+    with pytest.raises(FileNotFoundError, match="not executed"):
+        pipeline.stage_book(tmp_path / "src", executed, log=lambda s: None)
+    src = pipeline.stage_book(tmp_path / "src", ROOT / "notebooks", log=lambda s: None)  # the committed ones
+    assert sorted(p.name for p in (src / "chapters").iterdir()) == [nb.name for nb in pipeline.chapters(ROOT)]
+
+
+# ---- one real run through papermill ----------------------------------------------------------------------------
+
+TINY = """
+description: a tiny glyph run
+notebook: notebooks/05_training.ipynb
+seeds: [0]
+common: {data_name: glyphs, num_classes: 8, instances_per_class: 4, input_size: 32, batch_size: 8, epochs: 3,
+         check_epoch: 1, dim: 16, workers: 0}
+rows:
+  - label: MemVir + A
+    params: {loss: Norm_SoftMax, memvir: true, mem_num_step: 2, mem_step_gap: 1, warm_epoch: 1}
+"""
+
+
+def test_execute_run_trains_then_skips(tmp_path):
+    prof = pipeline.load_profile(make_repo(tmp_path, TINY))
+    (run,) = prof.runs
+    assert pipeline.execute_run(prof, run.name, log=lambda s: None) == "done"
+    folder = run.folder
+    assert folder.name == "glyphs_normsoftmax_memvir1_N2_M1_U1_e3_seed0"
+    assert (folder / "05_training.ipynb").exists() and rundir.run_state(folder) == "finished"
+    config, metrics, steps = rundir.read_run(folder)
+    assert (config["seed"], config["epochs"], config["mem_num_step"], config["dim"]) == (0, 3, 2, 16)
+    assert [e["epoch"] for e in metrics["evaluations"]] == [1, 2, 3]
+    # 16 train images, batch 8: 2 steps per epoch; pushes from step 2 on, one step taken from step 4 (M=1).
+    assert list(steps["num_taken"]) == [0, 0, 0, 0, 1, 1]
+    assert pipeline.execute_run(prof, run.name, log=lambda s: None) == "skipped"
+
+
+def test_executed_run_notebook_shows_no_absolute_path(tmp_path):
+    prof = pipeline.load_profile(make_repo(tmp_path, TINY))
+    (run,) = prof.runs
+    pipeline.execute_run(prof, run.name, log=lambda s: None)
+    text = (run.folder / "05_training.ipynb").read_text()
+    assert str(tmp_path) not in text and str(ROOT) not in text
+    assert pipeline.notebook_complete(run.folder / "05_training.ipynb")
