@@ -49,14 +49,18 @@ bench: setup
 clean-venv:
 	rm -rf $(VENV)
 
-# ---- The book: runs -> report -> chapters -> HTML. Results flow one way (memvir/report.py) ----------------------
+# ---- The book: runs -> report -> chapters -> HTML. Results flow one way (memvir/pipeline.py, memvir/report.py) --
 # `make -j2 reproduce` runs every experiment of configs/$(PROFILE).yml through papermill (one folder per run in
 # results/runs/$(PROFILE)/; finished runs are skipped, a killed one resumes from its checkpoint), builds the tables
-# and figures (results/report/$(PROFILE)/), executes the chapters on them and builds the book (book/_build/html).
+# and figures (results/report/$(PROFILE)/), executes the chapters on them (book/_build/chapters/$(PROFILE)/) and
+# builds the book from exactly those chapters (book/_build/html).
 # PROFILE=paper (CARS196, a GPU) also needs DATA=<prepared folder> and PRETRAINED=<BN-Inception weights>.
+# On a cluster: `python -m memvir pipeline --profile P --print-commands` prints one shell line per unfinished run.
 PROFILE ?= cpu
 BOOK_SRC := book/_build/src
-REPORT = OMP_NUM_THREADS=1 $(PY) -m memvir report --profile $(PROFILE)
+EXECUTED := book/_build/chapters/$(PROFILE)
+CHAPTERS_FROM ?= $(EXECUTED)
+PIPELINE = OMP_NUM_THREADS=1 $(PY) -m memvir pipeline --profile $(PROFILE)
 CHAPTERS := $(basename $(notdir $(wildcard notebooks/[0-9][0-9]_*.py)))
 export DATA PRETRAINED
 
@@ -68,47 +72,44 @@ reproduce: setup
 	$(MAKE) --no-print-directory -o setup runs PROFILE=$(PROFILE) && \
 	$(MAKE) --no-print-directory -o setup report PROFILE=$(PROFILE) && \
 	$(MAKE) --no-print-directory -o setup chapters PROFILE=$(PROFILE) && \
-	$(MAKE) --no-print-directory -o setup book && \
+	$(MAKE) --no-print-directory -o setup book PROFILE=$(PROFILE) && \
 	echo "make reproduce PROFILE=$(PROFILE): done in $$(( $$(date +%s) - start )) s;" \
 	     "results: book/_build/html/chapters/06_results.html"
 
 # One Make target per run, so that -j2 trains two at once; each run uses one thread (OMP_NUM_THREADS=1).
 ifneq ($(filter runs,$(MAKECMDGOALS)),)
-RUN_NAMES := $(shell $(REPORT) --list-runs)
+RUN_NAMES := $(shell $(PIPELINE) --list-runs)
 ifneq ($(.SHELLSTATUS),0)
 $(error cannot list the runs of PROFILE=$(PROFILE) (the message above says why; `make setup` first?))
 endif
 endif
 runs: $(addprefix run/,$(RUN_NAMES))
 run/%: data-ready
-	@$(REPORT) --run $*
+	@$(PIPELINE) --run $*
 
 # The glyph profile renders its data set once here, before the parallel runs would each render it.
 data-ready: setup
-	@$(REPORT) --warm-data
+	@$(PIPELINE) --warm-data
 
 # Tables (CSV, Markdown) and figures (PNG, SVG) from the run folders only.
 report: setup
-	$(REPORT)
+	OMP_NUM_THREADS=1 $(PY) -m memvir report --profile $(PROFILE)
 
-# The chapters, executed with papermill on this profile's runs and report into the book's source.
+# The chapters, executed with papermill on this profile's runs and report.
 chapters: $(addprefix chapter/,$(CHAPTERS))
 chapter/%: setup
-	@$(REPORT) --chapters $(BOOK_SRC)/chapters --only $*
+	@$(PIPELINE) --chapters $(EXECUTED) --only $*
 
-# Build the book from executed notebooks only (warnings are errors). A chapter not executed by `make chapters`
-# (or older than its committed notebook) is taken from notebooks/, executed there with its default parameters.
+# Build the book from executed chapters only (warnings are errors): exactly those of $(CHAPTERS_FROM), the
+# profile's by default; a missing one is an error. `make book CHAPTERS_FROM=notebooks`: the committed notebooks.
 book: setup
-	@mkdir -p $(BOOK_SRC)/chapters
-	@cp book/_config.yml book/_toc.yml book/*.md book/*.bib $(BOOK_SRC)/
-	@for nb in notebooks/[0-9][0-9]_*.ipynb; do dst=$(BOOK_SRC)/chapters/$$(basename $$nb); \
-	  if [ ! -e $$dst ] || [ $$nb -nt $$dst ]; then cp $$nb $$dst; fi; done
+	@$(PIPELINE) --stage-book $(BOOK_SRC) --from $(CHAPTERS_FROM)
 	$(VENV)/bin/jupyter-book build -W --keep-going --path-output book $(BOOK_SRC)
 	@echo "open book/_build/html/intro.html"
 
 # After editing notebooks/NN_*.py (the source): pair it with its .ipynb and re-execute that with the default
-# parameters, which gives the outputs nbval checks in `make test` and the book shows without `make reproduce`.
+# parameters, which gives the outputs nbval checks in `make test` and `make book CHAPTERS_FROM=notebooks` shows.
 sync: setup
 	$(VENV)/bin/jupytext --sync notebooks/[0-9][0-9]_*.py
-	OMP_NUM_THREADS=1 $(PY) -m memvir report --execute-defaults notebooks/[0-9][0-9]_*.ipynb
+	OMP_NUM_THREADS=1 $(PY) -m memvir pipeline --execute-defaults notebooks/[0-9][0-9]_*.ipynb
 	$(VENV)/bin/jupytext --sync notebooks/[0-9][0-9]_*.py
