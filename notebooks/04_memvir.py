@@ -24,7 +24,7 @@
 # 4. the $k$-th taken step adds its embeddings with labels $y + kC$ and its proxies as $C$ more classes.
 
 # %% tags=["parameters"]
-run_dir = ""  # a run folder (make reproduce passes one) whose steps.csv shows the curriculum; empty: train one here
+run_dir = ""  # a MemVir run folder (its steps.csv); empty: train a short run here
 epochs = 3  # the short run trained here when run_dir is empty ...
 warm_epoch = 1  # ... its U
 mem_num_step = 5  # ... its N
@@ -42,8 +42,11 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from IPython.display import Markdown, display
+
 import memvir
 import memvir.report
+import memvir.rundir
 import memvir.train
 
 # %% [markdown]
@@ -66,8 +69,9 @@ C, D, B = 3, 4, 2  # tiny, so that everything can be printed
 N, M, U = 3, 2, 1
 torch.manual_seed(0)
 mv = memvir.MemVir(memvir.NormSoftmax(C, D), num_steps=N, step_gap=M, warmup_epochs=U)
-pd.Series({"num_steps (N)": mv.num_steps, "step_gap (M)": mv.step_gap, "warmup_epochs (U)": mv.warmup_epochs,
-           "num_classes (C)": mv.num_classes, "capacity N(M+1)": mv.capacity}).to_frame("value")
+pd.Series({"num_steps (N)": mv.num_steps, "step_gap (M)": mv.step_gap,
+           "warmup_epochs (U)": mv.warmup_epochs, "num_classes (C)": mv.num_classes,
+           "capacity N(M+1)": mv.capacity}).to_frame("value")
 
 # %% [markdown]
 # ## The queue: which past steps are taken
@@ -81,7 +85,8 @@ pd.Series({"num_steps (N)": mv.num_steps, "step_gap (M)": mv.step_gap, "warmup_e
 def taken_by_hand(pushed, N, M):
     """Push indices of the past steps the next step takes, newest first (rule 3)."""
     held = min(pushed, N * (M + 1))
-    return [pushed - 1 - (k * (M + 1) - 1) for k in range(1, N + 1) if k * (M + 1) - 1 < held]
+    distances = [k * (M + 1) - 1 for k in range(1, N + 1)]  # M, 2M+1, ... from the newest
+    return [pushed - 1 - j for j in distances if j < held]
 
 
 # NBVAL_CHECK_OUTPUT
@@ -92,7 +97,8 @@ for t in range(16):
     assert taken == taken_by_hand(pushed, N, M)
     x = F.normalize(torch.randn(B, D), dim=1)
     mv(x, torch.randint(0, C, (B,)), epoch=epoch)
-    log.append({"step": t, "epoch": epoch, "pushed before": pushed, "taken (push indices)": taken,
+    log.append({"step": t, "epoch": epoch, "pushed before": pushed,
+                "taken (push indices)": taken,
                 "classes in the loss": mv.num_classes_in_use})
 pd.DataFrame(log).set_index("step")
 
@@ -100,7 +106,7 @@ pd.DataFrame(log).set_index("step")
 # In pictures: a row per step, a column per pushed step; grey cells are held in the memory before that step,
 # coloured ones are taken ($k = 1$ is the most recent taken step).
 
-# %%
+# %% tags=["hide-input"]
 T = 40
 grid = np.full((T, T), np.nan)
 for t in range(T):
@@ -110,13 +116,14 @@ for t in range(T):
     for k, q in enumerate(taken_by_hand(pushed, N, M), start=1):
         grid[t, q] = k
 fig, ax = plt.subplots(figsize=(7, 5))
-cmap = ListedColormap(["#d9d9d9", *plt.get_cmap("tab10").colors[1:N + 1]])  # held: grey; taken: colours
+cmap = ListedColormap(["#d9d9d9", *plt.get_cmap("tab10").colors[1:N + 1]])  # held, taken
 im = ax.imshow(grid, cmap=cmap, vmin=-0.5, vmax=N + 0.5, interpolation="nearest")
 cbar = fig.colorbar(im, ticks=range(N + 1))
 cbar.ax.set_yticklabels(["held"] + [f"taken, k={k}" for k in range(1, N + 1)])
 ax.set_xlabel("past step (push index)")
 ax.set_ylabel("current step")
-ax.set_title(f"N={N}, M={M}: the memory holds N(M+1)={N * (M + 1)} steps and takes every (M+1)-th")
+ax.set_title(f"N={N}, M={M}: the memory holds N(M+1)={N * (M + 1)} steps "
+             "and takes every (M+1)-th")
 plt.show()
 
 # %% [markdown]
@@ -124,25 +131,29 @@ plt.show()
 #
 # Rule 4 as the official code writes it: concatenate the current embeddings and those of the taken steps, shift
 # the labels of the $k$-th taken step by $kC$, and score them against the current proxies followed by each taken
-# step's copy. We build that from the memory buffers and the loss's own `logits`, and compare with the wrapper,
+# step's copy. We build that from `MemVir.taken()` (the taken steps, newest first, each trimmed to its batch:
+# `embeddings` (n, D), `labels` (n,) as the batch had them, `proxies` (C, D)) and the loss's own `logits`, and
+# compare with the wrapper,
 # whose default path computes the same loss without re-scoring the frozen past pairs (their log-sum-exps are
 # cached). Value and gradient agree.
 
 # %%
-x = F.normalize(torch.randn(B, D), dim=1).requires_grad_()
-y = torch.randint(0, C, (B,))
-steps = mv.taken_steps()
-slots = [q % mv.capacity for q in steps]
-emb_all = torch.cat([x, *[mv.mem_emb[s, : int(mv.mem_sizes[s])] for s in slots]])  # ((1+K)B, D)
-labels_all = torch.cat([y, *[mv.mem_labels[s, : int(mv.mem_sizes[s])] + k * C for k, s in enumerate(slots, 1)]])
-proxies_all = torch.cat([mv.loss.proxies, *[mv.mem_proxies[s] for s in slots]])  # ((1+K)C, D)
+x = F.normalize(torch.randn(B, D), dim=1).requires_grad_()  # (B, D)
+y = torch.randint(0, C, (B,))  # (B,)
+taken = mv.taken()  # K TakenSteps, newest first
+assert [t.step for t in taken] == mv.taken_steps()
+emb_all = torch.cat([x, *[t.embeddings for t in taken]])  # ((1+K)B, D)
+labels_all = torch.cat([y, *[t.labels + k * C for k, t in enumerate(taken, 1)]])  # y + kC
+proxies_all = torch.cat([mv.loss.proxies, *[t.proxies for t in taken]])  # ((1+K)C, D)
 logits = mv.loss.logits(emb_all, proxies_all)  # ((1+K)B, (1+K)C)
-by_hand = (torch.logsumexp(logits, 1) - logits[torch.arange(len(labels_all)), labels_all]).mean()
+rows = torch.arange(len(labels_all))
+by_hand = (torch.logsumexp(logits, 1) - logits[rows, labels_all]).mean()
 (g_hand,) = torch.autograd.grad(by_hand, x)
 library = mv(x, y, epoch=1)  # computes with the memory as it was, then pushes this step
 (g_lib,) = torch.autograd.grad(library, x)
-assert torch.allclose(by_hand, library, atol=1e-5) and torch.allclose(g_hand, g_lib, atol=1e-6)
-print(f"{len(steps)} taken steps; labels in the loss: {labels_all.tolist()}")
+assert torch.allclose(by_hand, library, atol=1e-5)
+assert torch.allclose(g_hand, g_lib, atol=1e-6)
+print(f"{len(taken)} taken steps; labels in the loss: {labels_all.tolist()}")
 print(f"loss by hand {by_hand.item():.6f}, MemVir {library.item():.6f}")
 
 # %% [markdown]
@@ -166,12 +177,15 @@ else:
     run = Path(save_path)
     if (run / "config.json").exists():
         shutil.rmtree(run)  # a fresh short run
-    memvir.train.train({"data_name": "glyphs", "loss": "Norm_SoftMax", "memvir": True, "epochs": epochs,
-                        "warm_epoch": warm_epoch, "mem_num_step": mem_num_step, "mem_step_gap": mem_step_gap,
-                        "check_epoch": epochs, "decay_step": 1000, "save_path": str(run), "progress": False})
-config, metrics, steps_csv = memvir.report.read_run(run)
-print(f"{run.name}: N={config['mem_num_step']}, M={config['mem_step_gap']}, U={config['warm_epoch']}, "
-      f"{config['epochs']} epochs, batch {config['batch_size']}")
+    memvir.train.train({"data_name": "glyphs", "loss": "Norm_SoftMax", "memvir": True,
+                        "epochs": epochs, "warm_epoch": warm_epoch,
+                        "mem_num_step": mem_num_step, "mem_step_gap": mem_step_gap,
+                        "check_epoch": epochs, "decay_step": 1000,
+                        "save_path": str(run), "progress": False})
+config, metrics, steps_csv = memvir.rundir.read_run(run)
+print(f"{run.name}: N={config['mem_num_step']}, M={config['mem_step_gap']}, "
+      f"U={config['warm_epoch']}, {config['epochs']} epochs, "
+      f"batch {config['batch_size']}")
 
 # %% [markdown]
 # The number of steps taken follows from the rules alone: the first push is the first step of epoch $U+1$
@@ -180,12 +194,15 @@ print(f"{run.name}: N={config['mem_num_step']}, M={config['mem_step_gap']}, U={c
 
 # %%
 Nr, Mr, Ur = config["mem_num_step"], config["mem_step_gap"], config["warm_epoch"]
-s0 = int(steps_csv.loc[steps_csv["epoch"] > Ur, "step"].min())  # first step after the warm-up
+s0 = int(steps_csv.loc[steps_csv["epoch"] > Ur, "step"].min())  # first after the warm-up
 expected = np.minimum(Nr, np.maximum(steps_csv["step"] - s0, 0) // (Mr + 1))
 assert (steps_csv["num_taken"].to_numpy() == expected.to_numpy()).all()
 Cr = int(steps_csv["num_classes_in_use"].min())
 assert (steps_csv["num_classes_in_use"] == Cr * (1 + steps_csv["num_taken"])).all()
-fig = memvir.report.curriculum_figure({f"MemVir N={Nr}, M={Mr}, U={Ur}": steps_csv}, Cr, config["batch_size"])
+
+# %% tags=["hide-input"]
+fig = memvir.report.curriculum_figure({f"MemVir N={Nr}, M={Mr}, U={Ur}": steps_csv}, Cr,
+                                      config["batch_size"])
 for ax in fig.axes:
     ax.axvline(s0, color="grey", ls="--", lw=1)
     ax.text(s0, ax.get_ylim()[1], " warm-up ends", va="top", fontsize=8, color="grey")
@@ -196,3 +213,19 @@ plt.show()
 # a taken step brings its own batch size. After $s_0 + N(M+1)$ steps the loss has its full size, $(N+1)C$ classes:
 # with the README's CARS196 settings that is $46 \times 98 = 4508$ classes for Norm-SoftMax and
 # $21 \times 98 = 2058$ for Proxy-NCA.
+
+# %% [markdown]
+# ## What we saw
+
+# %% tags=["hide-input"]
+full = steps_csv["num_taken"] == Nr
+reached = (f"reached its full {Nr} taken steps, {(Nr + 1) * Cr} classes, at step "
+           f"{int(steps_csv.loc[full, 'step'].min())}" if full.any()
+           else f"took at most {int(steps_csv['num_taken'].max())} of its {Nr} steps")
+display(Markdown(
+    f"Over {len(log)} steps the queue by hand named the same past steps as "
+    "`MemVir.taken_steps()`, and the loss built by hand from `MemVir.taken()` "
+    f"({len(taken)} taken steps, labels shifted by $kC$) equalled the wrapper's, "
+    f"{by_hand.item():.6f} against {library.item():.6f}, gradient included. "
+    f"In the run `{run.name}` ($N = {Nr}$, $M = {Mr}$, $U = {Ur}$) the memory "
+    f"started at step {s0} and {reached}; every logged step agreed with the rules."))
