@@ -226,10 +226,13 @@ def load_checkpoint(path, device="cpu"):
 
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
-    except pickle.UnpicklingError:
-        # torch's message would advise weights_only=False, i.e. running the file's code: never relay that.
-        raise CheckpointError(f"{path}: refused: it holds objects other than tensors and plain values (a pickle "
-                              f"that could run code); memvir never writes such a file") from None
+    except pickle.UnpicklingError as exc:
+        if re.search(r"global|unsupported class", str(exc), re.I):  # names objects beyond tensors: never unpickled
+            # torch's message would advise weights_only=False, i.e. running the file's code: never relay that.
+            raise CheckpointError(f"{path}: refused: it holds objects other than tensors and plain values (a "
+                                  f"pickle that could run code); memvir never writes such a file") from None
+        reason = str(exc).split("WeightsUnpickler error:")[-1].strip().splitlines()[0][:120]
+        raise CheckpointError(f"{path}: unreadable ({reason}); the file is damaged or truncated") from None
     except FileNotFoundError:
         raise CheckpointError(f"{path}: does not exist") from None
     except Exception as exc:  # truncated zip, flipped bytes: torch raises RuntimeError, UnicodeDecodeError, ...

@@ -1,0 +1,176 @@
+"""memvir.train under misuse and failure: two owners of one run folder, a damaged newest checkpoint, divergence,
+a resume on other data, damaged images, and the official flags that change the loss (-C, --train_with_l2norm,
+--do_nmi). Each failure is one line that says what happened and what to change."""
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from memvir.train import TrainingError, main, train
+
+TINY = dict(data_name="glyphs", num_classes=20, instances_per_class=10, input_size=16, batch_size=32, dim=16,
+            progress=False)
+ARGS = ["--num_classes", "20", "--instances_per_class", "10", "--input_size", "16", "--batch_size", "32",
+        "--dim", "16", "--no_progress"]
+
+
+def run_cli(args, capsys):
+    code = main(ARGS + args)
+    return code, capsys.readouterr().err
+
+
+# ---- one owner per run folder ---------------------------------------------------------------------------------
+
+
+def test_second_process_in_the_same_run_folder_is_refused(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "memvir", "train", *ARGS, "--epochs", "200", "--save_path", str(tmp_path)]
+    first = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not (tmp_path / "steps.csv").exists() and time.time() < deadline:  # it holds the lock by now
+            time.sleep(0.2)
+        second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2
+        assert f"another process (pid {first.pid}) is training" in second.stderr
+        assert "Traceback" not in second.stderr and len(second.stderr.strip().splitlines()) == 1
+    finally:
+        first.kill()  # kill -9: the lock goes with the process
+        first.wait()
+    done = subprocess.run([*cmd[:-4], "--epochs", "1", "--save_path", str(tmp_path / "other")], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
+# ---- a damaged newest checkpoint ------------------------------------------------------------------------------
+
+
+def test_damaged_newest_checkpoint_falls_back_and_the_run_ends_the_same(tmp_path, capsys):
+    ref = train({**TINY, "epochs": 3, "check_epoch": 1, "deterministic": True, "save_path": str(tmp_path / "ref")})
+    run = tmp_path / "run"
+    train({**TINY, "epochs": 2, "check_epoch": 1, "deterministic": True, "max_to_keep": 0, "save_path": str(run)})
+    newest = run / "checkpoints" / "epoch_00002.pt"
+    newest.write_bytes(newest.read_bytes()[:1000])  # truncated in place
+    res = train({**TINY, "epochs": 3, "check_epoch": 1, "deterministic": True, "max_to_keep": 0,
+                 "save_path": str(run)})
+    out = capsys.readouterr().out
+    assert "epoch_00002.pt" in out and "moved it aside" in out and "resumed from epoch_00001.pt" in out
+    assert (run / "checkpoints" / "epoch_00002.pt.corrupt").exists()
+    strip = lambda r: [{k: v for k, v in e.items() if k != "wall_time"} for e in r["evaluations"]]  # noqa: E731
+    assert strip(res) == strip(ref)
+
+
+def test_only_checkpoint_damaged_is_one_line_on_the_command_line(tmp_path, capsys):
+    assert main(ARGS + ["--epochs", "1", "--save_path", str(tmp_path)]) == 0
+    (tmp_path / "checkpoints" / "epoch_00001.pt").write_bytes(b"\x00" * 100)
+    code, err = run_cli(["--epochs", "2", "--save_path", str(tmp_path)], capsys)
+    assert code == 2 and "No older checkpoint" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+# ---- divergence -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flags", [["--modellr", "1e10"], ["--modellr", "1e6", "--optimizer", "sgd"],
+                                   ["--modellr", "1e38", "--centerlr", "1e38"]])
+def test_divergence_stops_in_training_with_one_line(tmp_path, capsys, flags):
+    code, err = run_cli(["--epochs", "3", "--save_path", str(tmp_path), *flags], capsys)
+    assert code == 2
+    lines = [ln for ln in err.strip().splitlines() if not ln.startswith("warning:")]
+    assert len(lines) == 1 and lines[0].startswith("error: training diverged at step "), err
+    assert "lower --modellr" in lines[0] and "Traceback" not in err
+    assert not (tmp_path / "metrics.json").exists() or json.loads((tmp_path / "metrics.json").read_text())
+
+
+# ---- resuming on other data -----------------------------------------------------------------------------------
+
+
+def make_folder(root, classes, per_class=3, bad=None):
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for c in range(classes):
+            folder = root / split / f"c{c}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for k in range(per_class):
+                pixels = rng.integers(0, 255, (1, 1, 3)) + rng.integers(-20, 20, (30, 40, 3))
+                Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(folder / f"{k}.jpg")
+    if bad is not None:
+        (root / bad).write_bytes((root / bad).read_bytes()[:200])  # a truncated JPEG
+    return root
+
+
+FOLDER = ["--data_name", "custom", "--backbone", "resnet18", "--pretrained", "none", "--input_size", "32",
+          "--dim", "8", "--batch_size", "4", "--workers", "0", "--no_progress"]
+
+
+def test_resume_on_data_with_other_classes_names_both_counts(tmp_path, capsys):
+    run = str(tmp_path / "run")
+    assert main(FOLDER + ["--data", str(make_folder(tmp_path / "a", 4)), "--epochs", "1", "--save_path", run]) == 0
+    capsys.readouterr()
+    code = main(FOLDER + ["--data", str(make_folder(tmp_path / "b", 5)), "--epochs", "2", "--save_path", run])
+    err = capsys.readouterr().err
+    assert code == 2 and "4 proxies" in err and "5" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_damaged_training_image_is_one_line_with_workers(tmp_path, capsys, workers):
+    data = make_folder(tmp_path / "d", 4, bad="train/c1/2.jpg")
+    code = main([*FOLDER[:-3], "--workers", workers, "--no_progress", "--data", str(data), "--epochs", "1",
+                 "--save_path", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and "c1/2.jpg" in err
+    lines = [ln for ln in err.strip().splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and len(lines[0]) < 400 and "Traceback" not in err
+
+
+def test_damaged_test_image_is_found_before_training(tmp_path, capsys):
+    data = make_folder(tmp_path / "d", 4, bad="test/c3/0.jpg")
+    code = main(FOLDER + ["--data", str(data), "--epochs", "1", "--save_path", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and "test/c3/0.jpg" in err and "test image" in err
+    assert not (tmp_path / "run" / "checkpoints").exists()  # no epoch was trained (and lost)
+
+
+# ---- the official flags that change the loss ------------------------------------------------------------------
+
+
+def test_minus_C_adds_proxies_that_are_only_negatives(tmp_path):
+    res = train({**TINY, "epochs": 1, "C": 14, "save_path": str(tmp_path)})
+    ckpt = torch.load(tmp_path / "checkpoints" / "epoch_00001.pt", weights_only=True)
+    assert tuple(ckpt["criterion"]["proxies"].shape) == (14, 16) and res["finished"]  # 10 classes + 4 negatives
+    with pytest.raises(ValueError, match="-C=5: the training data has 10 classes"):
+        train({**TINY, "epochs": 1, "C": 5, "save_path": str(tmp_path / "small")})
+
+
+def test_train_with_l2norm_false_feeds_raw_embeddings_to_the_loss(tmp_path, monkeypatch):
+    from memvir.losses import NormSoftmax
+
+    seen = []
+    forward = NormSoftmax.forward
+
+    def record(self, emb, labels, proxies=None, **kwargs):
+        seen.append(emb.detach().norm(dim=1))
+        return forward(self, emb, labels, proxies, **kwargs)
+
+    monkeypatch.setattr(NormSoftmax, "forward", record)
+    train({**TINY, "epochs": 1, "train_with_l2norm": False, "save_path": str(tmp_path / "raw")})
+    raw = torch.cat(seen)
+    seen.clear()
+    train({**TINY, "epochs": 1, "save_path": str(tmp_path / "unit")})
+    unit = torch.cat(seen)
+    assert torch.allclose(unit, torch.ones_like(unit), atol=1e-5)
+    assert (raw - 1).abs().max() > 0.05  # the head's raw rows, as the official code without its l2 norm
+
+
+def test_do_nmi_is_computed_and_logged(tmp_path):
+    res = train({**TINY, "epochs": 1, "do_nmi": True, "save_path": str(tmp_path)})
+    nmi = res["last"]["nmi"]
+    assert 0.0 <= nmi <= 1.0
+    assert "nmi" not in train({**TINY, "epochs": 1, "save_path": str(tmp_path / "no")})["last"]
