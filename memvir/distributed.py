@@ -26,7 +26,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "from_env", "pick_device", "determinism", "init", "gather_batch", "broadcast_object", "barrier", "shutdown"]
+__all__ = ["DistInfo", "from_env", "pick_device", "determinism", "init", "gather_batch", "broadcast_object",
+           "barrier", "shutdown"]
 
 TIMEOUT = datetime.timedelta(minutes=60)  # rank 0 evaluates alone while the others wait at a barrier
 

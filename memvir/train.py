@@ -36,10 +36,8 @@ Where we differ from the official main.py, on purpose:
   * --loss defaults to Norm_SoftMax (the official default, SoftMax_vanilla, is not implemented there either);
     --data_name defaults to glyphs, whose defaults train on one CPU core in minutes.
   * --k_list given explicitly is honoured; the official code overrides it for the four benchmarks.
-  * --gpu is optional, and --gpu=0 without CUDA warns and trains on the CPU; --seed (default 0) seeds everything;
-    --deterministic adds torch.use_deterministic_algorithms and cuDNN's deterministic mode.
-  * --early_stop_epoch counts evaluations without gain in any metric, as the official code does (not epochs).
-  * --eval_best evaluates checkpoints/best_recall_1.pt of --save_path; --workers is capped at the CPUs we may use.
+  * --gpu is optional (--gpu=0 without CUDA warns and trains on the CPU); --seed seeds everything; --workers is
+    capped at the CPUs we may use; --eval_best evaluates checkpoints/best_recall_1.pt of --save_path.
   * training stops with one line when it diverges (a loss, an embedding or a parameter that is not finite, or an
     embedding collapsed to zero), instead of failing later at evaluation.
 With torchrun, rank 0 evaluates (the others wait for its result) and writes every file (memvir/distributed.py).
@@ -152,7 +150,8 @@ def train(config=None, *, on_step=None, on_epoch_end=None) -> dict:
 
 
 def _train(cfg, dist_info, device, log, on_step, on_epoch_end):
-    from .data.samplers import BatchSampler
+    from .data import check_evaluation_images
+    from .data.samplers import BatchSampler, EpochSeeded
 
     ckpt_dir = os.path.join(cfg.save_path, "checkpoints")
     resume = latest_checkpoint(ckpt_dir, device, warn=lambda s: log(f"warning: {s}")) if dist_info.is_main \
@@ -168,15 +167,16 @@ def _train(cfg, dist_info, device, log, on_step, on_epoch_end):
     if len(splits.train) < cfg.batch_size:  # legal (a miniature folder), but rarely what was meant
         warnings.warn(f"--batch_size={cfg.batch_size} is larger than the training set ({len(splits.train)} "
                       f"images): every epoch is one batch of {len(splits.train)}", stacklevel=2)
-    # Batches: rank r gets its slice of every global batch; the order is a function of (seed, epoch).
+    # Batches: rank r gets its slice of every global batch; the order is a function of (seed, epoch), and the
+    # augmentation of an image a function of (seed, epoch, index).
     sampler = BatchSampler(splits.train.labels, cfg.batch_size, cfg.n_instance, seed=cfg.seed,
                            rank=dist_info.rank, world_size=dist_info.world_size)
-    train_set = EpochSeeded(splits.train, cfg.seed)  # augmentation: a function of (seed, epoch, index)
+    train_set = EpochSeeded(splits.train, cfg.seed)
     workers = min(cfg.workers, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
     loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, num_workers=workers,
                                          pin_memory=device.type == "cuda")
     if dist_info.is_main:
-        _check_images(splits, workers)
+        check_evaluation_images(splits, workers)  # else a damaged one ends the first evaluation, an epoch late
     train_net = _wrap_distributed(net, cfg, dist_info, device)
 
     # ====== optimiser: backbone and embedding at modellr, the proxies at centerlr (official) ======
@@ -202,11 +202,7 @@ def _train(cfg, dist_info, device, log, on_step, on_epoch_end):
         for tensor in loss_fn.parameters():
             torch.distributed.broadcast(tensor.data, src=0)
 
-    log(f"device {device}{f' x {dist_info.world_size} processes' if dist_info.enabled else ''} | "
-        f"{cfg.data_name}: {len(splits.train)} train images in {splits.num_classes} classes, {len(splits.test)} "
-        f"test images | {cfg.backbone} -> {cfg.dim}-d | {cfg.loss} (scale {cfg.scale:g})"
-        + (f" + MemVir N={cfg.mem_num_step} M={cfg.mem_step_gap} U={cfg.warm_epoch}" if cfg.memvir else "")
-        + f" | {len(loader)} steps per epoch")
+    log(_describe(cfg, device, dist_info, splits, len(loader)))
     # ====== epochs ======
     with RunOutputs(cfg, progress.step, dist_info.is_main) as out:
         t0 = time.time() - progress.elapsed  # wall time counts the time before a resume, not the time lost after
@@ -217,23 +213,27 @@ def _train(cfg, dist_info, device, log, on_step, on_epoch_end):
                             device, dist_info, on_step)
             improved, stop = _evaluate_epoch(cfg, epoch, net, splits, progress, out, device, workers, dist_info,
                                              t0, log)
-            if dist_info.is_main:  # the checkpoint, then metrics.json; both atomic
-                out.steps.flush()
-                state = {"format": CHECKPOINT_FORMAT, "config": dataclasses.asdict(cfg), "epoch": epoch, "step": progress.step,
-                         "elapsed": time.time() - t0, "model": net.state_dict(), "criterion": criterion.state_dict(),
-                         "optimizer": optimizer.state_dict(), "lrs": [g["lr"] for g in optimizer.param_groups],
-                         "scaler": scaler.state_dict(), "sampler": {"seed": cfg.seed, "epoch": epoch},
-                         "rng": get_rng_state(), "history": progress.history,
-                         "early_stop_count": progress.early_stop_count}
-                save_checkpoint(state, ckpt_dir, epoch, cfg.max_to_keep, improved)
-                atomic_json(progress.history, os.path.join(cfg.save_path, "metrics.json"))
-                out.writer.flush()
+            if dist_info.is_main:
+                _save_epoch(cfg, epoch, progress, net, criterion, optimizer, scaler, out, t0, improved)
             distributed.barrier(dist_info)
             if on_epoch_end is not None:
                 on_epoch_end(epoch, progress.history)
             if stop:
                 break
     return _results(progress.history, cfg)
+
+
+def _save_epoch(cfg, epoch, progress, net, criterion, optimizer, scaler, out, t0, improved):
+    """The epoch's checkpoint (everything a resume needs), then metrics.json; both written atomically."""
+    out.steps.flush()
+    state = {"format": CHECKPOINT_FORMAT, "config": dataclasses.asdict(cfg), "epoch": epoch, "step": progress.step,
+             "elapsed": time.time() - t0, "model": net.state_dict(), "criterion": criterion.state_dict(),
+             "optimizer": optimizer.state_dict(), "lrs": [g["lr"] for g in optimizer.param_groups],
+             "scaler": scaler.state_dict(), "sampler": {"seed": cfg.seed, "epoch": epoch}, "rng": get_rng_state(),
+             "history": progress.history, "early_stop_count": progress.early_stop_count}
+    save_checkpoint(state, os.path.join(cfg.save_path, "checkpoints"), epoch, cfg.max_to_keep, improved)
+    atomic_json(progress.history, os.path.join(cfg.save_path, "metrics.json"))
+    out.writer.flush()
 
 
 def train_one_epoch(cfg, epoch, loader, train_net, net, criterion, optimizer, scaler, progress, out, device,
@@ -321,6 +321,15 @@ def _evaluate_epoch(cfg, epoch, net, splits, progress, out, device, workers, dis
     return improved, stop
 
 
+def _describe(cfg, device, dist_info, splits, steps_per_epoch):
+    """The run's first line: where it trains, on what, with which loss."""
+    return (f"device {device}{f' x {dist_info.world_size} processes' if dist_info.enabled else ''} | "
+            f"{cfg.data_name}: {len(splits.train)} train images in {splits.num_classes} classes, {len(splits.test)}"
+            f" test images | {cfg.backbone} -> {cfg.dim}-d | {cfg.loss} (scale {cfg.scale:g})"
+            + (f" + MemVir N={cfg.mem_num_step} M={cfg.mem_step_gap} U={cfg.warm_epoch}" if cfg.memvir else "")
+            + f" | {steps_per_epoch} steps per epoch")
+
+
 def _results(history, cfg):
     return {**history, "save_path": cfg.save_path, "config": dataclasses.asdict(cfg)}
 
@@ -331,35 +340,6 @@ def _quiet(*args, **kwargs):
 
 # ----------------------------------------------------------------------------------------------------------------
 # Pieces of the loop
-
-
-class EpochSeeded(torch.utils.data.Dataset):
-    """Wrap a dataset so that item i of epoch e is drawn with torch's generator seeded by (seed, e, i).
-
-    The random crops, flips and shifts of an image then depend neither on the process that loads it (DDP ranks,
-    DataLoader workers) nor on what ran before, so a resumed or a multi-process run augments exactly as a
-    one-process uninterrupted run does. The caller's generator state is restored after each item.
-    """
-
-    def __init__(self, dataset, seed):
-        self.dataset, self.seed, self.epoch = dataset, int(seed), 0
-        self.labels = dataset.labels
-
-    def set_epoch(self, epoch):
-        self.epoch = int(epoch)
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, index):
-        item_seed = ((self.seed * 1_000_003 + self.epoch) * 1_000_000_007 + int(index)) % (2**63)
-        gen = torch.default_generator  # the CPU generator that transforms draw from (torch.manual_seed is slower)
-        saved = gen.get_state()
-        try:
-            gen.manual_seed(item_seed)
-            return self.dataset[index]
-        finally:
-            gen.set_state(saved)
 
 
 def make_optimizer(cfg: TrainConfig, groups):
@@ -402,20 +382,6 @@ def _restore(resume, net, criterion, optimizer, scaler, loss_fn, log) -> Progres
     set_rng_state(ckpt["rng"])
     log(f"resumed from {path} (epoch {ckpt['epoch']}, step {ckpt['step']})")
     return Progress(ckpt["epoch"], ckpt["step"], ckpt["elapsed"], ckpt["early_stop_count"], ckpt["history"])
-
-
-def _check_images(splits, workers):
-    """Decode every evaluation image once before training: a damaged one would otherwise end the first evaluation,
-    after a lost epoch. JPEGs at 1/8 scale on a thread pool (memvir.data.prepare's check), ~1 ms an image."""
-    from .data.prepare import _check_many
-
-    for name in ("test", "query", "gallery", "val"):
-        paths = getattr(getattr(splits, name, None), "paths", None)
-        bad = _check_many(((p, p) for p in paths), max(1, workers)) if paths else {}
-        if bad:
-            path, reason = sorted(bad.items())[0]
-            raise ValueError(f"{path}: cannot read this {name} image ({reason}); {len(bad)} bad {name} image(s) in "
-                             f"all: re-run `python -m memvir prepare`, or remove the file")
 
 
 def _check_embeddings(emb, cfg, step, epoch):

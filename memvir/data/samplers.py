@@ -1,4 +1,4 @@
-"""Mini-batches of indices: a seeded shuffle, or the official code's class-balanced sampler (`n_instance` > 1).
+"""Mini-batches of indices (a seeded shuffle, or the official class-balanced sampler), and seeded augmentation.
 
 Use with `DataLoader(dataset, batch_sampler=BatchSampler(dataset.labels, ...))` and call `set_epoch(epoch)` before
 each epoch: the batches are a pure function of (seed, epoch), so a run resumed at epoch e sees the batches the
@@ -17,7 +17,8 @@ is kept as the official DataLoader(shuffle=True) keeps it.
 from __future__ import annotations
 
 import numpy as np
-from torch.utils.data import Sampler
+import torch
+from torch.utils.data import Dataset, Sampler
 
 
 class BatchSampler(Sampler):
@@ -108,3 +109,32 @@ class BatchSampler(Sampler):
             return n // B
         rest = n % B
         return n // B + int(rest > 0 and not self.drop_last and rest >= self.world_size)
+
+
+class EpochSeeded(Dataset):
+    """Wrap a dataset so that item i of epoch e is drawn with torch's generator seeded by (seed, e, i).
+
+    The random crops, flips and shifts of an image then depend neither on the process that loads it (DDP ranks,
+    DataLoader workers) nor on what ran before, so a resumed or a multi-process run augments exactly as a
+    one-process uninterrupted run does. The caller's generator state is restored after each item.
+    """
+
+    def __init__(self, dataset, seed):
+        self.dataset, self.seed, self.epoch = dataset, int(seed), 0
+        self.labels = dataset.labels
+
+    def set_epoch(self, epoch):
+        self.epoch = int(epoch)
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        item_seed = ((self.seed * 1_000_003 + self.epoch) * 1_000_000_007 + int(index)) % (2**63)
+        gen = torch.default_generator  # the CPU generator that transforms draw from (torch.manual_seed is slower)
+        saved = gen.get_state()
+        try:
+            gen.manual_seed(item_seed)
+            return self.dataset[index]
+        finally:
+            gen.set_state(saved)
