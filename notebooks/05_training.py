@@ -28,12 +28,14 @@
 # %% tags=["parameters"]
 # data
 data_name = "glyphs"  # cars196 | cub200 | sop | inshop | glyphs | custom
-data = ""  # prepared folder with train/ and test/ (glyphs: a render cache folder, empty for the default)
+data = ""  # prepared folder with train/ and test/; glyphs: a render cache (empty: none)
+k_list = ""  # Recall@K list, such as 1,2,4,8 (empty: the data set's)
 input_size = 32  # image side in pixels
 num_classes = 400  # glyphs: classes rendered, the first half train, the rest test
 instances_per_class = 20  # glyphs: images per class
 min_fonts = 10  # glyphs: distinct renders a class needs
 glyph_seed = 0  # glyphs: seed of the glyph set (one benchmark for every training seed)
+val_classes = 0  # train classes held out for validation
 # model
 backbone = "glyphcnn"  # bninception | resnet18/34/50/101 | glyphcnn
 pretrained = "none"  # imagenet | none | path to backbone weights
@@ -42,29 +44,41 @@ dim = 128  # D, embedding size
 # loss and MemVir
 loss = "Norm_SoftMax"  # Norm_SoftMax | Proxy_NCA
 scale = 23.0  # logit scale s (README: 23 for Norm-SoftMax, 12 for Proxy-NCA)
+train_with_l2norm = True  # L2-normalise what the loss and the memory see (official)
+init_type = "normal"  # Proxy-NCA proxy init: normal | uniform
+C = ""  # number of proxies (empty: the classes of the train split)
 memvir = True  # train with MemVir
 mem_num_step = 5  # N, past steps taken as virtual classes
 mem_step_gap = 20  # M, steps skipped between two taken steps
 warm_epoch = 5  # U, epochs before the memory starts filling
 # optimisation
+optimizer = "adam"  # adam | adamw | rmsprop | sgd
 epochs = 10
 batch_size = 128  # B
 n_instance = 1  # images per class in a batch (1: plain shuffle, as the paper)
 modellr = 0.001  # backbone and embedding learning rate
 centerlr = 0.01  # proxy learning rate
 weight_decay = 0.0001
+eps = 0.01  # epsilon of Adam (official)
 decay_rate = 0.1
 decay_step = 1000  # multiply the rates by decay_rate every decay_step epochs ...
 decay_stop = 100000  # ... up to this epoch
 freeze_BN = False  # BatchNorm statistics frozen (the README's runs, pretrained backbone)
 use_amp = False  # mixed precision
+deterministic = False  # deterministic algorithms (seeding is always on)
 seed = 0  # seed of initialisation, batches and augmentation
+start_epoch = 0  # accepted and ignored (official flag): a run resumes from its checkpoint
 # evaluation, outputs, machine
 check_epoch = 2  # evaluate every check_epoch epochs (and after the last)
+eval_best = False  # only evaluate the best Recall@1 checkpoint of save_path
+do_nmi = False  # also compute NMI of the test embeddings
+early_stop_epoch = 0  # stop after this many evaluations without a gain (0: never)
+max_to_keep = 1  # epoch checkpoints kept (0: all)
 save_path = "../results/runs/notebook/05_training"  # the run folder
-resume = False  # True: continue (or skip, when finished) the run in save_path; False: start it afresh
+resume = False  # True: continue (or skip, if finished) the run in save_path
 gpu = ""  # GPU id; empty: the first GPU if there is one, else the CPU
 workers = 0  # data-loading processes
+progress = False  # a tqdm bar per epoch
 
 # %%
 import shutil
@@ -73,27 +87,25 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
+from IPython.display import Markdown, display
 
-from memvir.report import METRICS, read_run  # (not `import memvir`: the flag `memvir` above is a parameter)
+# (not `import memvir`: the flag `memvir` above is a parameter)
+from memvir.config import FLAG_NAMES, config_from_parameters
+from memvir.report import METRICS
+from memvir.rundir import read_run
 from memvir.train import train
 
 # %% [markdown]
 # ## Train
 #
-# The config is the parameters above, keyed by flag name; an empty string means "not given" (the train default).
+# The config is the parameters above, each a flag of `memvir.config.TrainConfig` (an empty string means "not
+# given": the data set's default); `config_from_parameters` refuses a missing or unknown flag in one line.
 
 # %%
-config = dict(data_name=data_name, data=data or None, input_size=input_size, num_classes=num_classes,
-              instances_per_class=instances_per_class, min_fonts=min_fonts, glyph_seed=glyph_seed,
-              backbone=backbone, pretrained=pretrained, pooling_type=pooling_type, dim=dim, loss=loss, scale=scale,
-              memvir=memvir, mem_num_step=mem_num_step, mem_step_gap=mem_step_gap, warm_epoch=warm_epoch,
-              epochs=epochs, batch_size=batch_size, n_instance=n_instance, modellr=modellr, centerlr=centerlr,
-              weight_decay=weight_decay, decay_rate=decay_rate, decay_step=decay_step, decay_stop=decay_stop,
-              freeze_BN=freeze_BN, use_amp=use_amp, seed=seed, check_epoch=check_epoch, save_path=save_path,
-              gpu=gpu or None, workers=workers, progress=False)
-run = Path(save_path)
+config = config_from_parameters(**{k: v for k, v in globals().items() if k in FLAG_NAMES})
+run = Path(config.save_path)
 if not resume and (run / "config.json").exists():
-    shutil.rmtree(run)  # start afresh: only a folder that holds a run (config.json) is removed
+    shutil.rmtree(run)  # afresh: only a folder that holds a run (config.json) is removed
 results = train(config)
 
 # %% [markdown]
@@ -103,7 +115,7 @@ results = train(config)
 
 # %%
 config_saved, metrics, steps = read_run(run)
-print(textwrap.fill(", ".join(f"{k}={v}" for k, v in config_saved.items()), width=110))
+print(textwrap.fill(", ".join(f"{k}={v}" for k, v in config_saved.items()), width=88))
 
 # %% [markdown]
 # ## Learning curves
@@ -112,11 +124,13 @@ print(textwrap.fill(", ".join(f"{k}={v}" for k, v in config_saved.items()), widt
 # epochs (`metrics.json`). With MemVir the loss is not comparable across the warm-up boundary: from then on it
 # is a cross-entropy over more and more classes, so it jumps up while the task gets harder.
 
-# %%
+# %% tags=["hide-input"]
 evals = pd.DataFrame(metrics["evaluations"])
 fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
-axes[0].plot(steps["step"], steps["loss"], lw=0.5, alpha=0.4, color="grey", label="per step")
-axes[0].plot(steps["step"], steps["loss"].rolling(20, min_periods=1).mean(), color="black", label="mean of 20")
+axes[0].plot(steps["step"], steps["loss"], lw=0.5, alpha=0.4, color="grey",
+             label="per step")
+axes[0].plot(steps["step"], steps["loss"].rolling(20, min_periods=1).mean(),
+             color="black", label="mean of 20")
 axes[0].set_xlabel("step")
 axes[0].set_title("training loss")
 axes[0].legend()
@@ -140,5 +154,24 @@ plt.show()
 # evaluation (`last`) is the honest one. Chapter 6 reports both.
 
 # %%
-pd.DataFrame({name: {"best": 100 * metrics["best"][key]["value"], "epoch of best": metrics["best"][key]["epoch"],
-                     "last": 100 * metrics["last"][key]} for key, name in METRICS.items()}).T.round(2)
+final = pd.DataFrame({name: {"best": 100 * metrics["best"][key]["value"],
+                             "epoch of best": metrics["best"][key]["epoch"],
+                             "last": 100 * metrics["last"][key]}
+                      for key, name in METRICS.items()}).T
+final.round(2)
+
+# %% [markdown]
+# ## What we saw
+
+# %% tags=["hide-input"]
+what = (f"{config_saved['loss']} with MemVir ($N = {config_saved['mem_num_step']}$, "
+        f"$M = {config_saved['mem_step_gap']}$, $U = {config_saved['warm_epoch']}$)"
+        if config_saved["memvir"] else f"{config_saved['loss']} without MemVir")
+display(Markdown(
+    f"{what} trained {config_saved['epochs']} epochs on {config_saved['data_name']} "
+    f"({len(steps)} steps, up to {int(steps['num_classes_in_use'].max())} classes in the "
+    f"loss) and ended with Recall@1 {final.loc['Recall@1', 'last']:.2f}, "
+    f"RP {final.loc['RP', 'last']:.2f} and MAP@R {final.loc['MAP@R', 'last']:.2f} "
+    "on the test classes at its last evaluation; its best MAP@R, "
+    f"{final.loc['MAP@R', 'best']:.2f}, came at epoch "
+    f"{int(final.loc['MAP@R', 'epoch of best'])}."))
