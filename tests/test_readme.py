@@ -1,0 +1,56 @@
+"""The README's numbers are the committed report's: its results table equals results/report/cpu/tables.md (the
+Mean ± Std. of each row and metric), and its paired sentence the paired tables beside it."""
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+TITLES = ("Recall@1", "RP", "MAP@R")
+
+
+def markdown_tables(text):
+    """{heading: [[cells], ...]} of every `a | b | c` table under a `## heading`."""
+    out, heading = {}, None
+    for line in text.splitlines():
+        if line.startswith("## "):
+            heading = line[3:].strip()
+        elif " | " in line and not set(line) <= set("-| ") and heading:
+            out.setdefault(heading, []).append([c.strip() for c in line.split("|")])
+    return out
+
+
+def readme_results():
+    """{(row, metric): (mean, std)} of the README's results table."""
+    section = README[README.index("## What `make reproduce` shows"):README.index("## Layout")]
+    lines = [ln for ln in section.splitlines() if ln.count(" | ") == 3 and "±" in ln]
+    out = {}
+    for ln in lines:
+        row, *cells = [c.strip() for c in ln.split("|")]
+        for title, cell in zip(TITLES, cells):
+            mean, std = re.fullmatch(r"(-?[\d.]+) ± ([\d.]+)", cell).groups()
+            out[(row, title)] = (mean, std)
+    return out
+
+
+def test_readme_results_table_is_the_committed_report():
+    quoted = readme_results()
+    assert len(quoted) == 12  # four rows x three metrics
+    tables = markdown_tables((ROOT / "results" / "report" / "cpu" / "tables.md").read_text())
+    for title in TITLES:
+        header, *rows = tables[f"{title} (best)"]
+        mean, std = header.index("Mean"), header.index("Std.")
+        for cells in rows:
+            assert quoted[(cells[0], title)] == (cells[mean], cells[std]), (cells[0], title)
+
+
+@pytest.mark.parametrize("metric,title", [("recall_at_1", "Recall@1"), ("r_precision", "RP"), ("map_at_r", "MAP@R")])
+def test_readme_paired_differences_are_the_committed_report(metric, title):
+    import pandas as pd
+
+    paired = pd.read_csv(ROOT / "results" / "report" / "cpu" / f"paired_{metric}_best.csv")
+    sentence = " ".join(README[README.index("Paired by seed, MemVir minus its baseline"):].split("\n\n")[0].split())
+    for _, row in paired.iterrows():
+        text = f"{row['Mean']:+.2f} ± {row['Std.']:.2f}".replace("-", "−")
+        assert text in sentence, (row["Loss"], title, text)
