@@ -1,5 +1,8 @@
-"""Hand-made profiles and run folders for the report and pipeline tests (what memvir.train would write)."""
+"""Hand-made profiles and run folders for the report and pipeline tests (what memvir.train would write), and
+the parameters cell of a chapter read without papermill."""
+import ast
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -69,3 +72,12 @@ def finished_profile(tmp_path):
     return prof
 
 
+def parameters_cell(path):
+    """{name: value} of the cell tagged parameters of a py:percent notebook, read with ast (not with papermill)."""
+    cells = re.split(r"^# %%", Path(path).read_text(), flags=re.M)
+    (cell,) = [c for c in cells if c.startswith(' tags=["parameters"]')]
+    out = {}
+    for node in ast.parse(cell.split("\n", 1)[1]).body:
+        assert isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant), ast.dump(node)
+        out[node.targets[0].id] = node.value.value
+    return out

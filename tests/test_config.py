@@ -1,31 +1,19 @@
 """memvir.config: the one flag list. The parser, the training notebook's parameters cell and a run's config.json
 are checked against TrainConfig's fields, read here from the dataclass itself, so a flag added in one place only
 fails a test; the official README lines are checked in tests/test_train.py."""
-import ast
 import dataclasses
 import json
-import re
 from pathlib import Path
 
 import pytest
 
 from memvir import config as C
+from runfolders import parameters_cell
 from memvir.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 FIELDS = {f.name: f for f in dataclasses.fields(C.TrainConfig)}
 NOTEBOOK_ONLY = {"resume"}  # the training notebook's own switch (start afresh or resume), not a train flag
-
-
-def parameters_cell(path):
-    """{name: value} of the cell tagged parameters of a py:percent notebook, read with ast."""
-    cells = re.split(r"^# %%", path.read_text(), flags=re.M)
-    (cell,) = [c for c in cells if c.startswith(' tags=["parameters"]')]
-    out = {}
-    for node in ast.parse(cell.split("\n", 1)[1]).body:
-        assert isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant), ast.dump(node)
-        out[node.targets[0].id] = node.value.value
-    return out
 
 
 def test_parser_has_one_argument_per_field_with_its_default():

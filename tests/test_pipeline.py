@@ -1,6 +1,5 @@
 """memvir.pipeline: run names, profiles, runs through papermill (finished = metrics and notebook complete),
 chapter parameters (declared by the chapter, relative paths), the book's staging, cluster commands."""
-import ast
 import json
 import re
 import shlex
@@ -10,6 +9,7 @@ import pytest
 
 from memvir import pipeline, rundir
 from runfolders import GOOD, ROOT, finished_profile as _finished_profile, make_repo
+from runfolders import parameters_cell as notebook_defaults
 
 
 @pytest.fixture
@@ -35,17 +35,6 @@ def test_run_name(params, tag, name):
 def test_run_name_needs_its_parameters():
     with pytest.raises(ValueError, match="'epochs'"):
         rundir.run_name(dict(data_name="glyphs", loss="x", seed=0))
-
-
-def notebook_defaults(path):
-    """{name: value} of the cell tagged parameters of a py:percent notebook, read with ast (not with papermill)."""
-    cells = re.split(r"^# %%", path.read_text(), flags=re.M)
-    (cell,) = [c for c in cells if c.startswith(' tags=["parameters"]')]
-    out = {}
-    for node in ast.parse(cell.split("\n", 1)[1]).body:
-        assert isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant), ast.dump(node)
-        out[node.targets[0].id] = node.value.value
-    return out
 
 
 PROFILES = sorted(p.stem for p in (ROOT / "configs").glob("*.yml"))
