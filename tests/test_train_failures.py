@@ -174,3 +174,8 @@ def test_do_nmi_is_computed_and_logged(tmp_path):
     nmi = res["last"]["nmi"]
     assert 0.0 <= nmi <= 1.0
     assert "nmi" not in train({**TINY, "epochs": 1, "save_path": str(tmp_path / "no")})["last"]
+
+
+def test_batch_larger_than_the_training_set_warns(tmp_path, capsys):
+    code, err = run_cli(["--epochs", "1", "--batch_size", "256", "--save_path", str(tmp_path)], capsys)
+    assert code == 0 and "warning: --batch_size=256 is larger than the training set (100 images)" in err
