@@ -2,7 +2,8 @@
 
 The public API:
     memvir.MemVir                       the memory of virtual classes (memvir/memory.py)
-    memvir.losses.NormSoftmax, ProxyNCA proxy losses; each owns `proxies` (C, D)
+    memvir.losses.NormSoftmax, ProxyNCA proxy losses; each owns `proxies` (C, D); also Softmax, CosFace,
+                                        ArcFace, ProxyAnchor, SoftTriple (the paper's Table 4)
     memvir.metrics.retrieval_metrics    Recall@K, R-Precision, MAP@R
     memvir.config                       the one list of training flags (TrainConfig)
     memvir.data, memvir.models, memvir.experiment, memvir.train, memvir.evaluation, memvir.rundir
@@ -17,7 +18,9 @@ __version__ = "0.1.0"
 _SUBMODULES = {"losses", "memory", "metrics", "data", "models", "config", "experiment", "train", "evaluation",
                "rundir", "report", "pipeline", "distributed"}
 _NAMES = {"MemVir": "memory", "TakenStep": "memory", "NormSoftmax": "losses", "ProxyNCA": "losses",
-          "build_loss": "losses", "retrieval_metrics": "metrics", "query_gallery_metrics": "metrics"}
+          "Softmax": "losses", "CosFace": "losses", "ArcFace": "losses", "ProxyAnchor": "losses",
+          "SoftTriple": "losses", "build_loss": "losses", "retrieval_metrics": "metrics",
+          "query_gallery_metrics": "metrics"}
 __all__ = sorted(_NAMES) + sorted(_SUBMODULES)
 
 

@@ -1,33 +1,43 @@
 """Proxy-based losses: every loss owns its learnable `proxies`, an nn.Parameter of shape (C, D).
 
-Both losses here are a cross-entropy over per-(embedding, proxy) logits:
+The six losses of the MemVir paper's Table 4. All but Proxy-Anchor are a cross-entropy over per-(embedding, class)
+logits, with an optional margin on each row's own target logit (CosFace, ArcFace, SoftTriple):
 
-    loss = mean_i [ logsumexp_c logits[i, c] - logits[i, y_i] ]
+    loss = mean_i [ logsumexp_c z[i, c] - z[i, y_i] ],   z = logits, z[i, y_i] -> target_logit(z[i, y_i])
 
-and the logit of a pair depends on that one embedding and that one proxy only. MemVir relies on this
+and the logit of a pair depends on that one embedding and that one class's proxies only. MemVir relies on this
 in two ways: it can hand the loss a longer proxy list (current proxies plus C virtual classes per past
 step), and its fast path (memvir.memory) can cache the logits between two frozen past steps.
-A loss that has these two properties sets `decomposable = True`.
+A loss that has these two properties sets `decomposable = True`. The margin touches a row's own target only, so
+a past row's target gets it too (MemVir scores past rows as the loss scores current ones): both MemVir paths call
+`margin_targets`, which applies `target_logit` to each row's own target.
+
+Proxy-Anchor is no per-row cross-entropy (each proxy pools over the batch's positives and negatives), so it sets
+`decomposable = False` and MemVir hands it the concatenated batch and proxy list (its plain path).
+SoftTriple keeps K centres per class: its proxies are (C*K, D), class c owning rows c*K .. c*K+K-1
+(`proxies_per_class = K`); a class's logit pools its K centres, so it stays decomposable per (row, class).
 
 A loss computes its logits in two stages,
 `logits(emb, proxies) = similarity(embed(emb), embed_proxies(proxies))`: `embed` and `embed_proxies` map each
 row on its own and `similarity` scores embedded rows. MemVir stores embedded rows, so the snapshots of N(M+1)
 past steps are not normalised again at every step.
 
-Both losses normalise the proxies. The embeddings they normalise too, unless `normalize_embeddings=False`: the
-official `--train_with_l2norm=False`, where the official losses take the head's output as it comes (their
-comment "input is already l2_normalized" holds only with the flag on) and MemVir stores it raw.
+Every loss but Softmax normalises the proxies (Softmax's class weights are scored as they are). The embeddings they
+all normalise, unless `normalize_embeddings=False`: the official `--train_with_l2norm=False`, where the official
+losses take the head's output as it comes (their comment "input is already l2_normalized" holds only with the
+flag on) and MemVir stores it raw.
 
 Chapter: notebooks/03_losses.py.
 """
+import inspect
 import math
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["ProxyLoss", "NormSoftmax", "ProxyNCA", "LOSSES", "build_loss", "canonical_loss_name", "loss_class",
-           "check_batch"]
+__all__ = ["ProxyLoss", "NormSoftmax", "ProxyNCA", "Softmax", "CosFace", "ArcFace", "ProxyAnchor", "SoftTriple",
+           "LOSSES", "build_loss", "canonical_loss_name", "loss_class", "default_scale", "check_batch"]
 
 
 def check_batch(emb, labels, num_classes, dim):
@@ -62,26 +72,32 @@ def check_batch(emb, labels, num_classes, dim):
 
 
 class ProxyLoss(nn.Module):
-    """Base class: a cross-entropy over `logits(emb, proxies)`, with one learnable proxy per class.
+    """Base class: a cross-entropy over `logits(emb, proxies)`, with learnable proxies (one per class, or K).
 
-    Subclasses implement `similarity` (and `embed_proxies` when proxies are mapped) and initialise
-    `self.proxies` (C, D). Called as MemVir is, `loss(emb, labels, epoch=e)`, with the same counters
-    (`num_taken`, always 0 here; `num_classes_in_use`; `num_embeddings_in_use`), so that a training loop
-    needs no branch for the bare loss.
+    Subclasses implement `similarity` (and `embed_proxies` when proxies are mapped, `target_logit` for a margin)
+    and initialise `self.proxies` (C*K, D), K = `proxies_per_class` (1 but for SoftTriple). Called as MemVir
+    is, `loss(emb, labels, epoch=e)`, with the same counters (`num_taken`, always 0 here; `num_classes_in_use`;
+    `num_embeddings_in_use`), so that a training loop needs no branch for the bare loss.
 
     Args:
-        num_classes: C, the number of proxies. It may exceed the classes present in the labels (the official
-            `-C`): a proxy whose class never comes is only ever a negative, in every softmax denominator.
+        num_classes: C, the number of classes (of proxies, but for SoftTriple's K per class). It may exceed the
+            classes present in the labels (the official `-C`): a proxy whose class never comes is only ever a
+            negative, in every softmax denominator.
         embedding_size: D.
         scale: the logit scale.
         normalize_embeddings: map embeddings onto the unit sphere (`embed`) before scoring them. False takes
             them as they come, as the official losses do with `--train_with_l2norm=False`.
+        proxies_per_class: K, proxy rows per class (SoftTriple's centres); class c owns rows c*K .. c*K+K-1.
     """
 
-    decomposable = True  # logit[i, c] depends on emb[i] and proxies[c] only; plain cross-entropy on top.
+    decomposable = True  # logit[i, c] depends on emb[i] and class c's proxies only; cross-entropy on top.
     name = None  # the official README's spelling, set by each loss
+    scale_arg = "scale"  # the constructor argument that build_loss's `scale` (the --scale flag) sets
+    # None: no margin. A loss with a margin defines `target_logit(z)`, mapping the logits z (n,) of rows' own
+    # targets; `margin_targets` applies it (ProxyLoss.forward and both MemVir paths).
+    target_logit = None
 
-    def __init__(self, num_classes, embedding_size, scale, normalize_embeddings=True):
+    def __init__(self, num_classes, embedding_size, scale, normalize_embeddings=True, proxies_per_class=1):
         super().__init__()
         if int(num_classes) < 1:
             raise ValueError(f"num_classes: expected a positive integer, got {num_classes}")
@@ -95,7 +111,8 @@ class ProxyLoss(nn.Module):
         self.embedding_size = int(embedding_size)
         self.scale = float(scale)
         self.normalize_embeddings = normalize_embeddings
-        self.proxies = nn.Parameter(torch.empty(self.num_classes, self.embedding_size))  # (C, D)
+        self.proxies_per_class = int(proxies_per_class)
+        self.proxies = nn.Parameter(torch.empty(self.num_classes * self.proxies_per_class, self.embedding_size))
         # The counters MemVir keeps, for the same training loop: what the last call used.
         self.num_taken = 0  # past steps taken: none without a memory
         self.num_classes_in_use = self.num_classes  # proxies scored by the last call (C unless given more)
@@ -121,17 +138,29 @@ class ProxyLoss(nn.Module):
         return p
 
     def similarity(self, x, p):
-        """Return the logits of embedded rows `x` (B, D) against embedded proxies `p` (C', D), shape (B, C')."""
+        """Return the logits of embedded rows `x` (B, D) against embedded proxies `p` (C'K, D), shape (B, C')."""
         raise NotImplementedError
+
+    def margin_targets(self, logits, labels):
+        """Return the logits with each row's own target logit mapped by `target_logit` (unchanged without margin).
+
+        Args:
+            logits: (B, C') logits.
+            labels: (B,) int64 targets in [0, C').
+        """
+        if self.target_logit is None:
+            return logits
+        index = labels[:, None]  # (B, 1)
+        return logits.scatter(1, index, self.target_logit(logits.gather(1, index)))  # (B, C'), out of place
 
     def logits(self, emb, proxies):
         """Return the logits of every embedding against every proxy.
 
         Args:
             emb: (B, D) embeddings (normalised or not: `embed` does what the loss needs).
-            proxies: (C', D) proxies; C' may exceed C when MemVir appends virtual classes.
+            proxies: (C'K, D) proxies; C' may exceed C when MemVir appends virtual classes.
         Returns:
-            (B, C') logits.
+            (B, C') logits, before any margin.
         """
         return self.similarity(self.embed(emb), self.embed_proxies(proxies))
 
@@ -140,14 +169,23 @@ class ProxyLoss(nn.Module):
 
         Args:
             emb: (B, D) embeddings.
-            labels: (B,) labels in [0, C'), C' = len(proxies), any integer dtype.
-            proxies: optional (C', D) proxy matrix to score against; defaults to `self.proxies`.
+            labels: (B,) labels in [0, C'), C' = len(proxies) / K, any integer dtype.
+            proxies: optional (C'K, D) proxy matrix to score against; defaults to `self.proxies`.
             epoch: ignored; accepted so that the loss is called as MemVir is.
         """
         proxies = self.proxies if proxies is None else proxies
-        labels = check_batch(emb, labels, proxies.shape[0], self.embedding_size)  # (B,) int64
-        self.num_classes_in_use, self.num_embeddings_in_use = proxies.shape[0], emb.shape[0]
-        return F.cross_entropy(self.logits(emb, proxies), labels)
+        labels = self._check(emb, labels, proxies)  # (B,) int64
+        return F.cross_entropy(self.margin_targets(self.logits(emb, proxies), labels), labels)
+
+    def _check(self, emb, labels, proxies):
+        """Check the batch against the classes of `proxies`, count what the call uses; return int64 labels."""
+        if proxies.dim() != 2 or proxies.shape[0] % self.proxies_per_class:
+            raise ValueError(f"proxies: expected ({self.proxies_per_class}*C', {self.embedding_size}) rows, "
+                             f"got shape {tuple(proxies.shape)}")
+        classes = proxies.shape[0] // self.proxies_per_class
+        labels = check_batch(emb, labels, classes, self.embedding_size)
+        self.num_classes_in_use, self.num_embeddings_in_use = classes, emb.shape[0]
+        return labels
 
     def extra_repr(self):
         return (f"num_classes={self.num_classes}, embedding_size={self.embedding_size}, scale={self.scale}, "
@@ -208,36 +246,240 @@ class ProxyNCA(ProxyLoss):
         return torch.addmm(shift, x, (2 * self.scale * p).T)
 
 
-LOSSES = {"normsoftmax": NormSoftmax, "proxynca": ProxyNCA}  # keyed by the name without case, "_" and "-"
+class Softmax(ProxyLoss):
+    """The plain softmax classifier: cross-entropy over scale * <emb, w_c>, its class weights w_c as proxies.
+
+    No bias (a bias per class would be a parameter outside `proxies`, with no past snapshot) and no
+    normalisation of the weights. The class default scores the embedding as it comes (`normalize_embeddings=False`,
+    the textbook classifier); build_loss passes the training flag instead (`--train_with_l2norm`, on by default as
+    in the official code, whose head then hands the loss unit rows).
+    Initialisation as nn.Linear's weight: uniform in (-1/sqrt(D), 1/sqrt(D)).
+    """
+
+    name = "SoftMax_vanilla"
+
+    def __init__(self, num_classes, embedding_size, scale=1.0, normalize_embeddings=False):
+        super().__init__(num_classes, embedding_size, scale, normalize_embeddings)
+        bound = 1.0 / math.sqrt(self.embedding_size)
+        nn.init.uniform_(self.proxies, -bound, bound)
+
+    def similarity(self, x, p):
+        if x.shape[0] <= p.shape[0]:
+            return (self.scale * x) @ p.T  # (B, C')
+        return x @ (self.scale * p).T
+
+
+def check_margin(margin, name, below=math.inf):
+    """Return the margin as a float; raise a ValueError unless 0 <= margin < below."""
+    if isinstance(margin, bool) or not 0 <= float(margin) < below:
+        raise ValueError(f"{name} margin: expected a number in [0, {below:g}), got {margin!r}")
+    return float(margin)
+
+
+class CosFace(NormSoftmax):
+    """CosFace (Wang et al. 2018), large margin cosine loss: scale * cos, with scale * (cos - margin) for the target.
+
+    With `normalize_embeddings=False`, cos is <emb, proxy/|proxy|>, as Norm-SoftMax's.
+    Initialisation as pytorch-metric-learning's: proxies standard normal.
+    """
+
+    name = "CosFace"
+
+    def __init__(self, num_classes, embedding_size, scale=64.0, margin=0.35, normalize_embeddings=True):
+        super().__init__(num_classes, embedding_size, scale, normalize_embeddings)
+        self.margin = check_margin(margin, "CosFace")
+        nn.init.normal_(self.proxies)
+
+    def target_logit(self, z):
+        return z - self.scale * self.margin  # s cos - s m
+
+    def extra_repr(self):
+        return super().extra_repr() + f", margin={self.margin}"
+
+
+class ArcFace(NormSoftmax):
+    """ArcFace (Deng et al. 2019), additive angular margin: scale * cos, with scale * cos(theta + m) for the target.
+
+    `margin` m is in radians (pytorch-metric-learning's ArcFaceLoss takes degrees: 0.5 rad = 28.6 deg).
+    Two safeguards, both as insightface's default (`easy_margin=False`) and pytorch-metric-learning:
+      * Past theta = pi - m, cos(theta + m) grows again with theta, so a target further away would score better;
+        there the target gets cos(theta) - m sin(m) instead, which keeps decreasing. (`easy_margin`, applying the
+        margin only where cos > 0, would drop it for exactly the hard targets; the ArcFace paper trains without.)
+      * acos has an infinite slope at cos = +-1, reached in floating point by an embedding on its proxy (or
+        opposite to it): its gradient would be inf * 0 = NaN. The cosine is clamped to +-(1 - eps) of its dtype
+        first, so the gradients stay finite; the value moves by at most scale * sqrt(2 eps) (float32: 3e-2 at s=64,
+        and only for |cos| > 1 - 1.2e-7).
+    The angle needs unit vectors: `normalize_embeddings=False` is refused.
+    Initialisation as pytorch-metric-learning's: proxies standard normal.
+    """
+
+    name = "ArcFace"
+
+    def __init__(self, num_classes, embedding_size, scale=64.0, margin=0.5, normalize_embeddings=True):
+        if normalize_embeddings is False:
+            raise ValueError("ArcFace normalize_embeddings: expected True (an angle needs unit embeddings; "
+                             "--train_with_l2norm=False has none); use CosFace for raw embeddings")
+        super().__init__(num_classes, embedding_size, scale, normalize_embeddings)
+        self.margin = check_margin(margin, "ArcFace", below=math.pi)
+        nn.init.normal_(self.proxies)
+
+    def target_logit(self, z):
+        eps = torch.finfo(z.dtype).eps
+        cos = (z / self.scale).clamp(-1 + eps, 1 - eps)
+        theta = torch.acos(cos)
+        m = self.margin
+        return self.scale * torch.where(theta <= math.pi - m, torch.cos(theta + m), cos - m * math.sin(m))
+
+    def extra_repr(self):
+        return super().extra_repr() + f", margin={self.margin}"
+
+
+class ProxyAnchor(ProxyLoss):
+    """Proxy-Anchor (Kim et al. CVPR 2020): each proxy is an anchor that pools over the whole batch.
+
+        loss = 1/|P+| sum_{c in P+} log(1 + sum_{i: y_i = c} exp(-alpha (cos(x_i, p_c) - margin)))
+             + 1/C'   sum_{c}        log(1 + sum_{i: y_i != c} exp( alpha (cos(x_i, p_c) + margin)))
+
+    P+ the proxies with a positive in the batch, C' all proxies given. Not a per-row cross-entropy, so
+    `decomposable = False`: MemVir calls it on the concatenated batch (its plain path). A virtual class there is a
+    past step's proxy p_c^q (an anchor, constant) with that step's embeddings of class c as its positives; every other
+    current and past embedding is its negative, and every current proxy takes the past embeddings as negatives:
+    all (1+K)C proxies are anchors over all B + sum n_k rows, and C' = (1+K)C divides the negative term.
+    `similarity` returns the cosine (unscaled); alpha is the scale (`scale_arg`).
+    Initialisation as the official code: kaiming_normal_(proxies, mode="fan_out"), std sqrt(2/C).
+    """
+
+    decomposable = False
+    name = "Proxy_Anchor"
+    scale_arg = "alpha"
+
+    def __init__(self, num_classes, embedding_size, margin=0.1, alpha=32.0, normalize_embeddings=True):
+        super().__init__(num_classes, embedding_size, alpha, normalize_embeddings)
+        self.alpha = self.scale
+        self.margin = check_margin(margin, "Proxy_Anchor")
+        nn.init.kaiming_normal_(self.proxies, mode="fan_out")
+
+    def embed_proxies(self, p):
+        return F.normalize(p, dim=1)
+
+    def similarity(self, x, p):
+        return x @ p.T  # (B, C') cosines
+
+    def forward(self, emb, labels, proxies=None, *, epoch=None):
+        """Return the Proxy-Anchor loss of a batch; arguments as ProxyLoss.forward."""
+        proxies = self.proxies if proxies is None else proxies
+        labels = self._check(emb, labels, proxies)  # (B,) int64
+        cos = self.logits(emb, proxies)  # (B, C')
+        pos = F.one_hot(labels, cos.shape[1]).bool()  # (B, C')
+        # log(1 + sum exp) as a logsumexp with a zero row: finite gradients for a proxy with no positive.
+        one = cos.new_zeros(1, cos.shape[1])  # (1, C')
+        pos_exp = torch.where(pos, -self.alpha * (cos - self.margin), -math.inf)  # (B, C')
+        neg_exp = torch.where(pos, -math.inf, self.alpha * (cos + self.margin))
+        pos_term = torch.logsumexp(torch.cat([one, pos_exp]), dim=0)  # (C',)
+        neg_term = torch.logsumexp(torch.cat([one, neg_exp]), dim=0)
+        with_pos = int(pos.any(dim=0).sum())  # |P+| >= 1: the batch has a row
+        return pos_term.sum() / with_pos + neg_term.sum() / cos.shape[1]
+
+    def extra_repr(self):
+        return (f"num_classes={self.num_classes}, embedding_size={self.embedding_size}, alpha={self.alpha}, "
+                f"margin={self.margin}, normalize_embeddings={self.normalize_embeddings}")
+
+
+class SoftTriple(ProxyLoss):
+    """SoftTriple (Qian et al. ICCV 2019): K centres per class, a class's similarity a softmax-weighted mean of them.
+
+        S_c(x) = sum_k softmax_k(cos(x, w_ck) / gamma) cos(x, w_ck),   loss = CE(la * (S(x) - margin 1[c = y]))
+
+    proxies (C*K, D), class c owning rows c*K .. c*K+K-1; `similarity` returns la * S (B, C'), the margin is
+    `target_logit`. Still one logit per (row, class), cross-entropy on top: decomposable, and MemVir's k-th virtual
+    class block is the k-th past step's C*K centres (labels shifted by k*C classes). The paper's regulariser over
+    centres of a class (tau) is not included, as in pytorch-metric-learning's SoftTripleLoss.
+    Initialisation as the official code (kaiming_uniform_(a=sqrt(5)) of its (D, C*K) weight): uniform in
+    (-1/sqrt(C*K), 1/sqrt(C*K)).
+    """
+
+    name = "Soft_Triple"
+    scale_arg = "la"
+
+    def __init__(self, num_classes, embedding_size, centers_per_class=10, la=20.0, gamma=0.1, margin=0.01,
+                 normalize_embeddings=True):
+        if isinstance(centers_per_class, bool) or int(centers_per_class) != centers_per_class or centers_per_class < 1:
+            raise ValueError(f"Soft_Triple centers_per_class: expected a positive integer, got {centers_per_class!r}")
+        if not float(gamma) > 0:
+            raise ValueError(f"Soft_Triple gamma: expected a positive number, got {gamma!r}")
+        super().__init__(num_classes, embedding_size, la, normalize_embeddings, proxies_per_class=centers_per_class)
+        self.la, self.gamma = self.scale, float(gamma)
+        self.margin = check_margin(margin, "Soft_Triple")
+        bound = 1.0 / math.sqrt(self.proxies.shape[0])
+        nn.init.uniform_(self.proxies, -bound, bound)
+
+    def embed_proxies(self, p):
+        return F.normalize(p, dim=1)
+
+    def similarity(self, x, p):
+        K = self.proxies_per_class
+        cos = (x @ p.T).view(x.shape[0], -1, K)  # (B, C', K) against every centre
+        weights = torch.softmax(cos / self.gamma, dim=2)  # (B, C', K)
+        return self.la * (weights * cos).sum(dim=2)  # (B, C')
+
+    def target_logit(self, z):
+        return z - self.la * self.margin
+
+    def extra_repr(self):
+        return (f"num_classes={self.num_classes}, embedding_size={self.embedding_size}, "
+                f"centers_per_class={self.proxies_per_class}, la={self.la}, gamma={self.gamma}, "
+                f"margin={self.margin}, normalize_embeddings={self.normalize_embeddings}")
+
+
+# Keyed by the name without case, "_" and "-": the official spellings and the ones people use.
+LOSSES = {"normsoftmax": NormSoftmax, "proxynca": ProxyNCA, "softmaxvanilla": Softmax, "softmax": Softmax,
+          "cosface": CosFace, "arcface": ArcFace, "proxyanchor": ProxyAnchor, "softtriple": SoftTriple}
 
 
 def loss_class(name):
-    """Return the loss class of a name as the official README or code writes it: Norm_SoftMax, NormSoftmax, ...
+    """Return the loss class of a name as the official README or code writes it: Norm_SoftMax, ArcFace, ...
 
     Args:
         name: loss name, case-insensitive, underscores and dashes ignored.
     """
     key = str(name).lower().replace("_", "").replace("-", "")
     if key not in LOSSES:
-        known = ", ".join(f"{cls.name} ({cls.__name__})" for cls in LOSSES.values())
+        known = ", ".join(f"{cls.name} ({cls.__name__})" for cls in dict.fromkeys(LOSSES.values()))
         raise ValueError(f"loss: unknown name {name!r}; known losses: {known}, in any case")
     return LOSSES[key]
 
 
 def canonical_loss_name(name):
-    """Return the official README's spelling of a loss name ("Norm_SoftMax" or "Proxy_NCA"), or raise ValueError."""
+    """Return the official spelling of a loss name ("Norm_SoftMax", "Proxy_Anchor", ...), or raise ValueError."""
     return loss_class(name).name
 
 
-def build_loss(name, num_classes, embedding_size, scale=None, normalize_embeddings=True):
+def default_scale(name):
+    """Return a loss's default logit scale: the default of its `scale_arg` (scale, ArcFace's too; alpha; la)."""
+    cls = loss_class(name)
+    return inspect.signature(cls).parameters[cls.scale_arg].default
+
+
+def build_loss(name, num_classes, embedding_size, scale=None, normalize_embeddings=True, **hyper):
     """Build a loss by name, matched as the paper's README writes it: Norm_SoftMax, NormSoftmax, Proxy_NCA, ...
 
     Args:
         name: loss name, case-insensitive, underscores and dashes ignored.
-        num_classes: C, the number of proxies (the training classes; more adds proxies that are only negatives).
+        num_classes: C, the number of classes (the training classes; more adds proxies that are only negatives).
         embedding_size: D.
-        scale: the logit scale; None keeps the loss's default (23 for Norm-SoftMax, 12 for Proxy-NCA).
+        scale: the logit scale (the loss's `scale_arg`: Proxy-Anchor's alpha, SoftTriple's la); None keeps the
+            loss's default (default_scale).
         normalize_embeddings: False scores the embeddings as they come (official `--train_with_l2norm=False`).
+        **hyper: the loss's other constructor arguments (margin, centers_per_class, gamma, ...).
     """
-    kwargs = {} if scale is None else {"scale": scale}
-    return loss_class(name)(num_classes, embedding_size, normalize_embeddings=normalize_embeddings, **kwargs)
+    cls = loss_class(name)
+    fixed = ("num_classes", "embedding_size", "normalize_embeddings")  # given by name above
+    known = [p for p in inspect.signature(cls).parameters if p not in fixed]
+    unknown = sorted(set(hyper) - set(known))
+    if unknown:
+        raise ValueError(f"loss {cls.name}: unknown hyper-parameters {unknown}; expected some of {known}")
+    if scale is not None:
+        if cls.scale_arg in hyper:
+            raise ValueError(f"loss {cls.name}: scale and {cls.scale_arg} both given; they are the same parameter")
+        hyper[cls.scale_arg] = scale
+    return cls(num_classes, embedding_size, normalize_embeddings=normalize_embeddings, **hyper)

@@ -5,7 +5,7 @@ Symbols of the paper and their names here (notebooks/04_memvir.py has the same t
     N  num_steps       how many past steps are taken as virtual classes
     M  step_gap        how many steps are skipped between two taken steps
     U  warmup_epochs   epochs trained before the memory starts filling
-    C  num_classes     classes of the training set (= len(loss.proxies))
+    C  num_classes     classes of the training set (= loss.num_classes: len(loss.proxies) / K, K proxies per class)
 
 Per training step, exactly:
   1. Look at the memory as it is *before* this step.
@@ -14,8 +14,9 @@ Per training step, exactly:
      `normalize_embeddings=False`; proxies as `loss.embed_proxies(p)`, unit rows for Norm-SoftMax and Proxy-NCA);
      keep only the newest N*(M+1) steps.
   3. From the memory of step 1, newest first, take positions M, 2M+1, 3M+2, ... (every (M+1)-th step), at most N.
-  4. The k-th taken step adds its embeddings with labels + k*C and its proxies as C more classes; the loss is the
-     wrapped loss over [current; taken embeddings] against [current proxies; taken proxies].
+  4. The k-th taken step adds its embeddings with labels + k*C and its proxies as C more classes (C*K rows for a
+     loss with K proxies per class, SoftTriple's centres); the loss is the wrapped loss over
+     [current; taken embeddings] against [current proxies; taken proxies].
 The memory starts empty after warm-up and fills one step at a time, so the number of classes grows from C to
 (N+1)*C: the paper's curriculum.
 
@@ -24,7 +25,10 @@ Two ways to compute step 4, equal to float tolerance (tests/test_memory.py check
   * fast (default for losses with `decomposable = True`): a past embedding row only needs its target logit and the
     log-sum-exp of its logits against each taken step's proxies. Between two frozen past steps those numbers never
     change, and a step taken now is taken again M+1 steps later together with the same older steps, so only the
-    pairs with the newest taken step are new. We cache one log-sum-exp per (row, pair of steps) and compute only
+    pairs with the newest taken step are new. A margin on the target (CosFace, ArcFace, SoftTriple:
+    `loss.margin_targets`) touches a row's own target, in its own step's block: the cache holds a past row's target
+    and own-step log-sum-exp with the margin, as the plain path scores them. We cache one log-sum-exp per (row, pair
+    of steps) and compute only
     what depends on the current parameters: current embeddings x all proxies and past embeddings x current proxies.
     Cost O(N B C D) per step.
 
@@ -111,7 +115,8 @@ class MemVir(nn.Module):
     # ---- what the rest of the code reads -------------------------------------------------------------------
     @property
     def num_classes(self):
-        return self.loss.proxies.shape[0]
+        """C, the classes of one step: the loss's `num_classes` (its proxies may hold K rows per class)."""
+        return getattr(self.loss, "num_classes", self.loss.proxies.shape[0])
 
     @property
     def num_classes_in_use(self):
@@ -192,14 +197,14 @@ class MemVir(nn.Module):
 
     def _fast_loss(self, emb, labels, steps, slots):
         """Rule 4 with the constant past x past logits cached: same value and gradients, O(N) per step."""
-        C, D = self.loss.proxies.shape
+        D = self.loss.proxies.shape[1]
         K = len(slots)
-        proxies = self.loss.proxies  # (C, D), trainable
+        proxies = self.loss.proxies  # (P, D), trainable; P = C proxy rows (C*K for SoftTriple)
         slot_idx = torch.tensor(slots, device=emb.device)
         stored_idx = slot_idx.to(self.mem_emb.device)
         past_emb = self._fetch(self.mem_emb[stored_idx])  # (K, Bmax, D) copies (advanced indexing)
         past_labels = self._fetch(self.mem_labels[stored_idx])  # (K, Bmax)
-        past_proxies = self._fetch(self.mem_proxies[stored_idx])  # (K, C, D)
+        past_proxies = self._fetch(self.mem_proxies[stored_idx])  # (K, P, D)
         if self.mem_emb.dtype != proxies.dtype:  # rounded on storage: embed again, as the plain path does
             past_emb, past_proxies = self.loss.embed(past_emb.flatten(0, 1)).view_as(past_emb), \
                 self.loss.embed_proxies(past_proxies.flatten(0, 1)).view_as(past_proxies)
@@ -209,13 +214,13 @@ class MemVir(nn.Module):
 
         # Current rows against all (1+K)C classes: the only block where embeddings get gradients. Two pieces, so
         # that backward computes no gradient for the K*C frozen proxies. What is stored is already embedded.
-        emb_hat, proxies_hat = self.loss.embed(emb), self.loss.embed_proxies(proxies)  # (B, D), (C, D)
+        emb_hat, proxies_hat = self.loss.embed(emb), self.loss.embed_proxies(proxies)  # (B, D), (P, D)
         logits = torch.cat([self.loss.similarity(emb_hat, proxies_hat),  # (B, C)
-                            self.loss.similarity(emb_hat, past_proxies.reshape(K * C, D))], dim=1)  # (B, (1+K)C)
-        current = F.cross_entropy(logits, labels, reduction="sum")
+                            self.loss.similarity(emb_hat, past_proxies.flatten(0, 1))], dim=1)  # (B, (1+K)C)
+        current = F.cross_entropy(self.loss.margin_targets(logits, labels), labels, reduction="sum")
 
         # Past rows: logsumexp over the current proxies (gradient to proxies) and over the taken steps' proxies
-        # (constant, from the cache).
+        # (constant, from the cache). A past row's target is in its own step's block, so the margin is in the cache.
         self._fill_cache(steps, slots, past_emb, past_labels, past_proxies)
         k = torch.arange(K, device=emb.device)
         d = k[:, None] - k[None, :] + self.num_steps - 1  # (K, K): offset of step j seen from step k
@@ -238,16 +243,19 @@ class MemVir(nn.Module):
         for kk in range(K):
             if self._target_owner[slots[kk]] == steps[kk]:
                 continue
-            logits = self.loss.similarity(past_emb[kk], past_proxies.reshape(K * C, -1))  # (Bmax, K*C)
+            logits = self.loss.similarity(past_emb[kk], past_proxies.flatten(0, 1)).view(Bmax, K, C)  # (Bmax, K, C)
+            if self.loss.target_logit is not None:  # the margin on each row's target, in its own step's block
+                logits[:, kk] = self.loss.margin_targets(logits[:, kk], past_labels[kk])
             logits = logits.to(self.lse_cache.dtype)
-            self.lse_cache[slots[kk], torch.as_tensor(d[kk])] = torch.logsumexp(logits.view(Bmax, K, C), dim=2).T
-            own = logits.view(Bmax, K, C)[:, kk]  # (Bmax, C): against its own proxies
+            self.lse_cache[slots[kk], torch.as_tensor(d[kk])] = torch.logsumexp(logits, dim=2).T
+            own = logits[:, kk]  # (Bmax, C): against its own proxies
             self.target_cache[slots[kk]] = own.gather(1, past_labels[kk][:, None]).squeeze(1)
             self._target_owner[slots[kk]] = steps[kk]
             self._lse_owner[slots[kk], d[kk]] = steps[kk]
             missing[kk] = False
         # Remaining gaps, one proxy step at a time (normally the newest taken step's column). All K rows are
-        # scored and the missing ones kept: one matmul, no second copy of the past embeddings.
+        # scored and the missing ones kept: one matmul, no second copy of the past embeddings. A row's own step is
+        # never among them (it is filled with its target above, and both are invalidated together), so no margin.
         for jj in np.flatnonzero(missing.any(axis=0)):
             rows = np.flatnonzero(missing[:, jj])
             logits = self.loss.similarity(past_emb.reshape(K * Bmax, -1), past_proxies[jj])  # (K*Bmax, C)

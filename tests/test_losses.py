@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from memvir.losses import NormSoftmax, ProxyNCA, build_loss, canonical_loss_name, check_batch, loss_class
+from memvir.losses import (ArcFace, CosFace, NormSoftmax, ProxyAnchor, ProxyNCA, Softmax, SoftTriple, build_loss,
+                           canonical_loss_name, check_batch, default_scale, loss_class)
 
 
 def reference_loss(kind, emb, proxies, labels, scale):
@@ -276,7 +277,306 @@ def test_canonical_loss_name(name, canonical):
     assert loss_class(name) is {"Norm_SoftMax": NormSoftmax, "Proxy_NCA": ProxyNCA}[canonical]
 
 
-@pytest.mark.parametrize("name", ["triplet", "", "softmax", None])
+@pytest.mark.parametrize("name", ["triplet", "", "contrastive", "soft_max_x", None])
 def test_canonical_loss_name_unknown(name):
     with pytest.raises(ValueError, match=r"loss: unknown name .*Norm_SoftMax \(NormSoftmax\), Proxy_NCA \(ProxyNCA\)"):
         canonical_loss_name(name)
+
+
+# ================================================================ the other losses of the paper's Table 4 (issue 12)
+# Each against two oracles: its formula written out here (loops over rows and classes, Python floats), and
+# pytorch-metric-learning's implementation with the same weights (value and gradients, float64).
+
+def unit(v):
+    return v / v.norm()
+
+
+def softmax_formula(emb, proxies, labels, scale, normalize, margin=None):
+    """Cross-entropy written out: loop over rows; margin(kind, cos) maps the target's score, None: no margin."""
+    total = 0.0
+    for x, y in zip(emb.double(), labels):
+        x = unit(x) if normalize else x
+        scores = []
+        for c, w in enumerate(proxies.double()):
+            z = float(x @ w)
+            scores.append(scale * (margin(z) if (margin is not None and c == int(y)) else z))
+        m = max(scores)
+        total += m + math.log(sum(math.exp(v - m) for v in scores)) - scores[int(y)]
+    return total / len(labels)
+
+
+def cosface_formula(emb, proxies, labels, scale, margin, normalize=True):
+    return softmax_formula(emb, torch.stack([unit(p) for p in proxies.double()]), labels, scale, normalize,
+                           margin=lambda cos: cos - margin)
+
+
+def arcface_formula(emb, proxies, labels, scale, margin):
+    def target(cos):  # the ArcFace paper's cos(theta + m), and past theta = pi - m the monotone fallback
+        theta = math.acos(cos)
+        return math.cos(theta + margin) if theta <= math.pi - margin else cos - margin * math.sin(margin)
+    return softmax_formula(emb, torch.stack([unit(p) for p in proxies.double()]), labels, scale, True, target)
+
+
+def proxy_anchor_formula(emb, proxies, labels, margin, alpha):
+    """Kim et al. 2020, eq. 4: loops over proxies and rows."""
+    emb, proxies = emb.double(), proxies.double()
+    pos_total, neg_total, with_pos = 0.0, 0.0, 0
+    for c, p in enumerate(proxies):
+        pos_sum = neg_sum = 0.0
+        for x, y in zip(emb, labels):
+            cos = float(unit(x) @ unit(p))
+            if int(y) == c:
+                pos_sum += math.exp(-alpha * (cos - margin))
+            else:
+                neg_sum += math.exp(alpha * (cos + margin))
+        with_pos += int(any(int(y) == c for y in labels))
+        pos_total += math.log(1 + pos_sum)
+        neg_total += math.log(1 + neg_sum)
+    return pos_total / with_pos + neg_total / len(proxies)
+
+
+def soft_triple_formula(emb, proxies, labels, K, la, gamma, margin):
+    """Qian et al. 2019, eq. 8-10 (no centre regulariser): loops over rows, classes, centres."""
+    total = 0.0
+    C = proxies.shape[0] // K
+    for x, y in zip(emb.double(), labels):
+        x = unit(x)
+        scores = []
+        for c in range(C):
+            cos = [float(x @ unit(proxies[c * K + k].double())) for k in range(K)]
+            weights = [math.exp(v / gamma) for v in cos]
+            s = sum(w * v for w, v in zip(weights, cos)) / sum(weights)
+            scores.append(la * (s - (margin if c == int(y) else 0.0)))
+        m = max(scores)
+        total += m + math.log(sum(math.exp(v - m) for v in scores)) - scores[int(y)]
+    return total / len(labels)
+
+
+def batch(seed, B=13, C=6, D=5, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    emb = torch.randn(B, D, generator=g, dtype=dtype) * torch.empty(B, 1, dtype=dtype).uniform_(0.3, 3.0, generator=g)
+    labels = torch.randint(0, C, (B,), generator=g)
+    return emb, labels
+
+
+# (our loss, its formula, PML's loss and where PML keeps the weights in which layout)
+def _pml(name, **kwargs):
+    import pytorch_metric_learning.losses as L
+    return getattr(L, name)(**kwargs).double()
+
+
+CASES = {
+    "softmax": (lambda C, D: Softmax(C, D, scale=1.0, normalize_embeddings=False),
+                lambda loss, e, p, y: softmax_formula(e, p, y, 1.0, False),
+                # L-Softmax with margin 1 is the plain softmax: cos(1 theta) |w| |x| = <x, w>
+                lambda C, D: _pml("LargeMarginSoftmaxLoss", num_classes=C, embedding_size=D, margin=1, scale=1),
+                "W", "DC"),
+    "cosface": (lambda C, D: CosFace(C, D, scale=9.0, margin=0.35),
+                lambda loss, e, p, y: cosface_formula(e, p, y, 9.0, 0.35),
+                lambda C, D: _pml("CosFaceLoss", num_classes=C, embedding_size=D, margin=0.35, scale=9.0),
+                "W", "DC"),
+    "arcface": (lambda C, D: ArcFace(C, D, scale=7.0, margin=0.5),
+                lambda loss, e, p, y: arcface_formula(e, p, y, 7.0, 0.5),
+                lambda C, D: _pml("ArcFaceLoss", num_classes=C, embedding_size=D, margin=math.degrees(0.5),
+                                  scale=7.0),  # PML's margin is in degrees
+                "W", "DC"),
+    "proxyanchor": (lambda C, D: ProxyAnchor(C, D, margin=0.1, alpha=8.0),
+                    lambda loss, e, p, y: proxy_anchor_formula(e, p, y, 0.1, 8.0),
+                    lambda C, D: _pml("ProxyAnchorLoss", num_classes=C, embedding_size=D, margin=0.1, alpha=8.0),
+                    "proxies", "CD"),
+    "softtriple": (lambda C, D: SoftTriple(C, D, centers_per_class=3, la=6.0, gamma=0.1, margin=0.01),
+                   lambda loss, e, p, y: soft_triple_formula(e, p, y, 3, 6.0, 0.1, 0.01),
+                   # PML's fc (D, C*K) is viewed (B, C, K): column c*K + k is class c's centre k, our row c*K + k
+                   lambda C, D: _pml("SoftTripleLoss", num_classes=C, embedding_size=D, centers_per_class=3,
+                                     la=6.0, gamma=0.1, margin=0.01),
+                   "fc", "DC"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_new_losses_match_formula(case, seed):
+    make, formula, _, _, _ = CASES[case]
+    C, D = 6, 5
+    torch.manual_seed(seed)
+    loss = make(C, D).double()
+    emb, labels = batch(seed, C=C, D=D)
+    got = float(loss(emb, labels).detach())
+    assert got == pytest.approx(formula(loss, emb, loss.proxies.detach(), labels), rel=1e-10)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("seed", [0, 1])
+def test_new_losses_match_pytorch_metric_learning(case, seed):
+    """Same weights in PML's layout: same value, same gradients to the embeddings and to the weights."""
+    make, _, make_pml, attr, layout = CASES[case]
+    C, D = 6, 5
+    torch.manual_seed(seed)
+    ours, theirs = make(C, D).double(), make_pml(C, D)
+    weight = getattr(theirs, attr)
+    with torch.no_grad():
+        weight.copy_(ours.proxies.T if layout == "DC" else ours.proxies)
+    emb, labels = batch(seed + 10, C=C, D=D)
+    e_ours, e_theirs = emb.clone().requires_grad_(), emb.clone().requires_grad_()
+    v_ours, v_theirs = ours(e_ours, labels), theirs(e_theirs, labels)
+    v_ours.backward()
+    v_theirs.backward()
+    assert float(v_ours.detach()) == pytest.approx(float(v_theirs.detach()), rel=1e-10)
+    torch.testing.assert_close(e_ours.grad, e_theirs.grad, rtol=1e-8, atol=1e-12)
+    grad = getattr(theirs, attr).grad
+    torch.testing.assert_close(ours.proxies.grad, grad.T if layout == "DC" else grad, rtol=1e-8, atol=1e-12)
+
+
+def test_softmax_is_a_linear_classifier():
+    """A third look at Softmax: nn.Linear without bias and nn.CrossEntropyLoss; build_loss passes the l2 flag."""
+    torch.manual_seed(0)
+    loss = Softmax(6, 5).double()
+    assert loss.normalize_embeddings is False  # the textbook classifier
+    linear = torch.nn.Linear(5, 6, bias=False).double()
+    linear.weight.data.copy_(loss.proxies.data)
+    emb, labels = batch(3)
+    expected = torch.nn.CrossEntropyLoss()(linear(emb), labels).detach()
+    assert float(loss(emb, labels).detach()) == pytest.approx(float(expected), rel=1e-12)
+    unit_loss = build_loss("SoftMax_vanilla", 6, 5).double()  # normalize_embeddings=True as the flag's default
+    unit_loss.proxies.data.copy_(loss.proxies.data)
+    expected = loss(F.normalize(emb, dim=1), labels).detach()
+    assert float(unit_loss(emb, labels).detach()) == pytest.approx(float(expected), rel=1e-12)
+
+
+def test_arcface_threshold_branch():
+    """Targets past theta = pi - m take the fallback cos - m sin m: both oracles on a batch with both branches."""
+    torch.manual_seed(0)
+    C, D, m = 4, 5, 0.5
+    loss = ArcFace(C, D, scale=7.0, margin=m).double()
+    p = F.normalize(loss.proxies.detach(), dim=1)
+    labels = torch.tensor([0, 1, 2, 3, 0, 1])
+    emb = torch.randn(6, D, dtype=torch.float64) * 0.05
+    emb[:3] -= p[labels[:3]]  # nearly opposite to their proxies: theta > pi - m
+    emb[3:] += p[labels[3:]]  # near their proxies
+    cos = (F.normalize(emb, dim=1) * p[labels]).sum(dim=1)
+    assert bool((torch.acos(cos[:3]) > math.pi - m).all()) and bool((torch.acos(cos[3:]) < math.pi - m).all())
+    value = float(loss(emb, labels).detach())
+    assert value == pytest.approx(arcface_formula(emb, loss.proxies.detach(), labels, 7.0, m), rel=1e-10)
+    pml = _pml("ArcFaceLoss", num_classes=C, embedding_size=D, margin=math.degrees(m), scale=7.0)
+    pml.W.data.copy_(loss.proxies.detach().T)
+    assert value == pytest.approx(float(pml(emb, labels).detach()), rel=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_arcface_finite_gradients_at_cos_plus_minus_one(dtype, sign):
+    """An embedding exactly on its proxy (or opposite): acos' slope is infinite there; the clamp keeps it finite."""
+    loss = ArcFace(3, 4, scale=64.0, margin=0.5).to(dtype)
+    with torch.no_grad():
+        loss.proxies.copy_(torch.eye(3, 4, dtype=dtype))
+    emb = (sign * torch.eye(3, 4, dtype=dtype)).requires_grad_()  # cos = +-1 exactly, in any float
+    value = loss(emb, torch.arange(3))
+    value.backward()
+    assert bool(torch.isfinite(value.detach())) and bool(torch.isfinite(emb.grad).all())
+    assert bool(torch.isfinite(loss.proxies.grad).all())
+    # The value is the formula's, up to the clamp (scale * sqrt(2 eps) at most).
+    expected = arcface_formula(emb.detach().double(), loss.proxies.detach().double(), torch.arange(3), 64.0, 0.5)
+    assert float(value.detach()) == pytest.approx(expected, abs=64.0 * math.sqrt(2 * torch.finfo(dtype).eps))
+
+
+def test_proxy_anchor_with_longer_proxy_list():
+    """MemVir's plain path hands Proxy-Anchor (1+K)C proxies: |P+| counts proxies with a positive, C' all of them."""
+    torch.manual_seed(0)
+    loss = ProxyAnchor(3, 4).double()
+    extra = torch.randn(6, 4, dtype=torch.float64)
+    proxies = torch.cat([loss.proxies.detach(), extra])
+    emb, labels = torch.randn(5, 4, dtype=torch.float64), torch.tensor([0, 4, 4, 8, 1])
+    expected = proxy_anchor_formula(emb, proxies, labels, 0.1, 32.0)
+    assert float(loss(emb, labels, proxies).detach()) == pytest.approx(expected, rel=1e-10)
+    assert (loss.num_classes_in_use, loss.num_embeddings_in_use) == (9, 5)
+
+
+def test_soft_triple_layout_and_longer_proxy_list():
+    """(C*K, D) proxies; a longer list of whole classes (K rows each) shifts labels by classes, not rows."""
+    torch.manual_seed(0)
+    C, K, D = 3, 4, 5
+    loss = SoftTriple(C, D, centers_per_class=K).double()
+    assert loss.proxies.shape == (C * K, D) and loss.num_classes == C
+    extra = torch.randn(2 * C * K, D, dtype=torch.float64)  # two more steps of C classes
+    proxies = torch.cat([loss.proxies.detach(), extra])
+    emb, labels = torch.randn(6, D, dtype=torch.float64), torch.tensor([0, 3, 5, 8, 2, 7])
+    expected = soft_triple_formula(emb, proxies, labels, K, 20.0, 0.1, 0.01)
+    assert float(loss(emb, labels, proxies).detach()) == pytest.approx(expected, rel=1e-10)
+    assert loss.num_classes_in_use == 3 * C
+    with pytest.raises(ValueError, match=r"labels: expected values in \[0, 9\)"):
+        loss(emb, torch.tensor([0, 3, 5, 9, 2, 7]), proxies)
+    with pytest.raises(ValueError, match=r"proxies: expected \(4\*C'"):
+        loss(emb, labels, proxies[:-1])
+
+
+@pytest.mark.parametrize("cls", [Softmax, CosFace, ArcFace, ProxyAnchor, SoftTriple])
+def test_new_losses_called_as_memvir(cls):
+    torch.manual_seed(0)
+    loss = cls(5, 3)
+    assert (loss.num_taken, loss.num_classes_in_use, loss.num_embeddings_in_use) == (0, 5, 0)
+    emb, labels = torch.randn(8, 3), torch.randint(0, 5, (8,))
+    value = loss(emb, labels, epoch=2)
+    assert torch.equal(value, loss(emb, labels)) and bool(torch.isfinite(value.detach()))
+    assert (loss.num_classes_in_use, loss.num_embeddings_in_use) == (5, 8)
+    with pytest.raises(TypeError):
+        loss(emb, labels, None, 4)
+
+
+@pytest.mark.parametrize("name,cls", [("SoftMax_vanilla", Softmax), ("Softmax", Softmax), ("softmax", Softmax),
+                                      ("CosFace", CosFace), ("cosface", CosFace), ("ArcFace", ArcFace),
+                                      ("arcface", ArcFace), ("Proxy_Anchor", ProxyAnchor),
+                                      ("ProxyAnchor", ProxyAnchor), ("proxy-anchor", ProxyAnchor),
+                                      ("Soft_Triple", SoftTriple), ("SoftTriple", SoftTriple)])
+def test_new_loss_names(name, cls):
+    assert loss_class(name) is cls
+    assert canonical_loss_name(name) == cls.name
+    assert type(build_loss(name, 5, 4)) is cls
+
+
+@pytest.mark.parametrize("name,arg,default", [("Norm_SoftMax", "scale", 23.0), ("Proxy_NCA", "scale", 12.0),
+                                              ("SoftMax_vanilla", "scale", 1.0), ("CosFace", "scale", 64.0),
+                                              ("ArcFace", "scale", 64.0), ("Proxy_Anchor", "alpha", 32.0),
+                                              ("Soft_Triple", "la", 20.0)])
+def test_build_loss_scale_and_hyper_parameters(name, arg, default):
+    """`scale` (the --scale flag) sets each loss's scale argument: Proxy-Anchor's alpha, SoftTriple's la."""
+    assert default_scale(name) == default
+    assert build_loss(name, 5, 4).scale == default
+    loss = build_loss(name, 5, 4, scale=3.0)
+    assert loss.scale == 3.0 and getattr(loss, arg) == 3.0
+    if arg != "scale":  # alpha or la given twice, under two names
+        with pytest.raises(ValueError, match=f"scale and {arg} both given"):
+            build_loss(name, 5, 4, scale=3.0, **{arg: 2.0})
+
+
+def test_build_loss_hyper_parameters():
+    assert build_loss("arcface", 5, 4, margin=0.3).margin == 0.3
+    loss = build_loss("Soft_Triple", 5, 4, centers_per_class=2, gamma=0.2, margin=0.05)
+    assert loss.proxies.shape == (10, 4) and (loss.gamma, loss.margin) == (0.2, 0.05)
+    assert build_loss("Proxy_Anchor", 5, 4, margin=0.2).margin == 0.2
+    with pytest.raises(ValueError, match=r"loss CosFace: unknown hyper-parameters \['gamma'\]; expected some of "
+                                         r"\['scale', 'margin'\]"):
+        build_loss("CosFace", 5, 4, gamma=0.1)
+    with pytest.raises(ValueError, match="unknown hyper-parameters"):
+        build_loss("Norm_SoftMax", 5, 4, margin=0.1)
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda: CosFace(3, 4, margin=-0.1), "CosFace margin"),
+    (lambda: ArcFace(3, 4, margin=4.0), r"ArcFace margin: expected a number in \[0, 3.14159\)"),
+    (lambda: ArcFace(3, 4, normalize_embeddings=False), "ArcFace normalize_embeddings: expected True"),
+    (lambda: ProxyAnchor(3, 4, alpha=0.0), "scale"),
+    (lambda: SoftTriple(3, 4, centers_per_class=0), "centers_per_class"),
+    (lambda: SoftTriple(3, 4, gamma=0.0), "gamma"),
+])
+def test_new_losses_bad_construction(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+@pytest.mark.parametrize("cls", [Softmax, CosFace, ArcFace, ProxyAnchor, SoftTriple])
+def test_new_losses_embed_and_embed_proxies(cls):
+    """What MemVir stores: embeddings through `embed`, proxies through `embed_proxies` (unit rows but Softmax's)."""
+    x, p = torch.randn(4, 3) * 7, torch.randn(10, 3) * 7
+    loss = cls(5, 3)
+    torch.testing.assert_close(loss.embed(x), x if cls is Softmax else F.normalize(x, dim=1))
+    torch.testing.assert_close(loss.embed_proxies(p), p if cls is Softmax else F.normalize(p, dim=1))

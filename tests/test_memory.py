@@ -6,13 +6,14 @@ for hundreds of steps: through warm-up, the memory filling (curriculum), wrap-ar
 varying batch sizes and a state_dict round-trip.
 """
 import copy
+import functools
 import io
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from memvir.losses import NormSoftmax, ProxyNCA
+from memvir.losses import ArcFace, CosFace, NormSoftmax, ProxyAnchor, ProxyNCA, Softmax, SoftTriple
 from memvir.memory import MemVir
 
 
@@ -27,7 +28,7 @@ class ReferenceMemVir:
         self.round = (lambda t: unit(t, dim=1).to(stored_dtype).to(t.dtype)) if stored_dtype else (lambda t: t)
 
     def __call__(self, emb, labels, epoch):
-        C = self.loss.proxies.shape[0]
+        C = self.loss.proxies.shape[0] // getattr(self.loss, "proxies_per_class", 1)  # classes: K rows each
         before = list(self.past)  # rule 1: memory before this step
         if epoch >= self.U:  # rule 2
             self.past.append((self.round(emb.detach().clone()), labels.clone(),
@@ -386,3 +387,48 @@ def test_unnormalised_embeddings_match_official_formulas(loss_cls, kind, fast):
         with torch.no_grad():
             loss.proxies.sub_(0.3 * loss.proxies.grad)  # the proxies move, and their norms with them
     assert int(mv.num_pushed) > mv.capacity and mv.num_taken == N
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The other losses of Table 4 (issue 12): margins on past targets, SoftTriple's K centres, Proxy-Anchor's plain path
+
+NEW_LOSSES = {
+    "softmax": Softmax,  # raw embeddings (its default), raw class weights stored
+    "cosface": CosFace,  # the default scale 64 and margin 0.35
+    "arcface": ArcFace,
+    "arcface_s16": functools.partial(ArcFace, scale=16.0, margin=0.3),
+    "softtriple": functools.partial(SoftTriple, centers_per_class=3),  # proxies (C*3, D): labels shift by k*C
+    "proxyanchor": ProxyAnchor,  # not decomposable: MemVir's plain path even with fast=True
+}
+
+
+@pytest.mark.parametrize("name", sorted(NEW_LOSSES))
+@pytest.mark.parametrize("fast", [True, False])
+@pytest.mark.parametrize("N,M,U", [(3, 2, 1), (2, 0, 0)])
+def test_new_losses_match_reference(name, fast, N, M, U):
+    """Both paths against the reference (rule 4 by concatenation), values and gradients, 200 steps: the memory
+    fills and wraps around. For the margin losses the fast path's cache holds the past targets with the margin."""
+    assert run_side_by_side(NEW_LOSSES[name], N, M, U, steps=200, fast=fast) == N
+
+
+@pytest.mark.parametrize("name", ["cosface", "arcface", "softtriple"])
+def test_margin_reaches_past_targets(name):
+    """A direct check of the past rows' margin: one past step taken, the loss written out over both row sets."""
+    torch.manual_seed(0)
+    C, D = 4, 6
+    loss = NEW_LOSSES[name](C, D).double()
+    past_emb, past_y = F.normalize(torch.randn(5, D, dtype=torch.float64), dim=1), torch.randint(0, C, (5,))
+    emb, y = torch.randn(3, D, dtype=torch.float64), torch.randint(0, C, (3,))
+    for fast in (True, False):
+        mv = MemVir(copy.deepcopy(loss), num_steps=1, step_gap=0, fast=fast)
+        mv(past_emb, past_y, epoch=0)
+        got = mv(emb, y, epoch=0)
+        p_all = torch.cat([loss.proxies, loss.proxies]).detach()  # the snapshot equals the current proxies
+        rows, labels = torch.cat([emb, past_emb]), torch.cat([y, past_y + C])
+        logits = loss.logits(rows, p_all)  # (8, 2C) before any margin
+        target = logits.gather(1, labels[:, None])  # (8, 1)
+        margined = logits.scatter(1, labels[:, None], loss.target_logit(target))
+        expected = (torch.logsumexp(margined, dim=1) - margined.gather(1, labels[:, None]).squeeze(1)).mean()
+        unmargined = F.cross_entropy(logits, labels)
+        torch.testing.assert_close(got.detach(), expected.detach(), rtol=1e-10, atol=1e-12)
+        assert float(got.detach()) > float(unmargined.detach()) + 1e-3  # the margin makes it harder: it is there
