@@ -19,99 +19,80 @@
 # The paper illustrates MemVir with a t-SNE {cite}`maaten2008tsne` of training embeddings coloured by the step
 # they come from: the current batch and the past steps MemVir takes as virtual classes. Here we draw the same
 # picture from a trained MemVir model (its memory is saved in its checkpoint), and then the test classes, never
-# seen in training, as embedded by a model trained with and one trained without MemVir.
+# seen in training, as embedded by a model trained with and one trained without MemVir. The figures are drawn
+# by `memvir.report.tsne_figures` from two run folders; this chapter only shows them.
 
 # %% tags=["parameters"]
-memvir_run = ""  # a MemVir run folder (make reproduce passes one); empty: train a small one here
+figure_dir = ""  # the report's figures (tsne_*.png); empty: draw them here from two runs
+memvir_run = ""  # a MemVir run folder; empty: train a small one here
 baseline_run = ""  # its baseline (same loss and seed, no MemVir); empty: train one here
 epochs = 6  # the small runs trained here ...
 warm_epoch = 3  # ... MemVir's U
 mem_num_step = 5  # ... N
 mem_step_gap = 3  # ... M
-save_dir = "../results/runs/notebook/07_embedding_space"  # ... and where they go
+save_dir = "../results/runs/notebook/07_embedding_space"  # ... their folder and figures
 test_classes = 20  # test classes drawn in the second figure
 perplexity = 30.0  # t-SNE perplexity
-seed = 0  # seed of t-SNE and of the class choice
-figure_dir = ""  # if not empty, also save the figures there as PNG and SVG
+seed = 0  # seed of the small runs, of t-SNE and of the class choice
 
 # %%
 import shutil
 from pathlib import Path
 
-import matplotlib.pyplot as plt
-import numpy as np
-import torch
-from sklearn.manifold import TSNE
+from IPython.display import Image, Markdown, display
 
 import memvir.report
+import memvir.rundir
 import memvir.train
-from memvir.data.samplers import BatchSampler
 
 # %% [markdown]
 # ## Two models
 #
-# With empty `memvir_run` and `baseline_run` this trains two small glyph models that differ only in MemVir
-# (same seed, so the same initialisation and batches); `make reproduce` passes the first-seed runs of the
-# results chapter instead.
+# With `figure_dir` empty the figures are drawn here, from `memvir_run` and `baseline_run`, or, when those
+# are empty too, from two small glyph runs trained here that differ only in MemVir (same seed, so the same
+# initialisation and batches). `make reproduce` passes the report's figures, drawn from the first-seed runs of
+# the results chapter.
 
-# %%
+# %% tags=["hide-input"]
 def small_run(name, use_memvir):
     """Train a small glyph run in save_dir/name, afresh, and return its folder."""
     folder = Path(save_dir) / name
     if (folder / "config.json").exists():
         shutil.rmtree(folder)
-    memvir.train.train({"data_name": "glyphs", "loss": "Norm_SoftMax", "memvir": use_memvir, "epochs": epochs,
-                        "warm_epoch": warm_epoch, "mem_num_step": mem_num_step, "mem_step_gap": mem_step_gap,
-                        "check_epoch": epochs, "decay_step": 1000, "seed": seed, "save_path": str(folder),
-                        "progress": False})
+    memvir.train.train({"data_name": "glyphs", "loss": "Norm_SoftMax",
+                        "memvir": use_memvir, "epochs": epochs, "warm_epoch": warm_epoch,
+                        "mem_num_step": mem_num_step, "mem_step_gap": mem_step_gap,
+                        "check_epoch": epochs, "decay_step": 1000, "seed": seed,
+                        "save_path": str(folder), "progress": False})
     return folder
 
 
-runs = {"with MemVir": Path(memvir_run) if memvir_run else small_run("memvir", True),
-        "without MemVir": Path(baseline_run) if baseline_run else small_run("baseline", False)}
-models = {name: memvir.report.load_trained(folder) for name, folder in runs.items()}
-for name, (net, criterion, splits, cfg, epoch) in models.items():
-    print(f"{name}: {runs[name].name}, checkpoint of epoch {epoch}, {type(criterion).__name__}")
+given = {"with MemVir": memvir_run, "without MemVir": baseline_run}
+if figure_dir:  # the report drew them: only read
+    figures = {stem: Path(figure_dir) / f"{stem}.png"
+               for stem in ("tsne_steps", "tsne_test")}
+    runs = {name: Path(folder) for name, folder in given.items() if folder}
+else:
+    runs = {"with MemVir": Path(memvir_run) if memvir_run else small_run("memvir", True),
+            "without MemVir": (Path(baseline_run) if baseline_run
+                               else small_run("baseline", False))}
+    figures = memvir.report.tsne_figures(runs["with MemVir"], runs["without MemVir"],
+                                         Path(save_dir) / "figures",
+                                         test_classes=test_classes, perplexity=perplexity,
+                                         seed=seed)
+for name, folder in runs.items():
+    print(f"{name}: {folder.name}")
 
 # %% [markdown]
 # ## Training embeddings by step
 #
 # The MemVir checkpoint holds its memory: the embeddings, labels and proxy copies of the last $N(M+1)$ steps.
-# The next step would take the $N$ steps that `taken_steps()` names; we embed that next step's batch with the
-# trained network (the current step) and draw the t-SNE of the current and the taken steps' embeddings, one colour
-# per step, and the proxies of the current step (stars).
+# The next step would take the $N$ steps that `MemVir.taken()` returns; the figure embeds that next step's
+# batch with the trained network (the current step) and draws the t-SNE of the current and the taken steps'
+# embeddings, one colour per step, and the proxies of the current step (stars).
 
-# %%
-net, criterion, splits, cfg, epoch = models["with MemVir"]
-C = criterion.num_classes
-sampler = BatchSampler(splits.train.labels, cfg["batch_size"], cfg["n_instance"], seed=cfg["seed"])
-sampler.set_epoch(epoch)  # the first batch of the epoch after the checkpoint
-batch = next(iter(sampler))
-with torch.no_grad():
-    images = torch.stack([splits.train[i][0] for i in batch])  # (B, 1, H, W)
-    current = net(images, l2_norm=True)  # (B, D)
-steps = criterion.taken_steps()  # push indices, newest first
-groups = {"current step": current.numpy()}
-for k, q in enumerate(steps, start=1):
-    slot = q % criterion.capacity  # the ring buffer's slot of push index q
-    rows = int(criterion.mem_sizes[slot])
-    groups[f"t-{k * (cfg['mem_step_gap'] + 1)} (k={k})"] = criterion.mem_emb[slot, :rows].numpy()  # (B, D)
-proxies = torch.nn.functional.normalize(criterion.loss.proxies.detach(), dim=1).numpy()  # (C, D)
-points = np.concatenate([*groups.values(), proxies])
-xy = TSNE(perplexity=perplexity, init="pca", random_state=seed).fit_transform(points)
-
-fig_steps, ax = plt.subplots(figsize=(7, 6))
-start = 0
-for i, (name, e) in enumerate(groups.items()):
-    ax.scatter(*xy[start:start + len(e)].T, s=10, color=plt.get_cmap("tab10")(i), label=name,
-               alpha=0.9 if i == 0 else 0.6)
-    start += len(e)
-ax.scatter(*xy[start:].T, marker="*", s=40, color="black", label="proxies (current)")
-ax.set_xticks([])
-ax.set_yticks([])
-ax.legend(fontsize=8, loc="best")
-ax.set_title(f"training embeddings by step: MemVir N={cfg['mem_num_step']}, M={cfg['mem_step_gap']}")
-plt.show()
+# %% tags=["hide-input"]
+display(Image(filename=str(figures["tsne_steps"])))
 
 # %% [markdown]
 # The past steps do not sit on top of the current one: the network and the proxies have moved since, so each
@@ -124,27 +105,20 @@ plt.show()
 # The same `test_classes` classes (never seen in training) embedded by both models, coloured by class. The
 # numbers in the titles are the models' last evaluation on all test classes.
 
-# %%
-rng = np.random.default_rng(seed)
-test = splits.test
-chosen = np.sort(rng.choice(int(test.labels.max()) + 1, size=test_classes, replace=False))
-idx = np.flatnonzero(np.isin(test.labels, chosen))
-fig_test, axes = plt.subplots(1, 2, figsize=(12, 5.5))
-for ax, (name, (net, criterion, splits, cfg, epoch)) in zip(axes, models.items()):
-    emb = memvir.train.embed(net, torch.utils.data.Subset(splits.test, idx), torch.device("cpu")).numpy()
-    xy = TSNE(perplexity=perplexity, init="pca", random_state=seed).fit_transform(emb)
-    colour = np.searchsorted(chosen, splits.test.labels[idx])
-    ax.scatter(*xy.T, c=colour, cmap="tab20", s=12)
-    _, metrics, _ = memvir.report.read_run(runs[name])
-    last = metrics["last"]
-    ax.set_title(f"{name}: R@1 {100 * last['recall@1']:.1f}, MAP@R {100 * last['map_at_r']:.1f}")
-    ax.set_xticks([])
-    ax.set_yticks([])
-plt.tight_layout()
-plt.show()
+# %% tags=["hide-input"]
+display(Image(filename=str(figures["tsne_test"])))
 
-# %%
-if figure_dir:
-    memvir.report.save_figure(fig_steps, figure_dir, "tsne_steps")
-    memvir.report.save_figure(fig_test, figure_dir, "tsne_test")
-    print(f"saved tsne_steps and tsne_test (PNG, SVG) in {figure_dir}")
+# %% [markdown]
+# ## What we saw
+
+# %% tags=["hide-input"]
+last = {name: memvir.rundir.read_run(folder)[1]["last"] for name, folder in runs.items()}
+scores = [f"{name}: Recall@1 {100 * m['recall@1']:.1f}, MAP@R {100 * m['map_at_r']:.1f}"
+          for name, m in last.items()]
+origin = ("the report's figures" if figure_dir else
+          f"figures drawn here from {' and '.join(f'`{f.name}`' for f in runs.values())}")
+display(Markdown(
+    f"We looked at {origin}: the current batch of a MemVir model next to the past steps "
+    f"it takes, and {test_classes} test classes as two models embed them."
+    + (" On all test classes, at their last evaluation, the two models scored "
+       f"{'; '.join(scores)}." if scores else "")))
