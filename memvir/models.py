@@ -21,7 +21,10 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
+import pickle
+import re
 import socket
+import warnings
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 
@@ -518,10 +521,40 @@ def _make_backbone(backbone: str, in_channels: int) -> nn.Module:
 
 
 def _read_state_dict_file(path: str | os.PathLike) -> Mapping[str, torch.Tensor]:
+    """Read a weights file with torch.load(weights_only=True): zip files (torch >= 1.6) and the legacy format alike.
+
+    Python 2 wrote `str` keys as byte strings (pickle opcode SHORT_BINSTRING); torch.load decodes them as UTF-8, which
+    fails on a non-UTF-8 byte. Such a file is read again with encoding="latin1" (every byte is a latin1 character), as
+    torch.load's documentation advises for Python 2 files; still weights_only, so nothing but tensors, plain
+    containers and torch's own rebuild functions is ever constructed, and no code in the file runs.
+    """
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # not a torch file, or a pickle with more than tensors in it
-        raise ValueError(f"cannot read pretrained file {str(path)!r} as a state_dict with torch.load: {e}") from e
+        return _torch_load_weights(path, encoding="utf-8")  # torch.load's own default
+    except UnicodeDecodeError:  # a Python 2 byte string that is not UTF-8
+        return _torch_load_weights(path, encoding="latin1")  # never fails to decode: every byte is a character
+
+
+def _torch_load_weights(path: str | os.PathLike, encoding: str) -> Mapping[str, torch.Tensor]:
+    try:
+        with warnings.catch_warnings():
+            # torch warns that pickle_load_args need weights_only=False, but its restricted unpickler does honour
+            # `encoding` (it decodes byte strings with it).
+            warnings.filterwarnings("ignore", message="pickle_load_args only works")
+            return torch.load(path, map_location="cpu", weights_only=True, encoding=encoding)
+    except UnicodeDecodeError:
+        raise
+    except pickle.UnpicklingError as e:
+        # torch's message is paragraphs of advice around one line that says what was refused; keep that line.
+        paragraphs = [p.strip() for p in str(e).split("\n\n") if p.strip()]
+        reason = paragraphs[-2] if len(paragraphs) >= 2 else (paragraphs or [type(e).__name__])[-1]
+        what = "holds more than tensors" if "GLOBAL" in reason else "is not a torch weights file"
+        raise ValueError(
+            f"pretrained file {str(path)!r} {what} (torch.load with weights_only=True: {' '.join(reason.split())}); "
+            f"expected a state_dict of tensors"
+        ) from None
+    except Exception as e:  # truncated archives, empty files, ...
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ValueError(f"cannot read pretrained file {str(path)!r} as a state_dict with torch.load: {first}") from None
 
 
 @contextlib.contextmanager
@@ -548,6 +581,8 @@ def _download_imagenet_weights(backbone: str) -> Mapping[str, torch.Tensor]:
             return torch.hub.load_state_dict_from_url(
                 url, map_location="cpu", progress=False, check_hash=True, weights_only=True
             )
+    except UnicodeDecodeError:  # downloaded, but a Python 2 file with non-UTF-8 strings: read it as latin1
+        return _read_state_dict_file(os.path.join(torch.hub.get_dir(), "checkpoints", url.rsplit("/", 1)[-1]))
     except (OSError, http.client.HTTPException) as e:  # URLError, timeouts and refused connections are OSErrors
         cache = os.path.join(torch.hub.get_dir(), "checkpoints")
         raise RuntimeError(

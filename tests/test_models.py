@@ -1,9 +1,14 @@
 """Tests for memvir.models: shapes, the BN-Inception weight layout, pooling, freeze_bn, weight loading errors."""
 
 import math
+import os
+import pickle
 import socket
+import struct
 import time
+import types
 import urllib.error
+import warnings
 
 import pytest
 import torch
@@ -501,6 +506,141 @@ def test_file_that_is_not_a_state_dict(tmp_path, content):
         torch.save([torch.zeros(3)], path)
     with pytest.raises(ValueError, match="weights.pth"):
         build_model("glyphcnn", dim=8, pretrained=str(path))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Old weight files. The published bn_inception-52deb4733.pth predates torch 1.6's zip format and may come from
+# Python 2. Files are made here the ways old torch made them:
+# - the legacy (pre-zip) format: today's torch.save(..., _use_new_zipfile_serialization=False) still writes it;
+# - Python 2's pickler: protocol 2 (its torch.save default), and a Python 2 `str` is bytes, which its pickler writes
+#   as SHORT_BINSTRING ('U', one length byte, the raw bytes) or BINSTRING ('T', 4-byte length) -- the rule of Python
+#   2.7's pickle.py `save_string`. Py2Pickler below is CPython 3's pure-Python pickler with that one rule put back:
+#   each str is written as its latin1 bytes (latin1 maps characters 0-255 one to one onto bytes), so a key holding
+#   "\xe9" is the byte string a latin1-encoded Python 2 source would have made. Everything else (ints, dicts,
+#   tuples, GLOBAL opcodes for torch's classes) protocol 2 writes the same in both Pythons;
+# - torch <= 0.3 tensors: those pickled as torch._utils._rebuild_tensor(storage, offset, size, stride) (its
+#   Tensor.__reduce__), before _rebuild_tensor_v2 added requires_grad and hooks.
+
+
+class Py2Pickler(pickle._Pickler):
+    """Pickle str the way Python 2 pickled its byte strings; optionally tensors the way torch 0.3 did."""
+
+    rebuild_v1 = False
+
+    def save_py2_str(self, obj):
+        data = obj.encode("latin1")
+        if len(data) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(data)]) + data)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(data)) + data)
+        self.memoize(obj)
+
+    dispatch = dict(pickle._Pickler.dispatch)
+    dispatch[str] = save_py2_str
+
+    def reducer_override(self, obj):
+        if self.rebuild_v1 and type(obj) is torch.Tensor:
+            with warnings.catch_warnings():  # TypedStorage is deprecated; torch 0.3 files hold nothing else
+                warnings.simplefilter("ignore", UserWarning)
+                storage = obj.storage()
+            return torch._utils._rebuild_tensor, (storage, obj.storage_offset(), tuple(obj.size()), obj.stride())
+        return NotImplemented
+
+
+def py2_pickle_module(rebuild_v1: bool = False) -> types.ModuleType:
+    """A stand-in for the `pickle` module that torch.save(pickle_module=...) drives."""
+    module = types.ModuleType("py2_pickle")
+    module.Pickler = type("Pickler", (Py2Pickler,), {"rebuild_v1": rebuild_v1})
+    module.dump = lambda obj, f, protocol=2: module.Pickler(f, protocol).dump(obj)
+    return module
+
+
+def save_old(state: dict, path, how: str) -> None:
+    if how == "legacy":  # torch 1.0-1.5 under Python 3
+        torch.save(state, path, _use_new_zipfile_serialization=False)
+    elif how == "legacy_protocol2":
+        torch.save(state, path, _use_new_zipfile_serialization=False, pickle_protocol=2)
+    elif how in ("python2", "python2_torch03"):  # Python 2 (torch 0.4 tensors, or torch 0.3 ones)
+        torch.save(state, path, _use_new_zipfile_serialization=False, pickle_protocol=2,
+                   pickle_module=py2_pickle_module(rebuild_v1=how == "python2_torch03"))
+    raw = path.read_bytes()
+    assert not raw.startswith(b"PK")  # the legacy format, not a zip archive
+    if how.startswith("python2"):  # keys are Python 2 byte strings, not unicode
+        key = b"conv1_7x7_s2.weight"
+        assert b"U" + bytes([len(key)]) + key in raw and b"X" + struct.pack("<I", len(key)) + key not in raw
+    if how == "python2_torch03":
+        assert b"_rebuild_tensor\n" in raw and b"_rebuild_tensor_v2" not in raw
+
+
+@pytest.mark.parametrize("how", ["legacy", "legacy_protocol2", "python2", "python2_torch03"])
+def test_bninception_loads_an_old_format_file(tmp_path, how):
+    torch.manual_seed(6)
+    src = models.BNInception()
+    randomise_bn_stats(src)
+    path = tmp_path / "bn_inception-52deb4733.pth"
+    save_old(published_format(src.state_dict()), path, how)
+    net = build_model("bninception", dim=8, pretrained=str(path))
+    assert_same_state(net.backbone, src)
+
+
+def test_python2_file_with_latin1_keys_loads_as_latin1(tmp_path):
+    # A byte string that is not UTF-8 (0xe9 alone) makes torch.load's default decoding fail; latin1 reads it.
+    state = {"features.0.weight": torch.randn(4, 1, 3, 3), "caf\xe9.scale": torch.arange(3.0)}
+    path = tmp_path / "py2_latin1.pth"
+    torch.save(state, path, _use_new_zipfile_serialization=False, pickle_protocol=2, pickle_module=py2_pickle_module())
+    assert b"U\x0acaf\xe9.scale" in path.read_bytes()
+    with pytest.raises(UnicodeDecodeError):
+        torch.load(path, weights_only=True)  # what the retry is for
+    loaded = models._read_state_dict_file(path)
+    assert list(loaded) == ["features.0.weight", "café.scale"]
+    torch.testing.assert_close(loaded["café.scale"], torch.arange(3.0), rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"unexpected keys \(café.scale\)"):  # and the key reaches the fit check
+        build_model("glyphcnn", dim=8, pretrained=str(path))
+
+
+def plant_marker(path):
+    """What a malicious weights file would run on load: here it only creates `path`."""
+    with open(path, "w") as f:
+        f.write("ran")
+    return {}
+
+
+class Planted:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return plant_marker, (self.marker,)
+
+
+class SystemCall:
+    def __reduce__(self):
+        return os.system, ("true",)
+
+
+@pytest.mark.parametrize("how", ["zip", "legacy", "python2"])
+@pytest.mark.parametrize("payload", ["own_function", "os.system"])
+def test_file_holding_code_is_refused_and_never_runs(tmp_path, how, payload):
+    marker = tmp_path / "marker"
+    state = {"features.0.weight": torch.randn(4, 1, 3, 3),
+             "x": Planted(marker) if payload == "own_function" else SystemCall()}
+    path = tmp_path / "evil.pth"
+    if how == "zip":
+        torch.save(state, path)
+    elif how == "legacy":
+        torch.save(state, path, _use_new_zipfile_serialization=False)
+    else:
+        torch.save(state, path, _use_new_zipfile_serialization=False, pickle_protocol=2,
+                   pickle_module=py2_pickle_module())
+    with pytest.raises(ValueError) as info:
+        build_model("glyphcnn", dim=8, pretrained=str(path))
+    msg = str(info.value)
+    assert "\n" not in msg and "evil.pth" in msg and "holds more than tensors" in msg
+    assert ("plant_marker" if payload == "own_function" else "system") in msg
+    assert not marker.exists()
+    if payload == "own_function":  # the oracle: an ordinary unpickler does run it
+        torch.load(path, weights_only=False)
+        assert marker.read_text() == "ran"
 
 
 # ----------------------------------------------------------------------------------------------------------------------
