@@ -60,6 +60,43 @@ def built(tmp_path_factory):
     return tmp / "_build" / "html"
 
 
+def test_download_button_gives_the_notebook(built):
+    # sphinx-book-theme's download menu (use_download_button) links the page's .ipynb: the file must be there.
+    for c in CHAPTERS:
+        page = built / "chapters" / f"{c}.html"
+        links = set(re.findall(r'href="([^"#?]+\.ipynb)"', page.read_text()))
+        assert links, f"{c}.html offers no .ipynb download (use_download_button in book/_config.yml)"
+        for link in links:
+            assert not link.startswith(("http:", "https:", "/")), link
+            target = (page.parent / link).resolve()
+            assert target.is_file() and target.name == f"{c}.ipynb", f"{c}.html: {link} does not resolve"
+
+
+def absolute_paths(text, machine_paths):
+    """The absolute paths of the build machine that `text` shows: given ones and any under /tmp, /root, /home."""
+    found = {p for p in machine_paths if p in text}
+    found |= set(re.findall(r"(?<![\w.~/-])/(?:tmp|root|home|Users)/[\w.-]+", text))
+    return found
+
+
+def test_absolute_path_check_sees_one():
+    assert absolute_paths('profile = "/tmp/clone/configs/cpu.yml"', []) == {"/tmp/clone"}
+    assert absolute_paths("<code>/root/.cache</code> and /home/u", []) == {"/root/.cache", "/home/u"}
+    assert absolute_paths("https://x.org/home/page ../results/report ~/downloads/cars", []) == set()
+    assert absolute_paths("at /srv/build/memvir/x.py", ["/srv/build/memvir"]) == {"/srv/build/memvir"}
+
+
+def test_no_absolute_path_of_the_build_machine(built):
+    # A published page must not show where it was built (papermill's injected parameters, warnings, tracebacks).
+    machine = [str(ROOT), str(built.parents[1]), sys.prefix]  # the checkout, the build folder, the venv
+    shown = {}
+    for page in sorted(built.rglob("*.html")):
+        text = page.read_text(errors="replace")
+        if found := absolute_paths(text, machine):
+            shown[str(page.relative_to(built))] = sorted(found)
+    assert not shown, shown
+
+
 def test_book_has_every_chapter(built):
     for c in CHAPTERS:
         page = (built / "chapters" / f"{c}.html").read_text()
