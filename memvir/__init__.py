@@ -5,6 +5,7 @@ The public API:
     memvir.losses.NormSoftmax, ProxyNCA proxy losses; each owns `proxies` (C, D); also Softmax, CosFace,
                                         ArcFace, ProxyAnchor, SoftTriple (the paper's Table 4)
     memvir.metrics.retrieval_metrics    Recall@K, R-Precision, MAP@R
+    memvir.pml                          MemVir(pml_loss, ...) on pytorch-metric-learning's proxy losses
     memvir.config                       the one list of training flags (TrainConfig)
     memvir.data, memvir.models, memvir.experiment, memvir.train, memvir.evaluation, memvir.rundir
     memvir.report, memvir.pipeline      tables and figures; the runs and chapters of `make reproduce`
@@ -16,7 +17,7 @@ import importlib
 
 __version__ = "0.1.0"
 _SUBMODULES = {"losses", "memory", "metrics", "data", "models", "config", "experiment", "train", "evaluation",
-               "rundir", "report", "pipeline", "distributed"}
+               "rundir", "report", "pipeline", "distributed", "pml"}
 _NAMES = {"MemVir": "memory", "TakenStep": "memory", "NormSoftmax": "losses", "ProxyNCA": "losses",
           "Softmax": "losses", "CosFace": "losses", "ArcFace": "losses", "ProxyAnchor": "losses",
           "SoftTriple": "losses", "build_loss": "losses", "retrieval_metrics": "metrics",

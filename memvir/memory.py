@@ -45,6 +45,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .losses import check_batch
+from .pml import adapt
 
 __all__ = ["MemVir", "TakenStep"]
 
@@ -58,7 +59,9 @@ class MemVir(nn.Module):
     """Wrap a proxy loss with a memory of past steps used as virtual classes (MemVir, Sec. 3.2).
 
     Args:
-        loss: a loss of memvir.losses (owns `proxies` (C, D)); it becomes `self.loss`.
+        loss: a loss of memvir.losses (owns `proxies` (C, D)); it becomes `self.loss`. One of
+            pytorch-metric-learning's proxy losses (CosFaceLoss, ProxyAnchorLoss, ...) is taken too: `self.loss` is
+            then a memvir.pml.PMLLoss over it, and `self.loss.pml` the PML loss, whose parameter learns.
         num_steps: N, past steps taken as virtual classes (0 turns MemVir off).
         step_gap: M, steps skipped between two taken steps.
         warmup_epochs: U, epochs (counted from 0) before the memory starts filling.
@@ -78,6 +81,7 @@ class MemVir(nn.Module):
         for name, value in (("num_steps", num_steps), ("step_gap", step_gap), ("warmup_epochs", warmup_epochs)):
             if isinstance(value, bool) or int(value) != value or value < 0:
                 raise ValueError(f"MemVir {name}: expected an integer >= 0, got {value!r}")
+        loss = adapt(loss)  # a PML proxy loss: our formula over its own weight (memvir/pml.py)
         if not isinstance(getattr(loss, "proxies", None), torch.Tensor) or loss.proxies.dim() != 2:
             raise ValueError("MemVir loss: expected a loss with a `proxies` parameter of shape (C, D)")
         self.loss = loss
