@@ -397,6 +397,8 @@ def stage_book(src, chapters_dir, root=ROOT, log=print):
     book = Path(root) / "book"
     for f in [*book.glob("*.yml"), *book.glob("*.md"), *book.glob("*.bib")]:
         shutil.copy(f, src / f.name)
+    if (book / "_static").is_dir():  # the theme's extra CSS
+        shutil.copytree(book / "_static", src / "_static")
     for n in wanted:
         shutil.copy(chapters_dir / n, src / "chapters" / n)
     log(f"book source: {len(wanted)} chapters from {chapters_dir} -> {src}")
