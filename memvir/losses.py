@@ -1,4 +1,5 @@
-"""Proxy-based losses: every loss owns its learnable `proxies`, an nn.Parameter of shape (C, D).
+"""Proxy-based losses: every loss owns its learnable `proxies`, an nn.Parameter of shape (C, D) ((C*K, D) for
+SoftTriple's K centres per class).
 
 The six losses of the MemVir paper's Table 4. All but Proxy-Anchor are a cross-entropy over per-(embedding, class)
 logits, with an optional margin on each row's own target logit (CosFace, ArcFace, SoftTriple):
@@ -115,7 +116,7 @@ class ProxyLoss(nn.Module):
         self.proxies = nn.Parameter(torch.empty(self.num_classes * self.proxies_per_class, self.embedding_size))
         # The counters MemVir keeps, for the same training loop: what the last call used.
         self.num_taken = 0  # past steps taken: none without a memory
-        self.num_classes_in_use = self.num_classes  # proxies scored by the last call (C unless given more)
+        self.num_classes_in_use = self.num_classes  # classes scored by the last call (C unless given more)
         self.num_embeddings_in_use = 0  # rows of the last call
 
     def embed(self, x):
@@ -377,7 +378,7 @@ class ProxyAnchor(ProxyLoss):
         neg_exp = torch.where(pos, -math.inf, self.alpha * (cos + self.margin))
         pos_term = torch.logsumexp(torch.cat([one, pos_exp]), dim=0)  # (C',)
         neg_term = torch.logsumexp(torch.cat([one, neg_exp]), dim=0)
-        with_pos = int(pos.any(dim=0).sum())  # |P+| >= 1: the batch has a row
+        with_pos = pos.any(dim=0).sum()  # |P+| >= 1 (the batch has a row); a tensor: no device sync
         return pos_term.sum() / with_pos + neg_term.sum() / cos.shape[1]
 
     def extra_repr(self):

@@ -432,3 +432,21 @@ def test_margin_reaches_past_targets(name):
         unmargined = F.cross_entropy(logits, labels)
         torch.testing.assert_close(got.detach(), expected.detach(), rtol=1e-10, atol=1e-12)
         assert float(got.detach()) > float(unmargined.detach()) + 1e-3  # the margin makes it harder: it is there
+
+
+@pytest.mark.parametrize("name", ["cosface", "softtriple"])
+@pytest.mark.parametrize("fast", [True, False])
+def test_new_losses_with_half_storage_and_resume(name, fast):
+    """Rounded storage (re-embedded when read) and a state_dict round trip, with a margin and with K centres."""
+    assert run_side_by_side(NEW_LOSSES[name], 3, 1, 1, steps=80, fast=fast, roundtrip_at=40,
+                            storage="host", storage_dtype=torch.float16) == 3
+
+
+@pytest.mark.parametrize("name", ["arcface", "softtriple", "proxyanchor"])
+def test_new_losses_resume_is_bitwise_at_d512(name):
+    """Issue 11 for the margin, the K centres and the plain path: a resumed run reads the very floats."""
+    ref = train_steps(NEW_LOSSES[name], True, 30)
+    got = train_steps(NEW_LOSSES[name], True, 30, resume_at=19)
+    for step, (a, b) in enumerate(zip(ref, got)):
+        for what, x, y in zip(("loss", "proxy gradient", "embedding gradient"), a, b):
+            assert torch.equal(x, y), f"{what} differs at step {step}"
