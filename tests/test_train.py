@@ -179,10 +179,24 @@ def test_early_stop_counts_evaluations_without_gain(tmp_path):
     assert res["stopped_early"] == 3 and res["finished"]
 
 
-def test_amp_on_cpu_runs(tmp_path):
-    res = train({**TINY, "epochs": 1, "use_amp": True, "memvir": True, "mem_num_step": 2, "mem_step_gap": 0,
+@pytest.mark.parametrize("use_amp,dtype", [(True, torch.bfloat16), (False, torch.float32)])
+def test_amp_on_cpu_computes_in_bfloat16_and_keeps_float32_weights(tmp_path, monkeypatch, use_amp, dtype):
+    from memvir.memory import MemVir
+
+    seen = []
+    forward = MemVir.forward
+
+    def record(self, emb, labels, epoch):
+        seen.append(emb.dtype)
+        return forward(self, emb, labels, epoch)
+
+    monkeypatch.setattr(MemVir, "forward", record)
+    res = train({**TINY, "epochs": 1, "use_amp": use_amp, "memvir": True, "mem_num_step": 2, "mem_step_gap": 0,
                  "warm_epoch": 0, "save_path": str(tmp_path)})
-    assert 0 <= res["last"]["recall@1"] <= 1
+    assert seen and set(seen) == {dtype}  # autocast reached the embedding head (bf16 on CPU), or did not
+    ckpt = torch.load(tmp_path / "checkpoints" / "epoch_00001.pt", weights_only=True)
+    assert all(v.dtype == torch.float32 for v in ckpt["model"].values() if v.is_floating_point())
+    assert ckpt["criterion"]["loss.proxies"].dtype == torch.float32 and res["finished"]
 
 
 # ----------------------------------------------------------------------------------------------------------------
