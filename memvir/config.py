@@ -50,6 +50,9 @@ class TrainConfig:
                           group="data")
     save_path: str | None = flag(None, "run folder [results/runs/<parameters>]; rerunning resumes from its "
                                        "checkpoint", group="data")
+    decode: str = flag("pil", "how training images are decoded: pil (official) | draft (JPEG decoded at 1/2-1/8 "
+                              "scale when the crop is shrunk anyway) | gpu (decode_jpeg on the training device)",
+                       group="data")
     k_list: str | None = flag(None, "Recall@K list [per data set, as official: 1,2,4,8; sop 1,10,100,1000; "
                                     "inshop 1,10,20,40]", group="data")
     # -- model: backbone -> global pooling -> linear embedding -> (L2 norm) --
@@ -281,6 +284,12 @@ def _check_config(cfg: TrainConfig) -> None:
     if str(cfg.backbone).lower() not in BACKBONES:
         raise ValueError(f"--backbone={cfg.backbone!r}: expected one of {', '.join(BACKBONES)}")
     cfg.backbone = str(cfg.backbone).lower()
+    from .data.transforms import check_decode
+
+    check_decode(cfg.decode)
+    if cfg.data_name == "glyphs" and cfg.decode != "pil":
+        raise ValueError(f"--decode={cfg.decode}: glyphs are rendered tensors, not image files; expected --decode "
+                         f"pil (the default) with data_name=glyphs")
     if cfg.data_name != "glyphs" and cfg.data is None:
         raise ValueError(f"--data: data_name={cfg.data_name} needs --data=<folder> holding train/<class>/<image> "
                          f"and test/<class>/<image> (see `python -m memvir prepare --help`)")

@@ -34,7 +34,8 @@ def build_splits(cfg):
         return build_datasets("glyphs", data=cfg.data, image_size=cfg.input_size, num_classes=cfg.num_classes,
                               instances_per_class=cfg.instances_per_class, min_fonts=cfg.min_fonts,
                               seed=cfg.glyph_seed, val_classes=cfg.val_classes)
-    return build_datasets(cfg.data_name, data=cfg.data, backbone=cfg.backbone, input_size=cfg.input_size)
+    return build_datasets(cfg.data_name, data=cfg.data, backbone=cfg.backbone, input_size=cfg.input_size,
+                          decode=cfg.decode)
 
 
 def build_criterion(cfg, num_classes):

@@ -30,6 +30,7 @@
 data_name = "glyphs"  # cars196 | cub200 | sop | inshop | glyphs | custom
 data = ""  # prepared folder with train/ and test/; glyphs: a render cache (empty: none)
 k_list = ""  # Recall@K list, such as 1,2,4,8 (empty: the data set's)
+decode = "pil"  # training images: pil (official) | draft (JPEG DCT scaling) | gpu
 input_size = 32  # image side in pixels
 num_classes = 400  # glyphs: classes rendered, the first half train, the rest test
 instances_per_class = 20  # glyphs: images per class

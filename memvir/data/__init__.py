@@ -84,7 +84,7 @@ def _folder(path, transform, classes=None):
         raise type(exc)(f"{exc}. Expected layout: {LAYOUT}") from exc
 
 
-def build_datasets(data_name, data=None, backbone="bninception", input_size=224, **glyph_kwargs):
+def build_datasets(data_name, data=None, backbone="bninception", input_size=224, decode="pil", **glyph_kwargs):
     """Build the train and test datasets (In-Shop: also query and gallery) of a benchmark.
 
     Args:
@@ -93,6 +93,7 @@ def build_datasets(data_name, data=None, backbone="bninception", input_size=224,
         data: the prepared folder (DATA/train, DATA/test); for glyphs, an optional cache folder.
         backbone: "bninception" or "resnet*": picks the image normalisation (memvir.data.transforms).
         input_size: side of the square crops (224 in the paper).
+        decode: how training images are decoded: "pil" (official), "draft" or "gpu" (memvir.data.transforms).
         **glyph_kwargs: for glyphs only: render_glyphs' options and val_classes (memvir.data.glyphs).
     Returns:
         Splits with num_classes = the number of training classes.
@@ -102,6 +103,8 @@ def build_datasets(data_name, data=None, backbone="bninception", input_size=224,
         raise ValueError(f"data_name {data_name!r}; expected one of {', '.join(dict.fromkeys(DATA_NAMES.values()))}"
                          f" or an alias ({', '.join(k for k, v in DATA_NAMES.items() if k != v)})")
     if name == "glyphs":
+        if decode != "pil":
+            raise ValueError(f"decode={decode!r}: glyphs are rendered tensors, not image files; expected 'pil'")
         return _glyph_splits(data, glyph_kwargs)
     if glyph_kwargs:
         raise ValueError(f"options {sorted(glyph_kwargs)} apply to data_name='glyphs' only, not {data_name!r}; "
@@ -122,7 +125,7 @@ def build_datasets(data_name, data=None, backbone="bninception", input_size=224,
     from .folder import ImageListDataset
     from .transforms import test_transform, train_transform
 
-    train = _folder(os.path.join(data, "train"), train_transform(backbone, input_size))
+    train = _folder(os.path.join(data, "train"), train_transform(backbone, input_size, decode=decode))
     if name == "inshop":
         tf = test_transform(backbone, input_size)
         q_dir, g_dir = os.path.join(data, "test", "query"), os.path.join(data, "test", "gallery")

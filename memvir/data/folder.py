@@ -9,6 +9,7 @@ are not subclasses of torch.utils.data.Dataset (DataLoader needs only __len__ an
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 
@@ -34,13 +35,30 @@ def load_rgb(path):
                              f"image file; `python -m memvir prepare` verifies each one)") from exc
 
 
+@contextlib.contextmanager
+def open_image(path):
+    """Open an image file lazily (header read, pixels not yet) for a transform that decodes it itself (`draft`,
+    `gpu`); any failure inside the block, at open or at decode, becomes an ImageLoadError naming the file."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            yield im
+    except ImageLoadError:
+        raise
+    except Exception as exc:
+        raise ImageLoadError(f"cannot read image {path}: {type(exc).__name__}: {exc} (expected a readable "
+                             f"image file; `python -m memvir prepare` verifies each one)") from exc
+
+
 class ImageListDataset:
     """Images given as a list of paths with integer labels; items are (transform(image), label).
 
     Args:
         paths: list of n image paths.
         labels: (n,) integer labels.
-        transform: callable on an RGB PIL image (e.g. memvir.data.transforms.test_transform()), or None.
+        transform: callable on an RGB PIL image (e.g. memvir.data.transforms.test_transform()), or None; or
+            one with `reads_files = True` and `from_file(path)` (memvir.data.transforms' draft and gpu decoders).
         classes: class names, `classes[label]`; optional.
     """
 
@@ -56,6 +74,8 @@ class ImageListDataset:
         return len(self.paths)
 
     def __getitem__(self, index):
+        if getattr(self.transform, "reads_files", False):  # --decode draft / gpu: the transform opens the file
+            return self.transform.from_file(self.paths[index]), int(self.labels[index])
         image = load_rgb(self.paths[index])
         if self.transform is not None:
             image = self.transform(image)
