@@ -418,3 +418,163 @@ def test_build_glyphs_wiring(monkeypatch, tmp_path):
     assert s.train.labels.tolist() == [0, 1, 2, 2] and s.test.labels.dtype == np.int64
     x, y = s.test[1]
     assert x.shape == (1, 8, 8) and y == 1
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# --decode draft / gpu: the official augmentation with a cheaper decoder. Oracle: the official PIL pipeline
+# (train_transform(decode="pil"), torchvision's RandomResizedCrop + RandomHorizontalFlip on a full decode).
+
+def photo(path, size, seed=0, gray=False):
+    """A JPEG whose red channel encodes x and green encodes y (so the crop box shows in the output), plus
+    texture and noise (so resampling differences show too)."""
+    W, H = size
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:H, 0:W]
+    img = np.stack([x * 255.0 / W, y * 255.0 / H, 128 + 60 * np.sin(x / 17.0) * np.cos(y / 23.0)], -1)
+    img = (img + rng.normal(0, 8, img.shape)).clip(0, 255).astype(np.uint8)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    im = Image.fromarray(img)
+    (im.convert("L") if gray else im).save(path, quality=90)
+    return str(path)
+
+
+def official(path, seed):
+    torch.manual_seed(seed)
+    return TF.train_transform("bninception", 224)(Image.open(path).convert("RGB"))
+
+
+def via(decode, path, seed):
+    torch.manual_seed(seed)
+    out = TF.train_transform("bninception", 224, decode=decode).from_file(path)
+    return TF.EncodedBatch([out]).to("cpu")[0] if decode == "gpu" else out
+
+
+def test_draft_factor_is_the_largest_that_keeps_the_crop_at_input_size():
+    assert [TF.draft_factor(h, 10_000, 224) for h in (223, 224, 447, 448, 895, 896, 1791, 1792, 5000)] == \
+        [1, 1, 1, 2, 2, 4, 4, 8, 8]
+    assert TF.draft_factor(2000, 300, 224) == 1  # the shorter side of the crop decides
+
+
+@pytest.mark.parametrize("decode", ["draft", "gpu"])
+@pytest.mark.parametrize("size", [(700, 480), (1800, 1300), (150, 100)])
+def test_same_seed_same_crop_up_to_resampling(tmp_path, decode, size):
+    # At one seed every path draws the same box and flip; the outputs then differ only by the resampling.
+    path = photo(tmp_path / "a.jpg", size)
+    full = Image.open(path).convert("RGB")
+    reduced = 0
+    for seed in range(12):
+        a, b = official(path, seed), via(decode, path, seed)
+        assert b.shape == a.shape == (3, 224, 224) and b.dtype == a.dtype
+        diff = (a - b).abs()
+        torch.manual_seed(seed)
+        (top, left, h, w), flip = TF.crop_params(*full.size)
+        factor = TF.draft_factor(h, w, 224)
+        if decode == "gpu":  # decode_jpeg and PIL use libjpeg alike; uint8 resampling may round the other way
+            assert diff.max() <= 1.0 + 1e-4 and diff.mean() < 0.05
+        elif factor == 1:  # no reduction possible: exactly the official pipeline
+            assert diff.max() == 0
+        else:
+            reduced += 1
+            # Yardstick: the official crop resampled with bicubic instead of bilinear (another filter, same image).
+            alt = full.crop((left, top, left + w, top + h)).resize((224, 224), Image.BICUBIC)
+            alt = TF.T.Compose([TF.RGBToBGR()] + TF._tail("bninception"))(
+                alt.transpose(Image.FLIP_LEFT_RIGHT) if flip else alt)
+            yardstick = (a - alt).abs().mean()
+            assert diff.mean() < 1.0 and diff.mean() < 2.5 * yardstick and diff.max() <= 8  # grey levels of 255
+    if decode == "draft" and size == (1800, 1300):
+        assert reduced >= 6  # the test exercised the reduced decode (factors 2 and 4 at this size)
+
+
+def edge_stats(x):
+    """(red at the left edge, red at the right edge, green at the top, green at the bottom, mean of each
+    channel) of a BGR x255 - mean output of `photo`: red rises with x and green with y, so the first four are
+    the crop box (and flip) as the output shows it."""
+    bgr = x + torch.tensor(TF.BNINCEPTION_MEAN).view(3, 1, 1)
+    return [bgr[2, :, 0].mean(), bgr[2, :, -1].mean(), bgr[1, 0].mean(), bgr[1, -1].mean(), *bgr.mean((1, 2))]
+
+
+@pytest.mark.parametrize("decode", ["draft", "gpu"])
+def test_same_output_distribution_over_independent_draws(tmp_path, decode):
+    # Independent seeds for the two paths: a two-sample Kolmogorov-Smirnov test on the crop box (read from the
+    # coordinate-coded image) and on the channel means, 300 draws each; and the flip rate.
+    from scipy.stats import binomtest, ks_2samp
+
+    path = photo(tmp_path / "a.jpg", (1000, 760))
+    n = 300
+    ref = np.array([[float(v) for v in edge_stats(official(path, s))] for s in range(n)])
+    new = np.array([[float(v) for v in edge_stats(via(decode, path, 10_000 + s))] for s in range(n)])
+    for k in range(ref.shape[1]):
+        assert ks_2samp(ref[:, k], new[:, k]).pvalue > 1e-3, k
+    flipped = int((new[:, 0] > new[:, 1]).sum())  # red falls from left to right: a flipped crop
+    assert binomtest(flipped, n, 0.5).pvalue > 1e-3
+    # The KS test can fail: the same check against a crop of the wrong size distribution does.
+    torch.manual_seed(0)
+    small = np.array([[float(v) for v in edge_stats(TF.T.Compose([TF.T.RandomResizedCrop(224, scale=(0.08, 0.5)),
+                                                                   TF.T.RandomHorizontalFlip()] + TF._tail(
+        "bninception"))(TF.RGBToBGR()(Image.open(path).convert("RGB"))))] for _ in range(n)])
+    assert ks_2samp(ref[:, 1] - ref[:, 0], small[:, 1] - small[:, 0]).pvalue < 1e-3
+
+
+@pytest.mark.parametrize("decode", ["draft", "gpu"])
+def test_decoders_through_the_dataloader(tmp_path, decode):
+    # The training path: ImageFolderDataset + EpochSeeded + DataLoader (workers), batches as the official one.
+    from memvir.data.samplers import EpochSeeded
+
+    for c in range(2):
+        for k in range(3):
+            photo(tmp_path / f"c{c}" / f"{k}.jpg", (400 + 90 * k, 300 + 60 * c), seed=3 * c + k, gray=k == 1)
+    solid(str(tmp_path / "c1" / "png.png"), (200, 10, 30), size=(300, 260))  # a PNG goes through PIL in the worker
+    batches = {}
+    for how in ("pil", decode):
+        ds = EpochSeeded(ImageFolderDataset(tmp_path, TF.train_transform("bninception", 224, decode=how)), seed=7)
+        ds.set_epoch(3)
+        loader = torch.utils.data.DataLoader(ds, batch_size=7, num_workers=1 if how != "pil" else 0)
+        (images, labels), = list(loader)
+        if how == "gpu":
+            assert isinstance(images, TF.EncodedBatch) and len(images) == 7
+            images = images.to("cpu", non_blocking=True)  # what train.py does with a batch
+        batches[how] = images, labels
+    (a, la), (b, lb) = batches["pil"], batches[decode]
+    assert torch.equal(la, lb) and b.shape == a.shape == (7, 3, 224, 224)
+    assert (a - b).abs().mean() < 0.5 and (a - b).abs().max() <= (1.0 + 1e-4 if decode == "gpu" else 8)
+
+
+@pytest.mark.parametrize("decode", ["draft", "gpu"])
+def test_damaged_jpeg_names_its_file(tmp_path, decode):
+    path = photo(tmp_path / "c" / "bad.jpg", (600, 400))
+    raw = open(path, "rb").read()
+    with open(path, "wb") as f:
+        f.write(raw[: len(raw) // 3])  # the header survives: the error comes at decode time
+    tf = TF.train_transform("bninception", 224, decode=decode)
+    with pytest.raises(ImageLoadError, match=path.replace(".", r"\.")):
+        item = tf.from_file(path)
+        if decode == "gpu":
+            TF.EncodedBatch([item]).to("cpu")
+    with open(path, "wb") as f:
+        f.write(b"not an image")
+    with pytest.raises(ImageLoadError, match=path.replace(".", r"\.")):
+        tf.from_file(path)
+
+
+def test_decode_flag_is_checked(tmp_path):
+    from memvir.config import resolve_config
+
+    make_tree(tmp_path / "train", {"a": 1})
+    make_tree(tmp_path / "test", {"b": 1})
+    for decode, kind in (("pil", "Compose"), ("draft", "DraftTrainTransform"), ("gpu", "EncodedTrainTransform")):
+        splits = build_datasets("custom", data=tmp_path, decode=decode)
+        assert type(splits.train.transform).__name__ == kind
+        assert type(splits.test.transform).__name__ == "Compose"  # evaluation keeps the official transform
+    with pytest.raises(ValueError, match=r"^--decode='nvjpeg': expected one of pil, draft, gpu$"):
+        build_datasets("custom", data=tmp_path, decode="nvjpeg")
+    with pytest.raises(ValueError, match=r"^--decode='nvjpeg'"):
+        resolve_config({"data_name": "custom", "data": str(tmp_path), "decode": "nvjpeg"})
+    with pytest.raises(ValueError, match="glyphs are rendered tensors"):
+        resolve_config({"data_name": "glyphs", "decode": "gpu"})
+    assert resolve_config({"data_name": "custom", "data": str(tmp_path)}).decode == "pil"  # the official default
+
+
+@pytest.mark.parametrize("decode", ["draft", "gpu"])
+def test_decoders_pickle(decode):
+    t = TF.train_transform("bninception", 32, decode=decode)
+    assert repr(pickle.loads(pickle.dumps(t))) == repr(t)

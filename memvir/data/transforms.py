@@ -23,8 +23,8 @@ by the same calls on torch's generator in every path, so at one seed all three c
 """
 from __future__ import annotations
 
-import io
-import math
+import contextlib
+import warnings
 
 import torch
 from torch.utils.data._utils.collate import default_collate_fn_map
@@ -247,7 +247,9 @@ class EncodedBatch:
         pixels = [it.pixels for it in self.items]
         if jpegs:
             try:
-                decoded = decode_jpeg([self.items[k].data for k in jpegs], mode=ImageReadMode.RGB, device=device)
+                with _no_torchcodec_notice():
+                    decoded = decode_jpeg([self.items[k].data for k in jpegs], mode=ImageReadMode.RGB,
+                                          device=device)
             except RuntimeError:  # name the file: decode them one by one
                 decoded = [self._decode_one(self.items[k], device) for k in jpegs]
             for k, image in zip(jpegs, decoded):
@@ -272,10 +274,20 @@ class EncodedBatch:
         from .folder import ImageLoadError
 
         try:
-            return decode_jpeg(item.data, mode=ImageReadMode.RGB, device=device)
+            with _no_torchcodec_notice():
+                return decode_jpeg(item.data, mode=ImageReadMode.RGB, device=device)
         except RuntimeError as exc:
             raise ImageLoadError(f"cannot read image {item.path}: decode_jpeg on {device}: {exc} (expected a "
                                  f"readable JPEG; `python -m memvir prepare` verifies each one)") from None
+
+
+@contextlib.contextmanager
+def _no_torchcodec_notice():
+    # torchvision 0.29 announces that its decoders move to TorchCodec (a DeprecationWarning on every call); they
+    # still work, and TorchCodec is not a dependency here.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision")
+        yield
 
 
 def _collate_encoded(batch, *, collate_fn_map=None):
