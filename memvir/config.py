@@ -67,9 +67,19 @@ class TrainConfig:
     train_with_l2norm: bool = flag(True, "L2-normalise the embeddings the loss and the memory see (as official)",
                                    group="model")
     # -- loss and MemVir (Sec. 3) --
-    loss: str = flag("Norm_SoftMax", "Norm_SoftMax (NormSoftmax) | Proxy_NCA (ProxyNCA)", group="loss and MemVir")
-    scale: float | None = flag(None, "logit scale s [official 1.0; glyphs: the loss's own, 23 or 12]",
-                               official=1.0, group="loss and MemVir")
+    loss: str = flag("Norm_SoftMax", "Norm_SoftMax | Proxy_NCA | SoftMax_vanilla (Softmax) | CosFace | ArcFace | "
+                     "Proxy_Anchor | Soft_Triple, in any case, _ or not", group="loss and MemVir")
+    scale: float | None = flag(None, "logit scale s (Proxy-Anchor: alpha, SoftTriple: la) [official Norm-SoftMax "
+                                     "and Proxy-NCA 1.0; else the loss's own: 23, 12, 1, 64, 64, 32, 20]",
+                               names=("--scale", "--alpha", "--la"), group="loss and MemVir")
+    margin: float | None = flag(None, "margin: CosFace (cosine, 0.35), ArcFace (radians, 0.5), Proxy-Anchor (0.1), "
+                                      "SoftTriple (0.01) [the loss's own]", group="loss and MemVir")
+    centers_per_class: int | None = flag(None, "SoftTriple: centres K per class, proxies (C*K, D) [10]",
+                                         group="loss and MemVir")
+    gamma: float | None = flag(None, "SoftTriple: the temperature over a class's centres [0.1]",
+                               group="loss and MemVir")
+    pml: bool = flag(False, "use pytorch-metric-learning's implementation of the loss (with MemVir: its weight, "
+                            "our formula; see memvir/pml.py)", group="loss and MemVir")
     init_type: str = flag("normal", "Proxy-NCA proxy init: normal (std sqrt(2/D)) | uniform (+-1/sqrt(C))",
                           group="loss and MemVir")
     C: int | None = flag(None, "number of proxies [the classes of the train folder]; more than the classes "
@@ -144,6 +154,7 @@ PROFILE_DEFAULTS = {p: {n: f.metadata["profile"][p] for n, f in FIELDS.items() i
 K_LISTS = {"cars196": "1,2,4,8", "cub200": "1,2,4,8", "sop": "1,10,100,1000", "inshop": "1,10,20,40",
            "glyphs": "1,2,4,8", "custom": "1,2,4,8"}
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
+LOSS_HYPER = ("margin", "centers_per_class", "gamma")  # constructor arguments of some losses (memvir.losses)
 # Flags that may differ when a run resumes: they do not change the numbers it produces (epochs may only grow).
 RESUME_MAY_DIFFER = ("workers", "gpu", "progress", "epochs", "data", "eval_best", "save_path", "start_epoch")
 # Dict keys accepted besides the field names: the official short spellings.
@@ -194,7 +205,7 @@ def resolve_config(config=None) -> TrainConfig:
             or None for all defaults (a glyph run).
     """
     from .data import canonical_data_name  # the official aliases (car, cub, ...) -> canonical names
-    from .losses import canonical_loss_name, loss_class
+    from .losses import LOSSES, canonical_loss_name, default_scale, loss_class
 
     if config is None:
         values = {}
@@ -227,8 +238,17 @@ def resolve_config(config=None) -> TrainConfig:
         if getattr(cfg, key) is None:
             setattr(cfg, key, value)
     cfg.loss = canonical_loss_name(cfg.loss)
-    if cfg.scale is None:  # the loss's own default scale (glyph profile)
-        cfg.scale = inspect.signature(loss_class(cfg.loss)).parameters["scale"].default
+    if cfg.scale is None:  # the official code's scale for its two losses; else the loss's own default
+        official = profile_of(name) == "official" and cfg.loss in ("Norm_SoftMax", "Proxy_NCA")
+        cfg.scale = 1.0 if official else default_scale(cfg.loss)
+    takes = inspect.signature(loss_class(cfg.loss)).parameters
+    for hyper in LOSS_HYPER:  # a hyper-parameter the loss has: its default when unset; one it lacks: refused
+        if hyper in takes and getattr(cfg, hyper) is None:
+            setattr(cfg, hyper, takes[hyper].default)
+        elif hyper not in takes and getattr(cfg, hyper) is not None:
+            having = sorted({c.name for c in LOSSES.values() if hyper in inspect.signature(c).parameters})
+            raise ValueError(f"--{hyper}={getattr(cfg, hyper)!r}: {cfg.loss} has no {hyper}; the losses with one: "
+                             f"{', '.join(having)}")
     if cfg.k_list is None:
         cfg.k_list = K_LISTS[name]
     if cfg.save_path is None:
@@ -256,6 +276,13 @@ def _check_config(cfg: TrainConfig) -> None:
         need_int(name, 0)
     if cfg.C is not None:
         need_int("C", 1)
+    if cfg.centers_per_class is not None:
+        need_int("centers_per_class", 1)
+    for name in ("margin", "gamma"):
+        value = getattr(cfg, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not math.isfinite(value) or value < 0):
+            raise ValueError(f"--{name}={value!r}: expected a finite number >= 0")
     for name in ("modellr", "centerlr", "weight_decay", "eps", "decay_rate", "scale"):
         value = getattr(cfg, name)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
@@ -273,6 +300,9 @@ def _check_config(cfg: TrainConfig) -> None:
             value = getattr(cfg, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"--{name}={value!r}: expected an integer >= 0 ({symbol}) with --memvir")
+    if cfg.pml and not cfg.train_with_l2norm:
+        raise ValueError("--pml with --train_with_l2norm=False: pytorch-metric-learning's losses normalise the "
+                         "embeddings themselves; train with our losses (--pml 0) for raw embeddings")
     if str(cfg.optimizer).lower() not in OPTIMIZERS:
         raise ValueError(f"--optimizer={cfg.optimizer!r}: expected one of {', '.join(OPTIMIZERS)}")
     cfg.optimizer = str(cfg.optimizer).lower()

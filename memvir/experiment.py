@@ -39,13 +39,26 @@ def build_splits(cfg):
 
 
 def build_criterion(cfg, num_classes):
-    """The loss with C = num_classes proxies (C, D), wrapped in MemVir when cfg.memvir; returns (loss, criterion)."""
+    """The loss with C = num_classes classes, wrapped in MemVir when cfg.memvir; returns (loss, criterion).
+
+    With cfg.pml the loss is pytorch-metric-learning's (memvir.pml): alone it trains with PML's own forward; under
+    MemVir its weight is the proxies and our formula scores them.
+    """
+    from .config import LOSS_HYPER
     from .losses import ProxyNCA, build_loss
     from .memory import MemVir
 
-    loss = build_loss(cfg.loss, num_classes, cfg.dim, cfg.scale, normalize_embeddings=cfg.train_with_l2norm)
-    if isinstance(loss, ProxyNCA) and cfg.init_type == "uniform":  # the official kaiming_uniform_(a=sqrt(5))
-        nn.init.uniform_(loss.proxies, -1 / math.sqrt(num_classes), 1 / math.sqrt(num_classes))
+    hyper = {k: getattr(cfg, k) for k in LOSS_HYPER if getattr(cfg, k) is not None}  # resolve_config set them
+    if cfg.pml:
+        from .pml import PMLLoss, build_pml_loss
+
+        pml_loss = build_pml_loss(cfg.loss, num_classes, cfg.dim, cfg.scale, **hyper)
+        loss = PMLLoss(pml_loss, native=not cfg.memvir)
+    else:
+        loss = build_loss(cfg.loss, num_classes, cfg.dim, cfg.scale, normalize_embeddings=cfg.train_with_l2norm,
+                          **hyper)
+        if isinstance(loss, ProxyNCA) and cfg.init_type == "uniform":  # the official kaiming_uniform_(a=sqrt(5))
+            nn.init.uniform_(loss.proxies, -1 / math.sqrt(num_classes), 1 / math.sqrt(num_classes))
     criterion = MemVir(loss, cfg.mem_num_step, cfg.mem_step_gap, cfg.warm_epoch) if cfg.memvir else loss
     return loss, criterion
 

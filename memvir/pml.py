@@ -24,7 +24,7 @@ import torch.nn as nn
 
 from .losses import ArcFace, CosFace, NormSoftmax, ProxyAnchor, ProxyNCA, SoftTriple
 
-__all__ = ["PMLLoss", "adapt", "is_pml_loss"]
+__all__ = ["PMLLoss", "adapt", "is_pml_loss", "build_pml_loss"]
 
 SUPPORTED = ("NormalizedSoftmaxLoss", "ProxyNCALoss", "CosFaceLoss", "ArcFaceLoss", "ProxyAnchorLoss",
              "SoftTripleLoss")
@@ -88,10 +88,13 @@ class PMLLoss(nn.Module):
         pml_loss: one of pytorch-metric-learning's NormalizedSoftmaxLoss, ProxyNCALoss, CosFaceLoss, ArcFaceLoss,
             ProxyAnchorLoss, SoftTripleLoss, with its default distance and reducer and no regulariser. It becomes
             `self.pml` (its parameter is the one that learns).
+        native: a call with the batch alone runs PML's own forward (`--pml 1` without MemVir: training with PML's
+            implementation); a call with a proxy list (MemVir's plain path) always scores with our formula.
     """
 
-    def __init__(self, pml_loss):
+    def __init__(self, pml_loss, native=False):
         super().__init__()
+        self.native = bool(native)
         formula, self.weight_name, self.transposed = _ours(pml_loss)
         self.pml = pml_loss
         formula.proxies = None  # the formula's own (C*K, D) parameter is never used: free it
@@ -133,6 +136,10 @@ class PMLLoss(nn.Module):
 
     def forward(self, emb, labels, proxies=None, *, epoch=None):
         """Return the loss of a batch, as ProxyLoss.forward (PML's miners and indices_tuple are not taken)."""
+        if self.native and proxies is None:
+            value = self.pml(emb, labels.long())
+            self.formula.num_embeddings_in_use = emb.shape[0]  # the counters a training loop reads
+            return value
         return self.formula(emb, labels, self.proxies if proxies is None else proxies)
 
     def extra_repr(self):
@@ -142,3 +149,34 @@ class PMLLoss(nn.Module):
 def adapt(loss):
     """Return `loss` as MemVir takes it: a PMLLoss for a PML proxy loss, the loss itself otherwise."""
     return PMLLoss(loss) if is_pml_loss(loss) else loss
+
+
+def build_pml_loss(name, num_classes, embedding_size, scale, margin=None, centers_per_class=None, gamma=None):
+    """Build pytorch-metric-learning's implementation of one of our losses, with our hyper-parameters and units.
+
+    Args:
+        name: a loss name memvir.losses knows (Norm_SoftMax, Proxy_NCA, CosFace, ArcFace, Proxy_Anchor, Soft_Triple).
+        scale: our scale (Norm-SoftMax: 1 / PML's temperature; Proxy-Anchor: alpha; SoftTriple: la).
+        margin: ours (ArcFace in radians: PML takes degrees).
+    """
+    import math
+
+    import pytorch_metric_learning.losses as L
+
+    from .losses import canonical_loss_name
+
+    loss, C, D = canonical_loss_name(name), num_classes, embedding_size
+    if loss == "Norm_SoftMax":
+        return L.NormalizedSoftmaxLoss(C, D, temperature=1.0 / scale)
+    if loss == "Proxy_NCA":
+        return L.ProxyNCALoss(C, D, softmax_scale=scale)
+    if loss == "CosFace":
+        return L.CosFaceLoss(C, D, margin=margin, scale=scale)
+    if loss == "ArcFace":
+        return L.ArcFaceLoss(C, D, margin=math.degrees(margin), scale=scale)
+    if loss == "Proxy_Anchor":
+        return L.ProxyAnchorLoss(C, D, margin=margin, alpha=scale)
+    if loss == "Soft_Triple":
+        return L.SoftTripleLoss(C, D, centers_per_class=centers_per_class, la=scale, gamma=gamma, margin=margin)
+    raise ValueError(f"--pml: pytorch-metric-learning has no {loss} loss; it has Norm_SoftMax, Proxy_NCA, CosFace, "
+                     f"ArcFace, Proxy_Anchor and Soft_Triple")

@@ -43,8 +43,12 @@ pretrained = "none"  # imagenet | none | path to backbone weights
 pooling_type = "GAP"  # GAP | GMP | GAP,GMP
 dim = 128  # D, embedding size
 # loss and MemVir
-loss = "Norm_SoftMax"  # Norm_SoftMax | Proxy_NCA
-scale = 23.0  # logit scale s (README: 23 for Norm-SoftMax, 12 for Proxy-NCA)
+loss = "Norm_SoftMax"  # Norm_SoftMax | Proxy_NCA | SoftMax_vanilla | CosFace | ArcFace | Proxy_Anchor | ...
+scale = 23.0  # logit scale s (Proxy-Anchor: alpha; SoftTriple: la)
+margin = ""  # CosFace, ArcFace (radians), Proxy-Anchor, SoftTriple (empty: the loss's own)
+centers_per_class = ""  # SoftTriple: centres per class (empty: 10)
+gamma = ""  # SoftTriple: temperature over a class's centres (empty: 0.1)
+pml = False  # pytorch-metric-learning's implementation of the loss
 train_with_l2norm = True  # L2-normalise what the loss and the memory see (official)
 init_type = "normal"  # Proxy-NCA proxy init: normal | uniform
 C = ""  # number of proxies (empty: the classes of the train split)

@@ -73,3 +73,29 @@ def test_profile_defaults_come_from_the_fields():
             assert getattr(glyphs, name) == prof["glyphs"], name
         if prof["official"] is not None:
             assert getattr(cars, name) == prof["official"], name
+
+
+@pytest.mark.parametrize("spelling,name", [("ArcFace", "ArcFace"), ("arcface", "ArcFace"), ("cos_face", "CosFace"),
+                                           ("Proxy_Anchor", "Proxy_Anchor"), ("ProxyAnchor", "Proxy_Anchor"),
+                                           ("Soft_Triple", "Soft_Triple"), ("softtriple", "Soft_Triple"),
+                                           ("SoftMax_vanilla", "SoftMax_vanilla"), ("Softmax", "SoftMax_vanilla"),
+                                           ("NormSoftmax", "Norm_SoftMax"), ("proxy-nca", "Proxy_NCA")])
+def test_loss_spellings(spelling, name):
+    assert C.resolve_config({"loss": spelling}).loss == name
+
+
+def test_loss_hyper_parameters_default_to_the_loss_and_are_refused_where_absent():
+    # Written out from the papers' (and PML's) defaults, not read from memvir.losses.
+    expected = {"CosFace": (64.0, 0.35, None, None), "ArcFace": (64.0, 0.5, None, None),
+                "Proxy_Anchor": (32.0, 0.1, None, None), "Soft_Triple": (20.0, 0.01, 10, 0.1),
+                "Norm_SoftMax": (23.0, None, None, None), "SoftMax_vanilla": (1.0, None, None, None)}
+    for loss, values in expected.items():
+        cfg = C.resolve_config({"loss": loss})
+        assert (cfg.scale, cfg.margin, cfg.centers_per_class, cfg.gamma) == values, loss
+    assert C.config_from_argv(["--loss", "Proxy_Anchor", "--alpha", "16", "--margin", "0.2"]).scale == 16.0
+    with pytest.raises(ValueError, match="Norm_SoftMax has no margin; the losses with one: ArcFace, CosFace"):
+        C.resolve_config({"loss": "Norm_SoftMax", "margin": 0.2})
+    with pytest.raises(ValueError, match="--pml with --train_with_l2norm=False"):
+        C.resolve_config({"pml": True, "train_with_l2norm": False})
+    # The official code's scale (1.0) is for its own two losses; a new loss keeps its own on an image benchmark.
+    assert C.resolve_config({"data_name": "cars196", "data": "x", "loss": "CosFace"}).scale == 64.0

@@ -132,3 +132,31 @@ def test_unnormalised_pml_normsoftmax():
     emb, labels = torch.randn(5, D, dtype=torch.float64) * 3, torch.randint(0, C, (5,))
     assert float(adapted(emb, labels).detach()) == pytest.approx(float(theirs(emb, labels).detach()), rel=1e-10)
     assert float(adapted(emb, labels).detach()) != pytest.approx(float(theirs(F.normalize(emb), labels).detach()))
+
+
+# ---- training with --pml -----------------------------------------------------------------------------------------
+
+
+def test_training_with_pml_uses_its_own_forward_alone_and_its_weight_under_memvir(tmp_path, monkeypatch):
+    import pytorch_metric_learning.losses as L
+
+    from memvir.train import train
+
+    calls = []
+    forward = L.CosFaceLoss.forward
+
+    def counted(self, *args, **kwargs):
+        calls.append(1)
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(L.CosFaceLoss, "forward", counted)
+    tiny = dict(data_name="glyphs", num_classes=20, instances_per_class=10, input_size=16, batch_size=32, dim=16,
+                progress=False, epochs=1, loss="CosFace", pml=True)
+    train({**tiny, "save_path": str(tmp_path / "alone")})
+    assert len(calls) == 4  # PML's implementation, every step
+    calls.clear()
+    train({**tiny, "memvir": True, "mem_num_step": 2, "mem_step_gap": 0, "warm_epoch": 0,
+           "save_path": str(tmp_path / "memvir")})
+    assert calls == []  # under MemVir our formula scores PML's weight
+    ckpt = torch.load(tmp_path / "memvir" / "checkpoints" / "epoch_00001.pt", weights_only=True)
+    assert tuple(ckpt["criterion"]["loss.pml.W"].shape) == (16, 10)  # PML's (D, C) weight is what learned
