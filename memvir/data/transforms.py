@@ -275,7 +275,13 @@ class EncodedBatch:
 
         try:
             with _no_torchcodec_notice():
-                return decode_jpeg(item.data, mode=ImageReadMode.RGB, device=device)
+                try:
+                    return decode_jpeg(item.data, mode=ImageReadMode.RGB, device=device)
+                except RuntimeError:
+                    if device.type == "cpu":
+                        raise
+                    # A JPEG nvJPEG declines (some progressive or unusual files): libjpeg on the host, then move.
+                    return decode_jpeg(item.data, mode=ImageReadMode.RGB).to(device)
         except RuntimeError as exc:
             raise ImageLoadError(f"cannot read image {item.path}: decode_jpeg on {device}: {exc} (expected a "
                                  f"readable JPEG; `python -m memvir prepare` verifies each one)") from None
