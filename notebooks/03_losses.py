@@ -237,6 +237,42 @@ pd.DataFrame(rows)
 # (chapter 6).
 
 # %% [markdown]
+# ## The other losses of Table 4, and pytorch-metric-learning's
+#
+# The paper applies MemVir to six losses (its Table 4); `memvir.losses` has them all, each owning `proxies`:
+# `Softmax` (plain classifier weights), `CosFace` and `ArcFace` (a margin on the target's cosine or angle),
+# `ProxyAnchor` (each proxy pools its batch's positives and negatives: not a per-row cross-entropy, so MemVir
+# takes its plain path) and `SoftTriple` ($K$ centres per class, proxies $(CK, D)$). The tests check each against
+# its formula written out and against pytorch-metric-learning (PML) with the same weights.
+#
+# A PML user keeps their loss and their loop: `memvir.MemVir(pml_loss, ...)` is the one line to add. The PML
+# loss's own weight stays the parameter that learns, so the optimiser built over it keeps working.
+
+# %%
+import pytorch_metric_learning.losses as pml
+
+import memvir.memory
+
+torch.manual_seed(0)
+model = torch.nn.Linear(32, D)  # stands for an embedding network
+loss_func = pml.CosFaceLoss(num_classes=C, embedding_size=D)  # a PML loss, unchanged
+optimizer = torch.optim.Adam([*model.parameters(), *loss_func.parameters()], lr=1e-3)
+# the one line:
+criterion = memvir.memory.MemVir(loss_func, num_steps=3, step_gap=1, warmup_epochs=1)
+log = []
+for epoch in range(3):
+    for step in range(5):
+        x, y = torch.randn(16, 32), torch.randint(0, C, (16,))
+        loss = criterion(model(x), y, epoch)  # was: loss_func(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        log.append({"epoch": epoch, "step": step, "loss": round(loss.item(), 3),
+                    "classes in use": criterion.num_classes_in_use})
+assert loss_func.W.grad is not None  # PML's (D, C) weight received the gradients
+pd.DataFrame(log).set_index(["epoch", "step"]).T
+
+# %% [markdown]
 # ## What we saw
 
 # %% tags=["hide-input"]
@@ -247,4 +283,6 @@ display(Markdown(
     f"{floor[1.0]:.3g} at $s = 1$, {floor[23.0]:.2g} at the README's $s = 23$. "
     "Proxy-NCA at scale $s$ and Norm-SoftMax at $2s$ differed by the constant logit "
     f"shift $-2s$ only, their losses by at most {worst:.0e} ({len(rows)} scales, "
-    f"$C = {C}$, $D = {D}$), their gradients not at all beyond float32 rounding."))
+    f"$C = {C}$, $D = {D}$), their gradients not at all beyond float32 rounding. "
+    f"MemVir over PML's CosFace grew its classes from {log[0]['classes in use']} to "
+    f"{log[-1]['classes in use']} with PML's own weight learning."))

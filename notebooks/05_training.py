@@ -43,9 +43,9 @@ pretrained = "none"  # imagenet | none | path to backbone weights
 pooling_type = "GAP"  # GAP | GMP | GAP,GMP
 dim = 128  # D, embedding size
 # loss and MemVir
-loss = "Norm_SoftMax"  # Norm_SoftMax | Proxy_NCA | SoftMax_vanilla | CosFace | ArcFace | Proxy_Anchor | ...
+loss = "Norm_SoftMax"  # any loss of Table 4: Norm_SoftMax | Proxy_NCA | CosFace | ArcFace | ...
 scale = 23.0  # logit scale s (Proxy-Anchor: alpha; SoftTriple: la)
-margin = ""  # CosFace, ArcFace (radians), Proxy-Anchor, SoftTriple (empty: the loss's own)
+margin = ""  # CosFace, ArcFace (radians), Proxy-Anchor, SoftTriple; empty: the loss's own
 centers_per_class = ""  # SoftTriple: centres per class (empty: 10)
 gamma = ""  # SoftTriple: temperature over a class's centres (empty: 0.1)
 pml = False  # pytorch-metric-learning's implementation of the loss

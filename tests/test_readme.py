@@ -54,3 +54,10 @@ def test_readme_paired_differences_are_the_committed_report(metric, title):
     for _, row in paired.iterrows():
         text = f"{row['Mean']:+.2f} ± {row['Std.']:.2f}".replace("-", "−")
         assert text in sentence, (row["Loss"], title, text)
+
+
+def test_readme_pml_example_runs_as_written(capsys):
+    section = README[README.index("**On pytorch-metric-learning's losses.**"):]
+    code = section[section.index("```python") + len("```python"):section.index("```", section.index("```python") + 9)]
+    exec(compile(code, "README.md", "exec"), {})
+    assert capsys.readouterr().out.strip() == "40 classes in the last step"
