@@ -43,7 +43,7 @@ pretrained = "none"  # imagenet | none | path to backbone weights
 pooling_type = "GAP"  # GAP | GMP | GAP,GMP
 dim = 128  # D, embedding size
 # loss and MemVir
-loss = "Norm_SoftMax"  # any loss of Table 4: Norm_SoftMax | Proxy_NCA | CosFace | ArcFace | ...
+loss = "Norm_SoftMax"  # a loss of Table 4: Norm_SoftMax, Proxy_NCA, CosFace, ArcFace, ...
 scale = 23.0  # logit scale s (Proxy-Anchor: alpha; SoftTriple: la)
 margin = ""  # CosFace, ArcFace (radians), Proxy-Anchor, SoftTriple; empty: the loss's own
 centers_per_class = ""  # SoftTriple: centres per class (empty: 10)
