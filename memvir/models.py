@@ -554,7 +554,9 @@ def _torch_load_weights(path: str | os.PathLike, encoding: str) -> Mapping[str, 
         ) from None
     except Exception as e:  # truncated archives, empty files, ...
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ValueError(f"cannot read pretrained file {str(path)!r} as a state_dict with torch.load: {first}") from None
+        raise ValueError(
+            f"cannot read pretrained file {str(path)!r} as a state_dict with torch.load: {first}"
+        ) from None
 
 
 @contextlib.contextmanager

@@ -598,6 +598,28 @@ def test_python2_file_with_latin1_keys_loads_as_latin1(tmp_path):
         build_model("glyphcnn", dim=8, pretrained=str(path))
 
 
+@pytest.mark.parametrize("odd_key", [False, True])
+def test_imagenet_bninception_from_the_hub_cache_in_python2_format(tmp_path, monkeypatch, odd_key):
+    # pretrained="imagenet" with the file already in torch.hub's cache (no network): the real
+    # load_state_dict_from_url reads it. odd_key: a non-UTF-8 byte in a key (here inside the dropped classifier,
+    # to keep the file loadable) makes torch.hub's own weights_only load fail; the latin1 retry reads the cache.
+    torch.manual_seed(7)
+    src = models.BNInception()
+    randomise_bn_stats(src)
+    state = published_format(src.state_dict())
+    if odd_key:
+        state["last_linear.\xe9"] = torch.zeros(1)
+    cache = tmp_path / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    save_old(state, cache / models.BNINCEPTION_URL.rsplit("/", 1)[-1], "python2")
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    if odd_key:  # what the retry is for (the cached file is found: nothing is downloaded)
+        with pytest.raises(UnicodeDecodeError):
+            torch.hub.load_state_dict_from_url(models.BNINCEPTION_URL, map_location="cpu", weights_only=True)
+    net = build_model("bninception", dim=8, pretrained="imagenet")
+    assert_same_state(net.backbone, src)
+
+
 def plant_marker(path):
     """What a malicious weights file would run on load: here it only creates `path`."""
     with open(path, "w") as f:
