@@ -72,6 +72,8 @@ class Profile:
     seeds: list
     rows: list  # [Row]
     table_value: str = "best"  # which value the three main tables use: "best" or "last"
+    select: str = ""  # a search profile: the metric (on the validation classes) that picks each loss's row
+    compare: str = ""  # "table4": the report lays the paper's Table 4 beside the profile's rows
     book: dict = field(default_factory=dict)  # {"curriculum": row, "training": row, "tsne": row}
     runs_dir: Path = None
     report_dir: Path = None
@@ -145,10 +147,11 @@ def load_profile(profile, runs_root=None, report_root=None):
     spec = yaml.safe_load(path.read_text())
     if not isinstance(spec, dict):
         raise ValueError(f"{path}: expected a mapping with keys description, notebook, seeds, common, rows")
-    unknown = set(spec) - {"description", "notebook", "seeds", "common", "rows", "table_value", "book"}
+    unknown = set(spec) - {"description", "notebook", "seeds", "common", "rows", "table_value", "book", "select",
+                           "compare"}
     if unknown:
         raise ValueError(f"{path}: unknown keys {sorted(unknown)}; expected description, notebook, seeds, common, "
-                         f"rows, table_value, book")
+                         f"rows, table_value, book, select, compare")
     for key in ("notebook", "seeds", "rows"):
         if key not in spec:
             raise ValueError(f"{path}: missing key {key!r}")
@@ -198,8 +201,16 @@ def load_profile(profile, runs_root=None, report_root=None):
         raise FileNotFoundError(f"{path}: notebook {notebook} does not exist")
     runs_root = Path(runs_root).resolve() if runs_root else root / "results" / "runs"
     report_root = Path(report_root).resolve() if report_root else root / "results" / "report"
+    select, compare = str(spec.get("select") or ""), str(spec.get("compare") or "")
+    if compare not in ("", "table4"):
+        raise ValueError(f"{path}: compare must be table4 (the paper's Table 4), got {compare!r}")
+    if select and select not in ("recall@1", "r_precision", "map_at_r"):
+        raise ValueError(f"{path}: select must be recall@1, r_precision or map_at_r, got {select!r}")
+    if select and not all(int(r.params.get("val_classes", 0)) > 0 for r in rows):
+        raise ValueError(f"{path}: select needs validation classes: set val_classes > 0 for every row")
     prof = Profile(path.stem, path, str(spec.get("description", "")).strip(), notebook, root, list(seeds), rows,
-                   table_value, book, runs_root / path.stem, report_root / path.stem)
+                   table_value=table_value, book=book, runs_dir=runs_root / path.stem,
+                   report_dir=report_root / path.stem, select=select, compare=compare)
     names = [r.name for r in prof.runs]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:

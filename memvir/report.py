@@ -32,7 +32,8 @@ from .rundir import epoch_checkpoints, load_checkpoint, read_run, run_state
 
 __all__ = ["METRICS", "collect", "runs_table", "paired_differences", "table_from_runs", "paired_from_runs",
            "paper_table", "paper_results", "formatted", "markdown_table", "load_trained", "save_figure",
-           "bar_figure", "learning_curves_figure", "curriculum_figure", "tsne_figures", "build_report", "main"]
+           "bar_figure", "learning_curves_figure", "curriculum_figure", "tsne_figures", "validation_choice", "table4_comparison",
+           "build_report", "main"]
 
 METRICS = {"recall@1": "Recall@1", "r_precision": "RP", "map_at_r": "MAP@R"}  # key in metrics.json -> column name
 
@@ -82,6 +83,40 @@ def collect(profile, partial=False):
     for key in METRICS:
         columns += [f"best_{key}", f"best_{key}_epoch", f"last_{key}"]
     return pd.DataFrame(rows, columns=columns), pd.DataFrame(evals)
+
+
+def validation_choice(profile, metric=None):
+    """For each loss of a search profile, its rows ranked by `metric` on the validation classes; the best chosen.
+
+    Reads only the validation scores ("val" of the last evaluation in metrics.json), never the test classes', so
+    the choice cannot be tuned on what the tables report. Rows are grouped by their (canonical) loss; a row's
+    value is the mean over its seeds.
+
+    Returns:
+        DataFrame: loss, row, scale, margin, val_<metric> (percent), chosen (the best of its loss).
+    """
+    from .losses import canonical_loss_name
+
+    profile = load_profile(profile) if not isinstance(profile, Profile) else profile
+    metric = metric or profile.select
+    records = []
+    for row in profile.rows:
+        values = []
+        for run in (r for r in profile.runs if r.row == row.label):
+            if run_state(run.folder) != "finished":
+                raise ValueError(f"run {run.folder} is not finished: run `make runs PROFILE={profile.name}` first")
+            val = (read_run(run.folder)[1]["last"] or {}).get("val") or {}
+            if val.get(metric) is None:
+                raise ValueError(f"{run.folder / 'metrics.json'}: the last evaluation has no val {metric!r} (was "
+                                 f"it trained with val_classes > 0?)")
+            values.append(100 * float(val[metric]))
+        records.append({"loss": canonical_loss_name(row.params["loss"]), "row": row.label,
+                        "scale": row.params.get("scale"), "margin": row.params.get("margin"),
+                        f"val_{metric}": round(float(np.mean(values)), 2)})
+    df = pd.DataFrame(records)
+    best = df.groupby("loss", sort=False)[f"val_{metric}"].transform("max")
+    df["chosen"] = df[f"val_{metric}"] == best
+    return df
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -187,6 +222,40 @@ def paired_from_runs(runs, metric, value="best"):
     per_row = _per_row(runs, metric, value)
     base = {r: b for r, b in _baselines(runs).items() if r in per_row and b in per_row}
     return paired_differences(per_row, base)
+
+
+def table4_comparison(runs, value="best"):
+    """The paper's Table 4 beside ours: per loss, without and with MemVir, the paired difference, the paper's R@1.
+
+    Ours: mean ± sample std over the seeds (percent), and MemVir minus its baseline paired by seed with its 95%
+    confidence interval (Student's t, n - 1 degrees of freedom). The paper (Table 4, Recall@1 only): "without ->
+    with" on CUB-200-2011, CARS196 and SOP, for the losses whose label is one of its methods.
+
+    Args:
+        runs: `collect`'s runs (or runs.csv) of a profile whose MemVir rows have their loss's row as baseline.
+    """
+    from scipy import stats
+
+    paper = paper_results("table4_recall_at_1")
+    records = []
+    for row, base in _baselines(runs).items():
+        rec = {"Loss": base}
+        for metric, title in METRICS.items():
+            per_row = _per_row(runs, metric, value)
+            seeds = sorted(set(per_row[row]) & set(per_row[base]))
+            a, b = np.array([per_row[base][s] for s in seeds]), np.array([per_row[row][s] for s in seeds])
+            d = b - a
+            half = float(stats.t.ppf(0.975, d.size - 1) * d.std(ddof=1) / math.sqrt(d.size)) if d.size > 1 else np.nan
+            rec[title] = f"{a.mean():.2f} ± {a.std(ddof=1):.2f}"
+            rec[f"MemVir {title}"] = f"{b.mean():.2f} ± {b.std(ddof=1):.2f}"
+            rec[f"Δ {title} [95% CI]"] = f"{d.mean():+.2f} [{d.mean() - half:+.2f}, {d.mean() + half:+.2f}]"
+        for data in ("CUB200", "CARS196", "SOP"):
+            got = paper[paper["method"] == base].set_index("memvir")[data]
+            rec[f"paper {data}"] = (f"{got[0]:.1f} → {got[1]:.1f}" if {0, 1} <= set(got.index)
+                                    else (f"{got[0]:.1f}" if 0 in got.index else "-"))
+        rec["seeds"] = len(seeds)
+        records.append(rec)
+    return pd.DataFrame(records)
 
 
 def paper_results(name="cars196_5runs"):
@@ -500,6 +569,15 @@ def build_report(profile, out=None, partial=False, log=print):
             if not paired.empty:
                 paired.to_csv(out / f"paired_{metric.replace('@', '_at_')}_{value}.csv", index=False)
                 md += [f"## {title} ({value}): MemVir minus baseline, paired by seed", "", markdown_table(paired), ""]
+    if profile.compare == "table4":  # the paper's Table 4 beside ours
+        table = table4_comparison(runs, profile.table_value)
+        table.to_csv(out / "table4.csv", index=False)
+        md += [f"## Table 4 ({profile.table_value}): ours on glyphs beside the paper's Recall@1", "",
+               markdown_table(table), ""]
+    if profile.select:  # a search profile: the hyper-parameters chosen on the validation classes
+        choice = validation_choice(profile)
+        choice.to_csv(out / "selection.csv", index=False)
+        md += [f"## The choice: best validation {METRICS[profile.select]} per loss", "", markdown_table(choice), ""]
     (out / "tables.md").write_text("\n".join(md))
 
     fig = bar_figure(runs, profile.table_value)

@@ -50,6 +50,8 @@ def test_profile_parameters_exist_in_the_training_notebook(name, monkeypatch):
         for key, value in run.params.items():
             assert key in defaults, f"{name}: {key} is not a parameter of notebooks/05_training.py"
             want = type(defaults[key])
+            if defaults[key] == "":  # an optional flag ("" in the cell is None): any scalar
+                want = (str, int, float)
             assert isinstance(value, want) or (want is float and type(value) is int), (name, key, value, want)
     names = [r.name for r in prof.runs]
     assert len(set(names)) == len(names) == len(prof.rows) * len(prof.seeds)
@@ -241,3 +243,61 @@ def test_executed_run_notebook_shows_no_absolute_path(tmp_path):
     text = (run.folder / "05_training.ipynb").read_text()
     assert str(tmp_path) not in text and str(ROOT) not in text
     assert pipeline.notebook_complete(run.folder / "05_training.ipynb")
+
+
+# ---- search and Table-4 profiles -------------------------------------------------------------------------------
+
+SEARCH = """
+description: a search
+notebook: notebooks/05_training.ipynb
+seeds: [0, 1]
+select: map_at_r
+common: {data_name: glyphs, epochs: 2, val_classes: 4}
+rows:
+  - {label: N s8, tag: s8, params: {loss: Norm_SoftMax, scale: 8.0}}
+  - {label: N s16, tag: s16, params: {loss: NormSoftmax, scale: 16.0}}
+  - {label: C m1, tag: m1, params: {loss: CosFace, margin: 0.1}}
+  - {label: C m2, tag: m2, params: {loss: cosface, margin: 0.2}}
+"""
+
+
+def test_validation_choice_reads_only_the_validation_classes(tmp_path):
+    from memvir import report
+    from runfolders import fake_run
+
+    prof = pipeline.load_profile(make_repo(tmp_path, SEARCH))
+    # Validation MAP@R by row (the test-class values say the opposite, so a choice made on them would differ).
+    val = {"N s8": 0.30, "N s16": 0.40, "C m1": 0.55, "C m2": 0.50}
+    for run in prof.runs:
+        test = 0.9 - val[run.row]
+        fake_run(run.folder, run.seed, {"recall@1": [test], "r_precision": [test], "map_at_r": [test]})
+        metrics = json.loads((run.folder / "metrics.json").read_text())
+        metrics["last"]["val"] = {"map_at_r": val[run.row] + 0.01 * run.seed}
+        (run.folder / "metrics.json").write_text(json.dumps(metrics))
+    choice = report.validation_choice(prof)
+    assert list(choice["loss"]) == ["Norm_SoftMax", "Norm_SoftMax", "CosFace", "CosFace"]
+    assert list(choice.loc[choice["chosen"], "row"]) == ["N s16", "C m1"]
+    assert list(choice["val_map_at_r"]) == [30.5, 40.5, 55.5, 50.5]  # percent, mean over the two seeds
+    with pytest.raises(ValueError, match="select needs validation classes"):
+        (tmp_path / "b").mkdir()
+        pipeline.load_profile(make_repo(tmp_path / "b", SEARCH.replace("val_classes: 4", "val_classes: 0")))
+
+
+def test_table4_profile_uses_the_validation_choice():
+    """configs/table4.yml trains each loss with the hyper-parameters its search chose (the committed selection)."""
+    import pandas as pd
+
+    from memvir.losses import canonical_loss_name
+
+    selection = pd.read_csv(ROOT / "results" / "report" / "table4_search" / "selection.csv")
+    chosen = selection[selection["chosen"]].set_index("loss")
+    prof = pipeline.load_profile("table4")
+    assert prof.compare == "table4"
+    for row in prof.rows:
+        loss = canonical_loss_name(row.params["loss"])
+        for key in ("scale", "margin"):
+            want = chosen.loc[loss, key]
+            got = row.params.get(key)
+            assert (pd.isna(want) and got is None) or float(got) == float(want), (row.label, key, got, want)
+    baselines = prof.baselines
+    assert len(baselines) == 6 and all(m == f"MemVir + {b}" for m, b in baselines.items())
