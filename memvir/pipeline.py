@@ -331,6 +331,8 @@ def run_command(profile, run):
 def known_values(profile):
     """Every value the pipeline can give a chapter, by parameter name (paths absolute; made relative later)."""
     values = {"profile": profile.path, "report_dir": profile.report_dir, "figure_dir": profile.report_dir / "figures"}
+    if profile.compare == "table4":  # the Table-4 chapter reads this profile's report
+        values["table4_dir"] = profile.report_dir
     common = profile.rows[0].params
     if str(common.get("data_name", "")).lower() == "glyphs":  # the benchmark the runs trained on
         values.update({k: common[k] for k in ("input_size", "num_classes", "instances_per_class", "min_fonts",

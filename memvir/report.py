@@ -237,23 +237,31 @@ def table4_comparison(runs, value="best"):
     from scipy import stats
 
     paper = paper_results("table4_recall_at_1")
+    pairs = _baselines(runs)  # {MemVir row: its baseline}
+    partner = {base: row for row, base in pairs.items()}
     records = []
-    for row, base in _baselines(runs).items():
-        rec = {"Loss": base}
+    for base in dict.fromkeys(runs["row"]):  # profile order; a baseline without a MemVir row (SoftTriple) too
+        if base in pairs:
+            continue
+        row, rec = partner.get(base), {"Loss": base}
         for metric, title in METRICS.items():
             per_row = _per_row(runs, metric, value)
+            a = np.array([per_row[base][s] for s in sorted(per_row[base])])
+            rec[title] = f"{a.mean():.2f} ± {a.std(ddof=1):.2f}"
+            rec[f"MemVir {title}"] = rec[f"Δ {title} [95% CI]"] = "-"
+            if row is None:
+                continue
             seeds = sorted(set(per_row[row]) & set(per_row[base]))
             a, b = np.array([per_row[base][s] for s in seeds]), np.array([per_row[row][s] for s in seeds])
             d = b - a
             half = float(stats.t.ppf(0.975, d.size - 1) * d.std(ddof=1) / math.sqrt(d.size)) if d.size > 1 else np.nan
-            rec[title] = f"{a.mean():.2f} ± {a.std(ddof=1):.2f}"
             rec[f"MemVir {title}"] = f"{b.mean():.2f} ± {b.std(ddof=1):.2f}"
             rec[f"Δ {title} [95% CI]"] = f"{d.mean():+.2f} [{d.mean() - half:+.2f}, {d.mean() + half:+.2f}]"
         for data in ("CUB200", "CARS196", "SOP"):
             got = paper[paper["method"] == base].set_index("memvir")[data]
             rec[f"paper {data}"] = (f"{got[0]:.1f} → {got[1]:.1f}" if {0, 1} <= set(got.index)
                                     else (f"{got[0]:.1f}" if 0 in got.index else "-"))
-        rec["seeds"] = len(seeds)
+        rec["seeds"] = int((runs["row"] == base).sum())
         records.append(rec)
     return pd.DataFrame(records)
 
