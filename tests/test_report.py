@@ -148,3 +148,19 @@ def test_cli(finished_profile):
     assert report.main(["--profile", "no_such_profile"]) == 1
     assert report.main(["--profile", path]) == 0
     assert (finished_profile.report_dir / "tables.md").exists()
+
+
+def test_table4_comparison_pairs_by_seed_with_a_t_interval():
+    # Two seeds per row; the paired differences of Recall@1 are +2 and +4 points: mean 3, sd sqrt(2),
+    # t(0.975, 1) = 12.706 (a printed table), so the 95% interval is 3 +- 12.706 * sqrt(2) / sqrt(2).
+    rows = []
+    for seed, (base, mem) in enumerate([(0.60, 0.62), (0.70, 0.74)]):
+        for row, v, b in (("Norm-SoftMax", base, ""), ("MemVir + Norm-SoftMax", mem, "Norm-SoftMax")):
+            rows.append({"row": row, "baseline": b, "seed": seed, **{f"best_{k}": v for k in report.METRICS}})
+    rows += [{"row": "SoftTriple", "baseline": "", "seed": s, **{f"best_{k}": 0.5 for k in report.METRICS}}
+             for s in (0, 1)]
+    table = report.table4_comparison(pd.DataFrame(rows)).set_index("Loss")
+    assert table.loc["Norm-SoftMax", "Δ Recall@1 [95% CI]"] == "+3.00 [-9.71, +15.71]"
+    assert table.loc["Norm-SoftMax", "Recall@1"] == f"65.00 ± {statistics.stdev([60, 70]):.2f}"
+    assert table.loc["Norm-SoftMax", "paper CARS196"] == "83.3 → 86.8"  # the paper's Table 4
+    assert table.loc["SoftTriple", "MemVir Recall@1"] == "-" and table.loc["SoftTriple", "paper CARS196"] == "84.5"
