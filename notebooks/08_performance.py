@@ -136,6 +136,53 @@ if "backbone" in step:
           f"{100 * bb['memvir_share']:.2f}% of a whole training step")
 
 # %% [markdown]
+# ## A paper-scale training step, and what a paper run costs
+#
+# `python -m bench.paper_step` times the step the paper's users run: a synthetic image folder with CARS196's
+# sizes (about 700 x 480 px, 100-1000 px a side, ~120 KB JPEGs), the real `ImageFolderDataset`, the BN-Inception
+# train transform and a `DataLoader`; BN-Inception forward + backward alone; and the whole step (loader,
+# BN-Inception, MemVir with $N=45$, $M=10$, Adam). Three decoders (`--decode`) share one augmentation: `pil`
+# (the official pipeline), `draft` (PIL decodes a JPEG at 1/2 to 1/8 scale in the DCT domain when the crop
+# would be shrunk at least that much anyway) and `gpu` (workers read bytes; `decode_jpeg` and tensor ops on
+# the training device, here the CPU). From the step's rate follow the hours of one README MemVir run (2,000
+# epochs of 8,054 images) and of `PROFILE=paper` (20 runs).
+
+# %% tags=["hide-input"]
+ps = json.loads((Path(bench_dir) / "paper_step.json").read_text())
+m = ps["machine"]
+print(f"{m['device']}, {m['usable_cores']} cores, {m['torch_threads']} torch "
+      f"thread(s), batch {ps['batch']}; load average "
+      f"{m['load_average_start'][0]}-{m['load_average_end'][0]}")
+rows = [{"what": f"decode + transform, one core ({d})", "images/s": r}
+        for d, r in ps["decode_per_core"].items()]
+rows += [{"what": f"loader, {w} worker(s) ({d})", "images/s": r}
+         for d, by in ps["loader"].items() for w, r in by.items()]
+rows += [{"what": f"BN-Inception fwd+bwd ({k})", "images/s": r}
+         for k, r in ps["model"].items() if k != "forward_fp32_eval"]
+rows += [{"what": f"full step ({d}, {ps['step']['workers']} workers)", "images/s": r}
+         for d, r in ps["step"]["rates"].items()]
+pd.DataFrame(rows).set_index("what").round(1)
+
+# %% tags=["hide-input"]
+here = ps["projection"]["here"]["pil"]
+pil16 = ps["projection"]["loader_bound_16_cores"]["pil"]
+draft16 = ps["projection"]["loader_bound_16_cores"]["draft"]
+gain = ps["decode_per_core"]["draft"] / ps["decode_per_core"]["pil"]
+display(Markdown(
+    f"On this CPU a paper step runs at {ps['step']['rates']['pil']:.1f} images/s, "
+    f"so one README MemVir run would take {here['memvir_run_hours']:,.0f} hours "
+    f"and `PROFILE=paper` {here['profile_paper_hours']:,.0f}: the model, not the "
+    f"loader, bounds it here. The `draft` decoder gave {gain:.2f} times the "
+    "official decoder's images/s per core; 16 cores decoding at these rates "
+    f"would feed at most {pil16['images_per_s']:,.0f} (`pil`) or "
+    f"{draft16['images_per_s']:,.0f} (`draft`) images/s, a MemVir run in no less "
+    f"than {pil16['memvir_run_hours']:.1f} or {draft16['memvir_run_hours']:.1f} "
+    "hours whatever the GPU; the `gpu` decoder's workers only read bytes "
+    f"({max(ps['loader']['gpu'].values()):,.0f} images/s here), so its bound is "
+    "the device's JPEG decoder, which `bench/gpu_check.sh` measures when a GPU "
+    "is lent."))
+
+# %% [markdown]
 # ## Evaluation at Stanford Online Products scale
 #
 # `memvir.metrics.retrieval_metrics` searches only as deep as it needs (the largest class size and the largest
