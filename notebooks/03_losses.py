@@ -35,7 +35,7 @@
 # Norm-SoftMax at scale $2s$.**
 
 # %% tags=["parameters"]
-num_classes = 5  # C of the 2-D toy
+toy_classes = 5  # C of the 2-D toy
 points_per_class = 40  # toy points per class
 steps = 300  # gradient steps of the toy training
 seed = 0  # seed of the toy data and proxies
@@ -63,7 +63,7 @@ _ = torch.manual_seed(seed)
 # the distance itself. Both are checked against `logits` and `forward` of `memvir.losses`.
 
 # %%
-B, C, D = 8, num_classes, 16
+B, C, D = 8, toy_classes, 16
 x = torch.randn(B, D)  # (B, D) raw embeddings
 labels = torch.randint(0, C, (B,))  # (B,)
 nsm = memvir.NormSoftmax(C, D, scale=23.0)
@@ -90,14 +90,14 @@ for name, loss in (("Norm-SoftMax", nsm), ("Proxy-NCA", pnca)):
 # ## A 2-D toy
 #
 # With $D = 2$ the unit embeddings lie on a circle and everything can be drawn. The toy has
-# `num_classes` classes, each a cluster of angles; the embeddings are fixed and only the proxies learn (Adam, as
+# `toy_classes` classes, each a cluster of angles; the embeddings are fixed and only the proxies learn (Adam, as
 # the official code trains them). Both losses end with one proxy per cluster.
 
 # %%
 rng = np.random.default_rng(seed)
-centres = np.linspace(0, 2 * np.pi, num_classes, endpoint=False) + 0.3
+centres = np.linspace(0, 2 * np.pi, toy_classes, endpoint=False) + 0.3
 angles = np.concatenate([rng.normal(c, 0.25, points_per_class) for c in centres])
-toy_labels = torch.from_numpy(np.repeat(np.arange(num_classes), points_per_class))
+toy_labels = torch.from_numpy(np.repeat(np.arange(toy_classes), points_per_class))
 toy_x = torch.from_numpy(np.stack([np.cos(angles), np.sin(angles)], 1)).float()  # (n, 2)
 
 
@@ -115,8 +115,8 @@ def fit_proxies(loss):
 
 
 torch.manual_seed(seed)
-toys = {"Norm-SoftMax, s=23": memvir.NormSoftmax(num_classes, 2, scale=23.0),
-        "Proxy-NCA, s=12": memvir.ProxyNCA(num_classes, 2, scale=12.0)}
+toys = {"Norm-SoftMax, s=23": memvir.NormSoftmax(toy_classes, 2, scale=23.0),
+        "Proxy-NCA, s=12": memvir.ProxyNCA(toy_classes, 2, scale=12.0)}
 curves = {name: fit_proxies(loss) for name, loss in toys.items()}
 
 # %% tags=["hide-input"]
@@ -126,7 +126,7 @@ for ax, (name, loss) in zip(axes[:2], toys.items()):
     ax.scatter(toy_x[:, 0], toy_x[:, 1], c=[colors[int(y)] for y in toy_labels], s=12,
                alpha=0.6)
     p = F.normalize(loss.proxies.detach(), dim=1)
-    for c in range(num_classes):
+    for c in range(toy_classes):
         ax.annotate("", xy=p[c].tolist(), xytext=(0, 0),
                     arrowprops=dict(arrowstyle="-|>", color=colors[c], lw=2))
     ax.set_aspect("equal")
@@ -152,7 +152,7 @@ plt.show()
 
 # %%
 theta = torch.linspace(-math.pi, math.pi, 721, requires_grad=True)  # angle to its proxy
-others = torch.tensor([2 * math.pi * c / num_classes for c in range(1, num_classes)])
+others = torch.tensor([2 * math.pi * c / toy_classes for c in range(1, toy_classes)])
 prob, grad = {}, {}  # scale -> P(right class), |d loss / d theta|, each (721,)
 for s in (1.0, 4.0, 12.0, 23.0, 46.0):
     angle = torch.stack([theta, *[theta - o for o in others]], dim=1)  # (721, C)
