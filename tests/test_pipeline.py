@@ -301,3 +301,17 @@ def test_table4_profile_uses_the_validation_choice():
             assert (pd.isna(want) and got is None) or float(got) == float(want), (row.label, key, got, want)
     baselines = prof.baselines
     assert len(baselines) == 6 and all(m == f"MemVir + {b}" for m, b in baselines.items())
+
+
+def test_a_chapter_declaring_a_known_value_means_that_value():
+    """The pipeline gives every chapter the known values its cell names; a cell must not reuse such a name for
+    something else (chapter 03's toy once called its class count num_classes, and make reproduce gave it 400).
+    A benchmark value's default must be the default profile's, a path's default a relative path."""
+    values = pipeline.known_values(pipeline.load_profile("cpu"))
+    for nb in pipeline.chapters(ROOT):
+        cell = notebook_defaults(nb.with_suffix(".py"))
+        for name in set(cell) & set(values):
+            if isinstance(values[name], Path):
+                assert isinstance(cell[name], str) and not Path(cell[name]).is_absolute(), (nb.stem, name)
+            else:
+                assert cell[name] == values[name], (nb.stem, name, cell[name], values[name])
