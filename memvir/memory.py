@@ -53,6 +53,7 @@ __all__ = ["MemVir", "TakenStep"]
 # (`loss.embed` of the step's embeddings), labels (n,) as the batch had them (not shifted by k*C), proxies (C, D)
 # as stored (`loss.embed_proxies` of the step's proxies).
 TakenStep = namedtuple("TakenStep", ["step", "embeddings", "labels", "proxies"])
+_IndexTables = namedtuple("_IndexTables", ["slots", "offsets", "offsets_np", "rows"])  # MemVir._tables
 
 
 class MemVir(nn.Module):
@@ -114,6 +115,7 @@ class MemVir(nn.Module):
         self.register_buffer("target_owner", torch.full((S,), -1, dtype=torch.long))  # (S,), on the host
         self.num_taken = 0  # past steps used by the last call (for the curriculum plot)
         self.num_embeddings_in_use = 0  # rows in the last call's loss: B + sum of taken batch sizes
+        self._index_tables = {}  # device -> _IndexTables (`_tables`), derived from N and M: not saved
         self._sync_from_buffers()
 
     # ---- what the rest of the code reads -------------------------------------------------------------------
@@ -204,8 +206,11 @@ class MemVir(nn.Module):
         D = self.loss.proxies.shape[1]
         K = len(slots)
         proxies = self.loss.proxies  # (P, D), trainable; P = C proxy rows (C*K for SoftTriple)
-        slot_idx = torch.tensor(slots, device=emb.device)
-        stored_idx = slot_idx.to(self.mem_emb.device)
+        # Index tensors are views of tables kept on the device (`_tables`): no host-to-device copy, no sync.
+        tables = self._tables(emb.device)
+        slot_idx = tables.slots[slots[0], :K]  # (K,) = slots: the k-th taken step is M+1 slots before the (k-1)-th
+        stored_idx = slot_idx if self.mem_emb.device == emb.device else self._tables(self.mem_emb.device).slots[
+            slots[0], :K]
         past_emb = self._fetch(self.mem_emb[stored_idx])  # (K, Bmax, D) copies (advanced indexing)
         past_labels = self._fetch(self.mem_labels[stored_idx])  # (K, Bmax)
         past_proxies = self._fetch(self.mem_proxies[stored_idx])  # (K, P, D)
@@ -213,8 +218,7 @@ class MemVir(nn.Module):
             past_emb, past_proxies = self.loss.embed(past_emb.flatten(0, 1)).view_as(past_emb), \
                 self.loss.embed_proxies(past_proxies.flatten(0, 1)).view_as(past_proxies)
         Bmax = past_emb.shape[1]
-        sizes = torch.tensor([self._sizes[s] for s in slots], device=emb.device)
-        valid = torch.arange(Bmax, device=emb.device)[None, :] < sizes[:, None]  # (K, Bmax) real rows
+        full = all(self._sizes[s] == Bmax for s in slots)  # the common case: every taken batch fills its slot
 
         # Current rows against all (1+K)C classes: the only block where embeddings get gradients. Two pieces, so
         # that backward computes no gradient for the K*C frozen proxies. What is stored is already embedded.
@@ -225,22 +229,24 @@ class MemVir(nn.Module):
 
         # Past rows: logsumexp over the current proxies (gradient to proxies) and over the taken steps' proxies
         # (constant, from the cache). A past row's target is in its own step's block, so the margin is in the cache.
-        self._fill_cache(steps, slots, past_emb, past_labels, past_proxies)
-        k = torch.arange(K, device=emb.device)
-        d = k[:, None] - k[None, :] + self.num_steps - 1  # (K, K): offset of step j seen from step k
+        self._fill_cache(steps, slots, slot_idx, past_emb, past_labels, past_proxies)
+        d = tables.offsets[:K, :K]  # (K, K): offset of step j seen from step k
         frozen_lse = torch.logsumexp(self.lse_cache[slot_idx[:, None], d], dim=1)  # (K, Bmax)
         live = self.loss.similarity(past_emb.reshape(K * Bmax, D), proxies_hat)  # (K*Bmax, C)
         lse = torch.logaddexp(torch.logsumexp(live, dim=1).view(K, Bmax), frozen_lse)  # (K, Bmax)
-        past = torch.where(valid, lse - self.target_cache[slot_idx], torch.zeros_like(lse)).sum()
-        return (current + past) / self.num_embeddings_in_use  # B + the taken rows, counted on the host
+        past = lse - self.target_cache[slot_idx]  # (K, Bmax)
+        if not full:  # padding rows of smaller batches count zero (torch.where of an all-true mask is `past` itself)
+            sizes = self._fetch(self.mem_sizes[stored_idx])  # (K,) on the device: no host list to copy
+            past = torch.where(tables.rows[None, :Bmax] < sizes[:, None], past, torch.zeros_like(past))
+        return (current + past.sum()) / self.num_embeddings_in_use  # B + the taken rows, counted on the host
 
     @torch.no_grad()
-    def _fill_cache(self, steps, slots, past_emb, past_labels, past_proxies):
+    def _fill_cache(self, steps, slots, slot_idx, past_emb, past_labels, past_proxies):
         """Compute the cache entries the taken steps need and do not have yet (normally: the newest step's)."""
-        K, C = len(slots), self.num_classes
+        K, C, N = len(slots), self.num_classes, self.num_steps
         Bmax = past_emb.shape[1]
-        ks = np.arange(K)
-        d = ks[:, None] - ks[None, :] + self.num_steps - 1  # (K, K)
+        tables = self._tables(self.lse_cache.device)
+        d = tables.offsets_np[:K, :K]  # (K, K): d[k, j] = k - j + N - 1
         q = np.asarray(steps)
         missing = self._lse_owner[np.asarray(slots)[:, None], d] != q[:, None]  # (K, K): pair (k, j) not cached
         # A step whose target is not cached is new to the cache: compute its whole row of pairs at once.
@@ -251,7 +257,8 @@ class MemVir(nn.Module):
             if self.loss.target_logit is not None:  # the margin on each row's target, in its own step's block
                 logits[:, kk] = self.loss.margin_targets(logits[:, kk], past_labels[kk])
             logits = logits.to(self.lse_cache.dtype)
-            self.lse_cache[slots[kk], torch.as_tensor(d[kk])] = torch.logsumexp(logits, dim=2).T
+            # Row kk's offsets d[kk, j] = kk - j + N - 1, j = 0..K-1, are the slice [kk+N-K, kk+N) backwards.
+            self.lse_cache[slots[kk], kk + N - K:kk + N] = torch.logsumexp(logits, dim=2).T.flip(0)  # (K, Bmax)
             own = logits[:, kk]  # (Bmax, C): against its own proxies
             self.target_cache[slots[kk]] = own.gather(1, past_labels[kk][:, None]).squeeze(1)
             self._target_owner[slots[kk]] = steps[kk]
@@ -264,10 +271,14 @@ class MemVir(nn.Module):
             rows = np.flatnonzero(missing[:, jj])
             logits = self.loss.similarity(past_emb.reshape(K * Bmax, -1), past_proxies[jj])  # (K*Bmax, C)
             logits = logits.to(self.lse_cache.dtype)
-            lse = torch.logsumexp(logits, dim=1).view(K, Bmax)[torch.as_tensor(rows, device=logits.device)]
-            row_slots = np.asarray(slots)[rows]
-            self.lse_cache[torch.as_tensor(row_slots), torch.as_tensor(d[rows, jj])] = lse
-            self._lse_owner[row_slots, d[rows, jj]] = q[rows]
+            lse = torch.logsumexp(logits, dim=1).view(K, Bmax)  # (K, Bmax)
+            lo, hi = int(rows[0]), int(rows[-1]) + 1
+            if hi - lo == len(rows):  # consecutive rows (the usual case: all but the newest), offsets consecutive
+                self.lse_cache[slot_idx[lo:hi], tables.rows[lo - jj + N - 1:hi - jj + N - 1]] = lse[lo:hi]
+            else:  # scattered rows (rare): index tensors from the host
+                at = torch.as_tensor(rows, device=lse.device)
+                self.lse_cache[slot_idx[at], torch.as_tensor(d[rows, jj], device=lse.device)] = lse[at]
+            self._lse_owner[np.asarray(slots)[rows], d[rows, jj]] = q[rows]
 
     # ---- the ring buffers ------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -317,6 +328,26 @@ class MemVir(nn.Module):
         p = self.loss.proxies
         dtype = p.dtype if stored.is_floating_point() else stored.dtype
         return stored.to(device=p.device, dtype=dtype, non_blocking=True, copy=copy)
+
+    def _tables(self, device):
+        """Return the step's small index tables on `device`, built once per device and batch width.
+
+        slots (S, N): slots[p, k] = (p - k(M+1)) mod S, the slot of the k-th taken step when the newest taken one
+        is in slot p (rule 3 over the ring); offsets (N, N): offsets[k, j] = k - j + N - 1, the cache's offset of
+        step j seen from step k (also as numpy, for the host owner tables); rows: 0, 1, ... up to max(Bmax, 2N-1).
+        Views of them index every step, so a step copies no index from the host and never waits for the device.
+        """
+        width = max(self.mem_emb.shape[1], 2 * self.num_steps - 1)
+        tables = self._index_tables.get(device)
+        if tables is None or tables.rows.numel() != width:
+            S, N, step = self.capacity, self.num_steps, self.step_gap + 1
+            k = torch.arange(N)
+            offsets = k[:, None] - k[None, :] + N - 1  # (N, N)
+            tables = _IndexTables(slots=((torch.arange(S)[:, None] - step * k[None, :]) % S).to(device),  # (S, N)
+                                  offsets=offsets.to(device), offsets_np=offsets.numpy(),
+                                  rows=torch.arange(width, device=device))
+            self._index_tables[device] = tables
+        return tables
 
     # numpy views of the owner tables (host tensors), made afresh at each use so that a copy of the module
     # (copy.deepcopy, pickle) never reads another module's tables.
