@@ -181,14 +181,15 @@ class MemVir(nn.Module):
         slots = [q % self.capacity for q in steps]
         self.num_taken = len(steps)
         self.num_embeddings_in_use = emb.shape[0] + sum(self._sizes[s] for s in slots)
+        embedded = None  # (emb_hat, proxies_hat) when the fast path has them: the push reuses them
         if not steps:
             loss = self.loss(emb, labels)
         elif self.fast and getattr(self.loss, "decomposable", False):
-            loss = self._fast_loss(emb, labels, steps, slots)
+            loss, embedded = self._fast_loss(emb, labels, steps, slots)
         else:
             loss = self._plain_loss(emb, labels)
         if epoch >= self.warmup_epochs and self.capacity > 0:
-            self._push(emb, labels)  # rule 2; after the loss, whose inputs are copies, not views of the buffers
+            self._push(emb, labels, embedded)  # rule 2; after the loss, whose inputs are copies, not the buffers
         return loss
 
     def _plain_loss(self, emb, labels):
@@ -238,7 +239,8 @@ class MemVir(nn.Module):
         if not full:  # padding rows of smaller batches count zero (torch.where of an all-true mask is `past` itself)
             sizes = self._fetch(self.mem_sizes[stored_idx])  # (K,) on the device: no host list to copy
             past = torch.where(tables.rows[None, :Bmax] < sizes[:, None], past, torch.zeros_like(past))
-        return (current + past.sum()) / self.num_embeddings_in_use  # B + the taken rows, counted on the host
+        loss = (current + past.sum()) / self.num_embeddings_in_use  # B + the taken rows, counted on the host
+        return loss, (emb_hat.detach(), proxies_hat.detach())
 
     @torch.no_grad()
     def _fill_cache(self, steps, slots, slot_idx, past_emb, past_labels, past_proxies):
@@ -282,8 +284,11 @@ class MemVir(nn.Module):
 
     # ---- the ring buffers ------------------------------------------------------------------------------------
     @torch.no_grad()
-    def _push(self, emb, labels):
-        """Store this step's embeddings, labels and proxies in the slot of the oldest step (rule 2)."""
+    def _push(self, emb, labels, embedded=None):
+        """Store this step's embeddings, labels and proxies in the slot of the oldest step (rule 2).
+
+        `embedded`: (loss.embed(emb), loss.embed_proxies(proxies)) when the caller has them (the same floats).
+        """
         B = emb.shape[0]
         if B > self.mem_emb.shape[1] or self.mem_proxies.shape[0] == 0:
             self._grow(max(B, self.mem_emb.shape[1]))
@@ -291,10 +296,12 @@ class MemVir(nn.Module):
         # Stored as the loss compares them (`loss.embed` for embeddings, `loss.embed_proxies` for proxies), so that
         # no step has to map the N(M+1) snapshots again; every logit is the same as with the raw rows, up to rounding.
         store = dict(device=self.mem_emb.device, dtype=self.mem_emb.dtype)
-        self.mem_emb[slot, :B] = self.loss.embed(emb.detach()).to(**store)
+        emb_hat, proxies_hat = embedded or (self.loss.embed(emb.detach()),
+                                            self.loss.embed_proxies(self.loss.proxies.detach()))
+        self.mem_emb[slot, :B] = emb_hat.to(**store)
         self.mem_labels[slot, :B] = labels.to(self.mem_labels.device)
         self.mem_sizes[slot] = B
-        self.mem_proxies[slot] = self.loss.embed_proxies(self.loss.proxies.detach()).to(**store)
+        self.mem_proxies[slot] = proxies_hat.to(**store)
         self.num_pushed += 1
         self._sizes[slot] = B
         self._num_pushed += 1
