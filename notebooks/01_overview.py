@@ -45,6 +45,8 @@ from IPython.display import Markdown, display
 from matplotlib.patches import FancyArrowPatch, Rectangle
 
 import memvir
+import memvir.config
+import memvir.pipeline
 import memvir.report
 
 # %% [markdown]
@@ -129,11 +131,11 @@ memvir.report.formatted(paper)
 # These are the runs of the profile this book was built from:
 
 # %% tags=["hide-input"]
-prof = memvir.report.load_profile(profile)
+prof = memvir.pipeline.load_profile(profile)
 display(Markdown(f"**Profile `{prof.name}`** ({prof.path.name}): {prof.description}"))
 rows = []
 for r in prof.rows:
-    p, on = r.params, str(r.params.get("memvir")).lower() in ("1", "true")
+    p, on = r.params, memvir.config.parse_bool(r.params.get("memvir", False))
     rows.append({"row": r.label, "baseline": r.baseline or "-", "loss": p["loss"],
                  "scale": p.get("scale", "-"), "epochs": p["epochs"],
                  "N": p["mem_num_step"] if on else "-",
