@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from images import photo
+
 ROOT = Path(__file__).resolve().parents[1]
 CUDA = torch.cuda.is_available()
 gpu = pytest.mark.gpu
@@ -120,17 +122,6 @@ def test_amp_fp16_gradscaler_training_steps(tmp_path):
 
 # ----------------------------------------------------------------------------------------------------------------
 # --decode gpu: nvJPEG on the device against the official PIL pipeline
-
-
-def photo(path, size, seed=0):
-    W, H = size
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:H, 0:W]
-    img = np.stack([x * 255.0 / W, y * 255.0 / H, 128 + 60 * np.sin(x / 17.0) * np.cos(y / 23.0)], -1)
-    img = (img + rng.normal(0, 8, img.shape)).clip(0, 255).astype(np.uint8)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    Image.fromarray(img).save(path, quality=90)
-    return str(path)
 
 
 @gpu
