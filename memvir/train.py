@@ -62,14 +62,14 @@ import torch.nn as nn
 from . import distributed
 from .config import (FIELDS, RESUME_MAY_DIFFER, TrainConfig, build_parser, config_from_argv,
                      parse_k_list, resolve_config)
-from .evaluation import embed, evaluate, evaluate_checkpoint
+from .evaluation import evaluate, evaluate_checkpoint
 from .experiment import build
 from .rundir import (CHECKPOINT_FORMAT, RunFolderBusy, RunLock, RunOutputs, atomic_json, check_same_run,
                      get_rng_state, latest_checkpoint, link_best, new_history, record_evaluation, save_checkpoint,
                      set_rng_state, write_eval_scalars)
 
 __all__ = ["TrainConfig", "train", "main", "resolve_config", "learning_rates", "TrainingError", "build_parser",
-           "config_from_argv", "embed", "evaluate"]
+           "config_from_argv"]
 
 
 class TrainingError(RuntimeError):
@@ -154,8 +154,7 @@ def _train(cfg, dist_info, device, log, on_step, on_epoch_end):
     from .data.samplers import BatchSampler, EpochSeeded
 
     ckpt_dir = os.path.join(cfg.save_path, "checkpoints")
-    resume = latest_checkpoint(ckpt_dir, device, warn=lambda s: log(f"warning: {s}")) if dist_info.is_main \
-        else latest_checkpoint(ckpt_dir, device, warn=_quiet)
+    resume = latest_checkpoint(ckpt_dir, device, warn=lambda s: log(f"warning: {s}"))  # log is quiet off rank 0
     check_same_run(cfg, resume, RESUME_MAY_DIFFER)
 
     # ====== seeds, data, model, loss: the initialisation is a function of cfg.seed ======

@@ -154,11 +154,11 @@ def check_evaluation_images(splits, workers=1):
     Raises:
         ValueError naming the first damaged image, its split and how many are damaged.
     """
-    from .prepare import _check_many
+    from .prepare import check_images
 
     for name in ("test", "query", "gallery", "val"):
         paths = getattr(getattr(splits, name, None), "paths", None)
-        bad = _check_many(((p, p) for p in paths), max(1, workers)) if paths else {}
+        bad = check_images(((p, p) for p in paths), max(1, workers)) if paths else {}
         if bad:
             path, reason = sorted(bad.items())[0]
             raise ValueError(f"{path}: cannot read this {name} image ({reason}); {len(bad)} bad {name} image(s) in "

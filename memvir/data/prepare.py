@@ -131,7 +131,7 @@ def check_image(source):
     return None
 
 
-def _check_many(jobs, workers):
+def check_images(jobs, workers):
     """Run `check_image` over (key, source) pairs on a thread pool; return {key: reason} for the bad ones."""
     bad = {}
     # PIL releases the GIL while decoding, so threads scale; at most 4 jobs per worker are held in memory.
@@ -214,7 +214,7 @@ class SourceIndex:
                         yield key, read()
 
             try:
-                self.bad.update(_check_many(members(), self.workers))
+                self.bad.update(check_images(members(), self.workers))
             except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as exc:
                 raise PrepareError(f"cannot read archive {archive}: {exc} (expected a readable "
                                    f"{'/'.join(ARCHIVE_SUFFIXES)} archive)") from exc
@@ -809,7 +809,7 @@ def prepare(name, src, out, mode="symlink", force=False, verify=True, workers=No
         plain = [(e.key, index.items[e.key].path) for e in entries if index.items[e.key].path]
         if plain:
             log(f"decoding {len(plain):,} images (skip with --no-verify) ...")
-        bad = _check_many(plain, workers)
+        bad = check_images(plain, workers)
         bad.update({k: index.bad[k] for k in (e.key for e in entries) if k in index.bad})
         if bad:
             lines = [f"{index.items[k].describe()}: {why}" for k, why in sorted(bad.items())]
