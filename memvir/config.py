@@ -92,6 +92,17 @@ class TrainConfig:
                                     group="loss and MemVir")
     warm_epoch: int | None = flag(None, "U, epochs trained before the memory starts filling", official=0, glyphs=5,
                                   group="loss and MemVir")
+    mem_fill: str = flag("curriculum", "how the memory fills: curriculum (official: from epoch U on, one step at a "
+                         "time, so the virtual classes grow) | full (it records the last N*(M+1) steps of the "
+                         "warm-up unused, so all N taken steps are there from the first step after it)",
+                         group="loss and MemVir")
+    mem_virtual: str = flag("both", "what a taken past step brings: both (MemVir: its embeddings as virtual classes "
+                            "and its proxies) | embeddings (its embeddings, with their own labels, against the "
+                            "current proxies) | proxies (its proxies as more classes, no embeddings)",
+                            group="loss and MemVir")
+    xbm_size: int = flag(0, "XBM (Wang et al. 2020, PML's CrossBatchMemory): remember this many past embeddings "
+                         "for a pair loss (--loss Contrastive), from epoch U (--warm_epoch) on; 0: off",
+                         group="loss and MemVir")
     # -- optimisation --
     optimizer: str = flag("adam", "adam | adamw | rmsprop | sgd", group="optimisation")
     epochs: int | None = flag(None, "total epochs; may grow when resuming", official=50, glyphs=20,
@@ -153,6 +164,8 @@ PROFILE_DEFAULTS = {p: {n: f.metadata["profile"][p] for n, f in FIELDS.items() i
                     for p in PROFILES}
 K_LISTS = {"cars196": "1,2,4,8", "cub200": "1,2,4,8", "sop": "1,10,100,1000", "inshop": "1,10,20,40",
            "glyphs": "1,2,4,8", "custom": "1,2,4,8"}
+MEM_FILLS = ("curriculum", "full")  # --mem_fill, the official first
+MEM_VIRTUALS = ("both", "embeddings", "proxies")  # --mem_virtual, MemVir's first
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
 LOSS_HYPER = ("margin", "centers_per_class", "gamma")  # constructor arguments of some losses (memvir.losses)
 # Flags that may differ when a run resumes: they do not change the numbers it produces (epochs may only grow).
@@ -300,6 +313,14 @@ def _check_config(cfg: TrainConfig) -> None:
             value = getattr(cfg, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"--{name}={value!r}: expected an integer >= 0 ({symbol}) with --memvir")
+    if cfg.mem_fill not in MEM_FILLS:
+        raise ValueError(f"--mem_fill={cfg.mem_fill!r}: expected one of {', '.join(MEM_FILLS)}")
+    if cfg.mem_virtual not in MEM_VIRTUALS:
+        raise ValueError(f"--mem_virtual={cfg.mem_virtual!r}: expected one of {', '.join(MEM_VIRTUALS)}")
+    if not cfg.memvir and (cfg.mem_fill, cfg.mem_virtual) != (MEM_FILLS[0], MEM_VIRTUALS[0]):
+        raise ValueError(f"--mem_fill={cfg.mem_fill} --mem_virtual={cfg.mem_virtual}: these change MemVir; "
+                         f"expected them with --memvir 1")
+    need_int("xbm_size", 0)
     if cfg.pml and not cfg.train_with_l2norm:
         raise ValueError("--pml with --train_with_l2norm=False: pytorch-metric-learning's losses normalise the "
                          "embeddings themselves; train with our losses (--pml 0) for raw embeddings")

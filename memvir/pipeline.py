@@ -34,6 +34,8 @@ __all__ = ["ROOT", "Row", "Run", "Profile", "load_profile", "notebook_complete",
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository memvir was installed from (editable install)
 TABLE_VALUES = ("best", "last")  # which value of a run the tables use: best over training (official) or last
+PROFILE_KEYS = ("description", "notebook", "seeds", "common", "rows", "table_value", "book", "select", "compare",
+                "calibrate")  # the keys of configs/<profile>.yml
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -73,6 +75,7 @@ class Profile:
     rows: list  # [Row]
     table_value: str = "best"  # which value the three main tables use: "best" or "last"
     select: str = ""  # a search profile: the metric (on the validation classes) that picks each loss's row
+    calibrate: tuple = ()  # a calibration profile: the target range (percent) of the baseline's test Recall@1
     compare: str = ""  # "table4": the report lays the paper's Table 4 beside the profile's rows
     book: dict = field(default_factory=dict)  # {"curriculum": row, "training": row, "tsne": row}
     runs_dir: Path = None
@@ -147,11 +150,9 @@ def load_profile(profile, runs_root=None, report_root=None):
     spec = yaml.safe_load(path.read_text())
     if not isinstance(spec, dict):
         raise ValueError(f"{path}: expected a mapping with keys description, notebook, seeds, common, rows")
-    unknown = set(spec) - {"description", "notebook", "seeds", "common", "rows", "table_value", "book", "select",
-                           "compare"}
+    unknown = set(spec) - set(PROFILE_KEYS)
     if unknown:
-        raise ValueError(f"{path}: unknown keys {sorted(unknown)}; expected description, notebook, seeds, common, "
-                         f"rows, table_value, book, select, compare")
+        raise ValueError(f"{path}: unknown keys {sorted(unknown)}; expected {', '.join(PROFILE_KEYS)}")
     for key in ("notebook", "seeds", "rows"):
         if key not in spec:
             raise ValueError(f"{path}: missing key {key!r}")
@@ -208,9 +209,14 @@ def load_profile(profile, runs_root=None, report_root=None):
         raise ValueError(f"{path}: select must be recall@1, r_precision or map_at_r, got {select!r}")
     if select and not all(int(r.params.get("val_classes", 0)) > 0 for r in rows):
         raise ValueError(f"{path}: select needs validation classes: set val_classes > 0 for every row")
+    calibrate = spec.get("calibrate") or ()
+    if calibrate and not (isinstance(calibrate, list) and len(calibrate) == 2
+                          and all(isinstance(v, (int, float)) for v in calibrate) and calibrate[0] < calibrate[1]):
+        raise ValueError(f"{path}: calibrate must be a range [low, high] of Recall@1 in percent, got {calibrate!r}")
     prof = Profile(path.stem, path, str(spec.get("description", "")).strip(), notebook, root, list(seeds), rows,
                    table_value=table_value, book=book, runs_dir=runs_root / path.stem,
-                   report_dir=report_root / path.stem, select=select, compare=compare)
+                   report_dir=report_root / path.stem, select=select, compare=compare,
+                   calibrate=tuple(float(v) for v in calibrate))
     names = [r.name for r in prof.runs]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
