@@ -35,7 +35,7 @@ __all__ = ["ROOT", "Row", "Run", "Profile", "load_profile", "notebook_complete",
 ROOT = Path(__file__).resolve().parents[1]  # the repository memvir was installed from (editable install)
 TABLE_VALUES = ("best", "last")  # which value of a run the tables use: best over training (official) or last
 PROFILE_KEYS = ("description", "notebook", "seeds", "common", "rows", "table_value", "book", "select", "compare",
-                "calibrate")  # the keys of configs/<profile>.yml
+                "calibrate", "groups", "runs")  # the keys of configs/<profile>.yml
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -76,6 +76,8 @@ class Profile:
     table_value: str = "best"  # which value the three main tables use: "best" or "last"
     select: str = ""  # a search profile: the metric (on the validation classes) that picks each loss's row
     calibrate: tuple = ()  # a calibration profile: the target range (percent) of the baseline's test Recall@1
+    groups: dict = field(default_factory=dict)  # {name: [row, ...]}: a study's questions, a table (figure) each
+    shares: str = ""  # another profile whose run folders this one uses (identical rows are the same runs)
     compare: str = ""  # "table4": the report lays the paper's Table 4 beside the profile's rows
     book: dict = field(default_factory=dict)  # {"curriculum": row, "training": row, "tsne": row}
     runs_dir: Path = None
@@ -213,10 +215,20 @@ def load_profile(profile, runs_root=None, report_root=None):
     if calibrate and not (isinstance(calibrate, list) and len(calibrate) == 2
                           and all(isinstance(v, (int, float)) for v in calibrate) and calibrate[0] < calibrate[1]):
         raise ValueError(f"{path}: calibrate must be a range [low, high] of Recall@1 in percent, got {calibrate!r}")
+    groups = spec.get("groups") or {}
+    if not isinstance(groups, dict) or not all(isinstance(g, list) and g for g in groups.values()):
+        raise ValueError(f"{path}: groups must map a name to a non-empty list of row labels")
+    for name, members in groups.items():
+        for label in members:
+            if label not in labels:
+                raise ValueError(f"{path}: groups.{name} names {label!r}, which is not a row label")
+    shares = str(spec.get("runs") or "")
+    if shares and not re.fullmatch(r"[A-Za-z0-9_-]+", shares):
+        raise ValueError(f"{path}: runs must name another profile (its run folders are shared), got {shares!r}")
     prof = Profile(path.stem, path, str(spec.get("description", "")).strip(), notebook, root, list(seeds), rows,
-                   table_value=table_value, book=book, runs_dir=runs_root / path.stem,
+                   table_value=table_value, book=book, runs_dir=runs_root / (shares or path.stem),
                    report_dir=report_root / path.stem, select=select, compare=compare,
-                   calibrate=tuple(float(v) for v in calibrate))
+                   calibrate=tuple(float(v) for v in calibrate), groups=groups, shares=shares)
     names = [r.name for r in prof.runs]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
@@ -246,8 +258,34 @@ def notebook_complete(path):
 
 
 def run_finished(profile, run):
-    """A run is finished when metrics.json says so and its executed training notebook is complete."""
-    return run_state(run.folder) == "finished" and notebook_complete(run.folder / profile.notebook.name)
+    """A run is finished when metrics.json says so and its executed training notebook is complete.
+
+    A finished folder made with other flags (a profile whose benchmark changed, same run names) is an error, never
+    taken for this run: run names hold only some of the flags.
+    """
+    if run_state(run.folder) != "finished":
+        return False
+    check_run_folder(run)
+    return notebook_complete(run.folder / profile.notebook.name)
+
+
+def check_run_folder(run):
+    """Raise a ValueError (one line) when run.folder's config.json was made with flags other than run.params."""
+    from .config import FIELDS, RESUME_MAY_DIFFER, resolve_config
+    from .rundir import check_same_run
+
+    try:
+        saved = json.loads((run.folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return  # no readable config: training itself will say what is wrong
+    # The flags the profile sets must be the folder's; the others are the training notebook's defaults.
+    params = {k: v for k, v in run.params.items() if k != "resume"}
+    now = {**{k: v for k, v in saved.items() if k in FIELDS}, **params, "save_path": str(run.folder)}
+    try:
+        check_same_run(resolve_config(now), None, RESUME_MAY_DIFFER)
+    except ValueError as exc:
+        raise ValueError(f"{str(exc).split('. Use another')[0]}. Move that folder away (or pass --runs-root) "
+                         f"to train this run") from None
 
 
 def _relative(path, start):

@@ -389,8 +389,10 @@ def check_same_run(cfg, resume, may_differ):
         with open(path) as fh:
             saved, source = json.load(fh), path
     now = dataclasses.asdict(cfg)
-    diffs = [f"--{k}: {saved.get(k)!r} there, {now[k]!r} now" for k in now
-             if k not in may_differ and saved.get(k) != now[k]]
+    # A flag added after the run was made is absent from its config: the run had that flag's default behaviour.
+    defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
+    diffs = [f"--{k}: {saved.get(k, defaults[k])!r} there, {now[k]!r} now" for k in now
+             if k not in may_differ and saved.get(k, defaults[k]) != now[k]]
     if diffs:
         raise ValueError(f"{cfg.save_path} holds a run made with other flags ({source}): " + "; ".join(diffs)
                          + ". Use another --save_path, or the same flags to resume")
