@@ -321,6 +321,25 @@ def _check_config(cfg: TrainConfig) -> None:
         raise ValueError(f"--mem_fill={cfg.mem_fill} --mem_virtual={cfg.mem_virtual}: these change MemVir; "
                          f"expected them with --memvir 1")
     need_int("xbm_size", 0)
+    if cfg.xbm_size and (cfg.loss != "Contrastive" or cfg.memvir):
+        raise ValueError(f"--xbm_size={cfg.xbm_size} with --loss {cfg.loss}{' --memvir 1' if cfg.memvir else ''}: "
+                         f"XBM remembers embeddings for a pair loss; expected --loss Contrastive without --memvir "
+                         f"(or --xbm_size 0)")
+    if cfg.xbm_size and cfg.xbm_size < cfg.batch_size:
+        raise ValueError(f"--xbm_size={cfg.xbm_size}: expected 0 or at least --batch_size={cfg.batch_size} (the "
+                         f"memory holds the batch it is scored against)")
+    if cfg.xbm_size and (isinstance(cfg.warm_epoch, bool) or not isinstance(cfg.warm_epoch, int)
+                         or cfg.warm_epoch < 0):
+        raise ValueError(f"--warm_epoch={cfg.warm_epoch!r}: expected an integer >= 0 (U, the epoch the memory "
+                         f"starts) with --xbm_size")
+    if cfg.loss == "Contrastive" and cfg.memvir:
+        raise ValueError("--memvir with --loss Contrastive: a pair loss has no proxies for MemVir to remember; "
+                         "for a memory of past embeddings use --xbm_size")
+    if cfg.loss == "Contrastive" and cfg.scale != 1:
+        raise ValueError(f"--scale={cfg.scale!r}: Contrastive has no logit scale; expected --scale unset (1)")
+    if cfg.loss == "Contrastive" and not cfg.train_with_l2norm:
+        raise ValueError("--train_with_l2norm=False with --loss Contrastive: it scores cosines, so it normalises the "
+                         "embeddings itself; expected --train_with_l2norm=True")
     if cfg.pml and not cfg.train_with_l2norm:
         raise ValueError("--pml with --train_with_l2norm=False: pytorch-metric-learning's losses normalise the "
                          "embeddings themselves; train with our losses (--pml 0) for raw embeddings")

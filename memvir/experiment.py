@@ -49,7 +49,12 @@ def build_criterion(cfg, num_classes):
     from .memory import MemVir
 
     hyper = {k: getattr(cfg, k) for k in LOSS_HYPER if getattr(cfg, k) is not None}  # resolve_config set them
-    if cfg.pml:
+    if cfg.loss == "Contrastive":  # a pair loss, PML's whatever --pml says; XBM's memory with --xbm_size
+        from .pml import Contrastive
+
+        loss = Contrastive(num_classes, cfg.dim, memory_size=cfg.xbm_size, warmup_epochs=cfg.warm_epoch,
+                           normalize_embeddings=cfg.train_with_l2norm, **hyper)
+    elif cfg.pml:
         from .pml import PMLLoss, build_pml_loss
 
         pml_loss = build_pml_loss(cfg.loss, num_classes, cfg.dim, cfg.scale, **hyper)

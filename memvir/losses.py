@@ -38,7 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 __all__ = ["ProxyLoss", "NormSoftmax", "ProxyNCA", "Softmax", "CosFace", "ArcFace", "ProxyAnchor", "SoftTriple",
-           "LOSSES", "build_loss", "canonical_loss_name", "loss_class", "default_scale", "check_batch"]
+           "LOSSES", "PAIR_LOSSES", "build_loss", "canonical_loss_name", "loss_class", "default_scale", "check_batch"]
 
 
 def check_batch(emb, labels, num_classes, dim):
@@ -435,6 +435,9 @@ class SoftTriple(ProxyLoss):
 # Keyed by the name without case, "_" and "-": the official spellings and the ones people use.
 LOSSES = {"normsoftmax": NormSoftmax, "proxynca": ProxyNCA, "softmaxvanilla": Softmax, "softmax": Softmax,
           "cosface": CosFace, "arcface": ArcFace, "proxyanchor": ProxyAnchor, "softtriple": SoftTriple}
+# Pair losses, keyed as LOSSES: no proxies, and pytorch-metric-learning computes them (memvir/pml.py, imported when
+# named, so that the proxy losses above do not need PML).
+PAIR_LOSSES = {"contrastive": "Contrastive"}
 
 
 def loss_class(name):
@@ -444,9 +447,14 @@ def loss_class(name):
         name: loss name, case-insensitive, underscores and dashes ignored.
     """
     key = str(name).lower().replace("_", "").replace("-", "")
+    if key in PAIR_LOSSES:
+        from . import pml
+
+        return getattr(pml, PAIR_LOSSES[key])
     if key not in LOSSES:
         known = ", ".join(f"{cls.name} ({cls.__name__})" for cls in dict.fromkeys(LOSSES.values()))
-        raise ValueError(f"loss: unknown name {name!r}; known losses: {known}, in any case")
+        pairs = ", ".join(PAIR_LOSSES.values())
+        raise ValueError(f"loss: unknown name {name!r}; known losses: {known}, {pairs} (a pair loss), in any case")
     return LOSSES[key]
 
 

@@ -277,7 +277,7 @@ def test_canonical_loss_name(name, canonical):
     assert loss_class(name) is {"Norm_SoftMax": NormSoftmax, "Proxy_NCA": ProxyNCA}[canonical]
 
 
-@pytest.mark.parametrize("name", ["triplet", "", "contrastive", "soft_max_x", None])
+@pytest.mark.parametrize("name", ["triplet", "", "npair", "soft_max_x", None])
 def test_canonical_loss_name_unknown(name):
     with pytest.raises(ValueError, match=r"loss: unknown name .*Norm_SoftMax \(NormSoftmax\), Proxy_NCA \(ProxyNCA\)"):
         canonical_loss_name(name)
