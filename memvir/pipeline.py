@@ -271,21 +271,22 @@ def run_finished(profile, run):
 
 def check_run_folder(run):
     """Raise a ValueError (one line) when run.folder's config.json was made with flags other than run.params."""
+    from dataclasses import asdict
+
     from .config import FIELDS, RESUME_MAY_DIFFER, resolve_config
-    from .rundir import check_same_run
 
     try:
-        saved = json.loads((run.folder / "config.json").read_text())
+        saved = {k: v for k, v in json.loads((run.folder / "config.json").read_text()).items() if k in FIELDS}
+        then = asdict(resolve_config(saved))
     except (OSError, ValueError):
         return  # no readable config: training itself will say what is wrong
     # The flags the profile sets must be the folder's; the others are the training notebook's defaults.
-    params = {k: v for k, v in run.params.items() if k != "resume"}
-    now = {**{k: v for k, v in saved.items() if k in FIELDS}, **params, "save_path": str(run.folder)}
-    try:
-        check_same_run(resolve_config(now), None, RESUME_MAY_DIFFER)
-    except ValueError as exc:
-        raise ValueError(f"{str(exc).split('. Use another')[0]}. Move that folder away (or pass --runs-root) "
-                         f"to train this run") from None
+    now = asdict(resolve_config({**saved, **{k: v for k, v in run.params.items() if k != "resume"}}))
+    diffs = [f"--{k}: {then[k]!r} there, {now[k]!r} now" for k in now
+             if k not in RESUME_MAY_DIFFER and then[k] != now[k]]
+    if diffs:
+        raise ValueError(f"{run.folder} holds a run made with other flags ({'; '.join(diffs)}): move that folder "
+                         f"away (or pass --runs-root) to train this run")
 
 
 def _relative(path, start):

@@ -38,10 +38,11 @@ book: {curriculum: MemVir + A, tsne: MemVir + A, training: MemVir + A}
 """
 
 
-def fake_run(folder, seed, values, finished=True, memvir=False):
-    """A run folder as memvir.train writes it; values: {metric: [value per evaluation]} (fractions)."""
+def fake_run(folder, seed, values, finished=True, memvir=False, params=None):
+    """A run folder as memvir.train writes it; values: {metric: [value per evaluation]} (fractions); params: the
+    run's flags for its config.json (the pipeline compares them with the profile's)."""
     folder.mkdir(parents=True)
-    (folder / "config.json").write_text(json.dumps({"seed": seed, "batch_size": 8}))
+    (folder / "config.json").write_text(json.dumps({**(params or {}), "seed": seed, "batch_size": 8}))
     evals = []
     for i in range(len(values["recall@1"])):
         evals.append({"epoch": 2 * (i + 1), "step": 10 * (i + 1), "wall_time": float(i),
@@ -68,7 +69,7 @@ def finished_profile(tmp_path):
     prof = load_profile(make_repo(tmp_path, GOOD))
     for run in prof.runs:
         fake_run(run.folder, run.seed, values_for(run.row, run.seed),
-                 memvir=run.row == "MemVir + A")
+                 memvir=run.row == "MemVir + A", params=run.params)
     return prof
 
 

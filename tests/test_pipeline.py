@@ -55,7 +55,7 @@ def test_profile_parameters_exist_in_the_training_notebook(name, monkeypatch):
             assert isinstance(value, want) or (want is float and type(value) is int), (name, key, value, want)
     names = [r.name for r in prof.runs]
     assert len(set(names)) == len(names) == len(prof.rows) * len(prof.seeds)
-    assert all(r.folder.parent == ROOT / "results" / "runs" / name and "save_path" not in r.params
+    assert all(r.folder.parent == ROOT / "results" / "runs" / (prof.shares or name) and "save_path" not in r.params
                for r in prof.runs)
 
 
@@ -116,6 +116,10 @@ def test_paper_profile_needs_data(monkeypatch):
     (lambda s: s.replace("memvir: true, ", ""), "same run name"),
     (lambda s: s.replace("- label: MemVir + A", "- label: A"), "two rows"),
     (lambda s: s.replace("curriculum: MemVir + A", "curriculum: B"), "book.curriculum"),
+    (lambda s: s + "groups: {q: [A, Z]}\n", "groups.q names 'Z'"),
+    (lambda s: s + "groups: {q: []}\n", "groups must map"),
+    (lambda s: s + "calibrate: [85, 65]\n", "calibrate must be a range"),
+    (lambda s: s + "runs: ../elsewhere\n", "runs must name another profile"),
 ])
 def test_bad_profiles(tmp_path, edit, match):
     path = make_repo(tmp_path, edit(GOOD))
@@ -185,6 +189,28 @@ def test_finished_training_with_a_half_executed_notebook_is_not_finished(finishe
     assert not pipeline.run_finished(finished_profile, run)
     complete_notebook(run.folder / "05_training.ipynb")
     assert pipeline.run_finished(finished_profile, run)
+
+
+def test_a_finished_folder_made_with_other_flags_is_refused(finished_profile):
+    """Run names hold only some flags: a finished run of another benchmark must not pass for this one."""
+    run = finished_profile.runs[0]
+    complete_notebook(run.folder / "05_training.ipynb")
+    assert pipeline.run_finished(finished_profile, run)
+    config = json.loads((run.folder / "config.json").read_text())
+    # A flag the profile sets (loss) differs; one it leaves to the notebook (num_classes) is the folder's own.
+    (run.folder / "config.json").write_text(json.dumps({**config, "num_classes": 77, "loss": "Proxy_NCA"}))
+    with pytest.raises(ValueError, match=r"other flags \(--loss: 'Proxy_NCA' there, 'Norm_SoftMax' now; "
+                                         r"--scale: 12.0 there, 23.0 now\): move that folder away"):
+        pipeline.run_finished(finished_profile, run)
+
+
+def test_a_profile_can_share_the_run_folders_of_another(tmp_path):
+    path = make_repo(tmp_path, GOOD + "runs: other\n")
+    prof = pipeline.load_profile(path)
+    assert prof.runs_dir == tmp_path / "results" / "runs" / "other"
+    assert all(r.folder.parent == tmp_path / "results" / "runs" / "other" for r in prof.runs)
+    (tmp_path / "b").mkdir()
+    assert pipeline.load_profile(make_repo(tmp_path / "b", GOOD)).runs_dir.name == "t"
 
 
 def test_print_commands_lists_the_unfinished_runs_as_shell_lines(finished_profile, capsys):
