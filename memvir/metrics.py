@@ -1,4 +1,5 @@
-"""Retrieval metrics: Recall@K, R-Precision and MAP@R, from an exact cosine k-nearest-neighbour search; and NMI.
+"""Retrieval metrics: Recall@K, R-Precision and MAP@R, from an exact cosine k-nearest-neighbour search; NMI; and
+the geometry of the embedding space (uniformity, alignment, PCA variance share, effective rank).
 
 The MemVir paper reports Recall@K (MemVir Sec. 4, following Song et al. 2016) and, like Musgrave et al.
 ("A Metric Learning Reality Check", ECCV 2020), R-Precision and MAP@R. For a query whose class has R other
@@ -27,6 +28,14 @@ that of the bare faiss search (bench/evaluation.py measures both).
 `nmi` is the official `--do_nmi`: k-means with as many clusters as classes, scored by normalised mutual
 information (Song et al. 2016 report it beside Recall@K). The official code computes it but logs it nowhere.
 
+The geometry says how the embeddings use the sphere, whatever the neighbours: Wang & Isola's (ICML 2020)
+`uniformity` (log mean over pairs of exp(-t ||x_i - x_j||^2), lower = more spread) and `alignment` (mean
+||x_i - x_j||^alpha over same-class pairs, lower = tighter classes), the `pca_variance_share` of the top k
+principal components and Roy & Vetterli's (2007) `effective_rank` (how many directions carry the variance). All
+four L2-normalise the rows first, in float64, since retrieval compares directions; uniformity and alignment are
+exact over all pairs, block by block. The MemVir paper says it relieves a "strong focus on seen classes";
+memvir.evaluation.embedding_diagnostics puts these numbers side by side for the train and the test classes.
+
 Chapter: notebooks/04_evaluation.py, which builds these formulas by hand on a table small enough to print.
 """
 import warnings
@@ -35,7 +44,8 @@ import faiss
 import numpy as np
 import torch
 
-__all__ = ["neighbour_metrics", "retrieval_metrics", "query_gallery_metrics", "nmi"]
+__all__ = ["neighbour_metrics", "retrieval_metrics", "query_gallery_metrics", "nmi", "uniformity", "alignment",
+           "pca_variance_share", "effective_rank"]
 
 # Rows per query chunk: shrunk for deep searches so a chunk's (rows, depth) arrays stay around 2**22 entries,
 # and kept a multiple of faiss's BLAS query block (faiss.cvar.distance_compute_blas_query_bs = 4096), so that
@@ -277,6 +287,164 @@ def nmi(embeddings, labels, seed=0, n_init=10, max_iter=300, use_gpu=None):
     return float(normalized_mutual_info_score(codes, clusters, average_method="arithmetic"))
 
 
+# ---------------------------------------------------------------- the geometry of the embedding space
+
+def uniformity(emb, t=2.0):
+    """Compute Wang & Isola's uniformity: log of the mean over the pairs i < j of exp(-t ||x_i - x_j||^2).
+
+    The rows are L2-normalised here (in float64), so x lies on the unit sphere, where retrieval compares by
+    cosine and ||x_i - x_j||^2 = 2 - 2 x_i . x_j lies in [0, 4]: the value lies in [-4t, 0]; 0 when every item
+    sits on one point, lower when they spread over the sphere. Exact over all n(n-1)/2 pairs, a block of rows at a
+    time (no n x n matrix), summed as a log-sum-exp so that large t does not underflow. The cost grows as n^2 D.
+
+    Args:
+        emb: (n, D) embeddings, numpy or torch; n >= 2; need not be normalised; a row of norm 0 is an error.
+        t: the temperature t > 0 (Wang & Isola use t = 2).
+
+    Returns:
+        float: the uniformity (lower = more uniform).
+
+    Wang & Isola, "Understanding Contrastive Representation Learning through Alignment and Uniformity on the
+    Hypersphere", ICML 2020, Eq. 3 (their code: pdist(x).pow(2).mul(-t).exp().mean().log()).
+    """
+    x = _normalised(emb, "emb", np.float64)  # (n, D) unit rows
+    n = x.shape[0]
+    if n < 2:
+        raise ValueError(f"emb: expected at least 2 items (uniformity averages over pairs), got {n}")
+    t = _check_positive(t, "t")
+    total = -np.inf  # log of the sum of exp(-t d^2) so far
+    for d2 in _pair_sq_distances(x):
+        v = -t * d2  # (pairs,) <= 0
+        peak = v.max()
+        total = np.logaddexp(total, peak + np.log(np.exp(v - peak).sum()))
+    return float(total - np.log(n * (n - 1) / 2))
+
+
+def alignment(emb, labels, alpha=2.0):
+    """Compute Wang & Isola's alignment: the mean over positive pairs of ||x_i - x_j||^alpha, on unit rows.
+
+    A positive pair is two distinct items i < j of the same class; each pair counts once, so a class of m items
+    weighs m(m-1)/2. The rows are L2-normalised here (float64). With alpha = 2 it is 2 - 2 (mean cosine of the
+    positive pairs): 0 when every class sits on one point, at most 4. NaN with a RuntimeWarning when no class has
+    two items.
+
+    Args:
+        emb: (n, D) embeddings, numpy or torch; need not be normalised; a row of norm 0 is an error.
+        labels: (n,) integer class labels.
+        alpha: the exponent alpha > 0 (Wang & Isola use 2).
+
+    Returns:
+        float: the alignment (lower = positives closer together).
+
+    Wang & Isola, ICML 2020, Eq. 2.
+    """
+    x = _normalised(emb, "emb", np.float64)  # (n, D) unit rows
+    codes = _label_codes(labels, "labels", x.shape[0])  # (n,) in [0, C)
+    alpha = _check_positive(alpha, "alpha")
+    order = np.argsort(codes, kind="stable")
+    bounds = np.cumsum(np.bincount(codes))  # (C,) end of each class in `order`
+    total, pairs = 0.0, 0
+    for start, stop in zip(np.concatenate([[0], bounds[:-1]]), bounds):
+        if stop - start < 2:
+            continue  # a singleton has no positive pair
+        for d2 in _pair_sq_distances(x[order[start:stop]]):
+            total += float((d2 ** (alpha / 2)).sum())
+            pairs += d2.size
+    if pairs == 0:
+        warnings.warn("alignment: no class has two items, so there is no positive pair: NaN", RuntimeWarning,
+                      stacklevel=2)
+        return float("nan")
+    return total / pairs
+
+
+def pca_variance_share(emb, k):
+    """Compute the share of the variance held by the top-k principal components of the L2-normalised embeddings.
+
+    The rows are normalised first (retrieval compares by cosine, so the directions are what is used), then
+    centred; the variances of the principal components are the squared singular values of that matrix (over
+    n - 1, which cancels). 1 when the embeddings vary along k directions only; about k/D when they spread evenly
+    over all D. NaN with a RuntimeWarning when every row points the same way (no variance to share).
+
+    Args:
+        emb: (n, D) embeddings, numpy or torch; n >= 2; a row of norm 0 is an error.
+        k: the number of components, 1 <= k <= D.
+
+    Returns:
+        float in [0, 1].
+    """
+    s = _centred_singular_values(emb, "emb")  # (min(n, D),) descending
+    D = np.shape(emb)[1]
+    if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or not 1 <= k <= D:
+        raise ValueError(f"k: expected an integer with 1 <= k <= D = {D}, got {k!r}")
+    if s is None:
+        return float("nan")
+    var = s ** 2  # (min(n, D),) variance of each component, times n - 1
+    return float(var[:k].sum() / var.sum())
+
+
+def effective_rank(emb):
+    """Compute the effective rank of the L2-normalised, centred embeddings: how many directions they use.
+
+    Roy & Vetterli's exp(H(p)), with p_i = s_i / sum(s) the singular values s of the centred matrix normalised to
+    sum to 1 and H the Shannon entropy (natural log): r when the embeddings vary equally along r orthogonal
+    directions and not at all along the others; between 1 and min(n, D) otherwise. Normalised and centred as in
+    `pca_variance_share`; NaN with a RuntimeWarning when every row points the same way.
+
+    Args:
+        emb: (n, D) embeddings, numpy or torch; n >= 2; a row of norm 0 is an error.
+
+    Returns:
+        float in [1, min(n, D)].
+
+    Roy & Vetterli, "The effective rank: a measure of effective dimensionality", EUSIPCO 2007.
+    """
+    s = _centred_singular_values(emb, "emb")  # (min(n, D),)
+    if s is None:
+        return float("nan")
+    p = s / s.sum()
+    p = p[p > 0]
+    return float(np.exp(-(p * np.log(p)).sum()))
+
+
+def _pair_sq_distances(x):
+    """Yield ||x_i - x_j||^2 of every pair i < j of the unit rows x (n, D), as 1-D float64 arrays, block by block.
+
+    A block of rows i is compared with the rows j >= its first only, so each pair is computed once, and a block
+    holds at most CHUNK_ENTRIES products.
+    """
+    n = x.shape[0]
+    rows = max(1, CHUNK_ENTRIES // n)
+    for start in range(0, n - 1, rows):  # the last row has no j > i
+        stop = min(start + rows, n - 1)
+        gram = x[start:stop] @ x[start:].T  # (c, n - start) x_i . x_j for j >= start
+        upper = np.arange(start, n)[None, :] > np.arange(start, stop)[:, None]  # (c, n - start) j > i
+        yield np.maximum(2.0 - 2.0 * gram[upper], 0.0)  # rounding may dip just below 0
+
+
+def _centred_singular_values(emb, name):
+    """Singular values (descending, float64) of the L2-normalised rows of `emb` minus their mean; None (with a
+    RuntimeWarning at our caller's caller) when the rows have no variance beyond rounding."""
+    x = _normalised(emb, name, np.float64)  # (n, D) unit rows
+    if x.shape[0] < 2:
+        raise ValueError(f"{name}: expected at least 2 items (a variance needs two), got {x.shape[0]}")
+    x -= x.mean(axis=0)
+    s = np.linalg.svd(x, compute_uv=False)  # (min(n, D),)
+    # Unit rows that all point one way leave only rounding (~1e-16 an entry): a spectrum of noise, not of data.
+    if (s ** 2).sum() <= 1e-20 * x.shape[0]:
+        warnings.warn(f"{name}: every row points the same way, so there is no variance: NaN", RuntimeWarning,
+                      stacklevel=3)
+        return None
+    return s
+
+
+def _check_positive(value, name):
+    """Return `value` as a positive finite python float, or raise a ValueError."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(value) or value <= 0:
+        raise ValueError(f"{name}: expected a positive number, got {value!r}")
+    return float(value)
+
+
 def _gpu_wanted(use_gpu):
     """Resolve `use_gpu` (None: when faiss-gpu and CUDA see a GPU; True: required; False: CPU) to a bool."""
     gpu_ok = faiss.get_num_gpus() > 0 and torch.cuda.is_available()
@@ -333,11 +501,12 @@ def _checked(nbrs):
     return nbrs
 
 
-def _normalised(emb, name):
-    """Return `emb` as a new (n, D) float32 array of unit rows, after checking it.
+def _normalised(emb, name, dtype=np.float32):
+    """Return `emb` as a new (n, D) array of unit rows, after checking it.
 
     The norms are taken in float64 after dividing each row by its largest entry, so that neither huge nor tiny
-    values overflow or underflow; the result is float32, what faiss searches.
+    values overflow or underflow; the result is float32 by default, what faiss searches (float64 for the
+    geometry of the embedding space).
     """
     if torch.is_tensor(emb):
         if emb.is_complex():
@@ -350,7 +519,7 @@ def _normalised(emb, name):
         raise ValueError(f"{name}: expected real numbers, got dtype {x.dtype}")
     if x.shape[1] == 0:
         raise ValueError(f"{name}: expected D >= 1 columns, got shape {x.shape}")
-    out = np.empty(x.shape, dtype=np.float32)
+    out = np.empty(x.shape, dtype=dtype)
     step = 8192  # rows at a time: float64 temporaries stay ~30 MB for D = 512
     for start in range(0, x.shape[0], step):
         block = x[start:start + step].astype(np.float64)  # (c, D)

@@ -496,3 +496,205 @@ def test_nmi_use_gpu_without_a_gpu_is_an_error():
         pytest.skip("this machine has a GPU for faiss")
     with pytest.raises(ValueError, match="use_gpu=True"):
         nmi(GOOD, GOOD_LABELS, use_gpu=True)
+
+
+# ---------------------------------------------------------------- geometry: uniformity and alignment (Wang & Isola)
+
+def unit_rows(x):
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def uniformity_by_loops(emb, t):
+    """log of the mean over pairs i < j of exp(-t ||x_i - x_j||^2), x the unit rows: one pair at a time."""
+    x = unit_rows(np.asarray(emb, dtype=np.float64))
+    terms = [math.exp(-t * float(((x[i] - x[j]) ** 2).sum())) for i in range(len(x)) for j in range(i + 1, len(x))]
+    return math.log(sum(terms) / len(terms))
+
+
+def alignment_by_loops(emb, labels, alpha):
+    """Mean over the same-label pairs i < j of ||x_i - x_j||^alpha, x the unit rows: one pair at a time."""
+    x = unit_rows(np.asarray(emb, dtype=np.float64))
+    terms = [float(np.sqrt(((x[i] - x[j]) ** 2).sum())) ** alpha
+             for i in range(len(x)) for j in range(i + 1, len(x)) if labels[i] == labels[j]]
+    return sum(terms) / len(terms)
+
+
+@pytest.mark.parametrize("seed, t", [(0, 2.0), (1, 0.5), (2, 7.0)])
+def test_uniformity_against_loops(seed, t):
+    rng = np.random.default_rng(seed)
+    emb = rng.normal(size=(30, 5)) * rng.uniform(0.1, 10.0, size=(30, 1))  # norms vary: normalised inside
+    assert metrics.uniformity(emb, t=t) == pytest.approx(uniformity_by_loops(emb, t), abs=1e-12)
+
+
+@pytest.mark.parametrize("entries", [1, 7, 100, 10**9])
+def test_uniformity_blocks_against_scipy(entries, monkeypatch):
+    """Blocks of one row, ragged blocks and one block: the same sum as scipy's pdist over every pair."""
+    spatial = pytest.importorskip("scipy.spatial")
+    special = pytest.importorskip("scipy.special")
+    monkeypatch.setattr(metrics, "CHUNK_ENTRIES", entries)
+    emb = np.random.default_rng(5).normal(size=(203, 8))
+    d2 = spatial.distance.pdist(unit_rows(emb), "sqeuclidean")  # (n(n-1)/2,)
+    for t in (2.0, 900.0):  # at t = 900 every exp(-t d^2) underflows a float64: only a log-sum-exp survives
+        expected = special.logsumexp(-t * d2) - math.log(len(d2))
+        assert metrics.uniformity(emb, t=t) == pytest.approx(expected, rel=1e-12, abs=1e-12)
+
+
+@pytest.mark.parametrize("t", [0.5, 2.0, 1000.0])
+def test_uniformity_by_hand(t):
+    # One point, many times (any norms): every d^2 = 0 -> log mean exp(0) = 0.
+    same = np.array([[1.0, 2.0, 2.0]]) * np.array([[1.0], [3.0], [0.2], [50.0]])
+    assert metrics.uniformity(same, t=t) == pytest.approx(0.0, abs=1e-12)
+    # An antipodal pair: d^2 = 4 -> -4t, the lowest value there is.
+    assert metrics.uniformity(unit_circle([30, 210]), t=t) == pytest.approx(-4 * t, abs=1e-9)
+    # Three points 120 degrees apart: every chord^2 = 2 - 2 cos(120) = 3 -> -3t.
+    assert metrics.uniformity(unit_circle([0, 120, 240]), t=t) == pytest.approx(-3 * t, abs=1e-9)
+    # A square: 4 sides with d^2 = 2, 2 diagonals with d^2 = 4 -> log((4 e^{-2t} + 2 e^{-4t}) / 6)
+    #         = -2t + log((4 + 2 e^{-2t}) / 6).
+    assert metrics.uniformity(unit_circle([0, 90, 180, 270]), t=t) == pytest.approx(
+        -2 * t + math.log((4 + 2 * math.exp(-2 * t)) / 6), abs=1e-9)
+
+
+def test_uniformity_is_lower_when_spread():
+    rng = np.random.default_rng(0)
+    spread = rng.normal(size=(200, 16))
+    bunched = rng.normal(size=(1, 16)) + 0.1 * rng.normal(size=(200, 16))
+    assert metrics.uniformity(spread) < metrics.uniformity(bunched) - 1.0
+
+
+@pytest.mark.parametrize("seed, alpha", [(0, 2.0), (1, 1.0), (2, 0.5), (3, 3)])
+def test_alignment_against_loops(seed, alpha):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 7, size=40)
+    labels[:3] = [50, 51, 52]  # singletons: no positive pair
+    emb = rng.normal(size=(40, 6)) * rng.uniform(0.1, 10.0, size=(40, 1))
+    assert metrics.alignment(emb, labels, alpha=alpha) == pytest.approx(alignment_by_loops(emb, labels, alpha),
+                                                                        abs=1e-12)
+
+
+def test_alignment_blocks_against_loops(monkeypatch):
+    monkeypatch.setattr(metrics, "CHUNK_ENTRIES", 5)  # classes of up to ~20 items in blocks of a row or two
+    rng = np.random.default_rng(9)
+    labels = rng.integers(0, 3, size=50)
+    emb = rng.normal(size=(50, 4))
+    assert metrics.alignment(emb, labels) == pytest.approx(alignment_by_loops(emb, labels, 2.0), abs=1e-12)
+
+
+def test_alignment_by_hand():
+    # A at 0 and 90 degrees: d = sqrt(2); B at 0 and 180: d = 2; C a singleton (no pair).
+    emb = unit_circle([0, 90, 0, 180, 45]) * np.array([[2.0], [1.0], [5.0], [0.5], [1.0]])
+    labels = np.array([7, 7, 3, 3, 1])
+    assert metrics.alignment(emb, labels, alpha=2) == pytest.approx((2 + 4) / 2, abs=1e-12)
+    assert metrics.alignment(emb, labels, alpha=1) == pytest.approx((math.sqrt(2) + 2) / 2, abs=1e-12)
+    # Each pair counts once: a class of three on one point adds three pairs of distance 0.
+    emb3 = np.concatenate([emb, unit_circle([10, 10, 10])])
+    labels3 = np.concatenate([labels, [9, 9, 9]])
+    assert metrics.alignment(emb3, labels3, alpha=2) == pytest.approx((2 + 4 + 0 + 0 + 0) / 5, abs=1e-12)
+
+
+def test_alignment_without_pairs_is_nan_with_a_warning():
+    with pytest.warns(RuntimeWarning, match="no positive pair") as record:
+        got = metrics.alignment(unit_circle([0, 90, 180]), np.array([0, 1, 2]))
+    assert math.isnan(got) and record[0].filename == __file__
+
+
+def test_geometry_torch_input_matches_numpy():
+    rng = np.random.default_rng(4)
+    emb, labels = rng.normal(size=(25, 6)), rng.integers(0, 4, size=25)
+    t = torch.tensor(emb, dtype=torch.float64, requires_grad=True)
+    assert metrics.uniformity(t) == metrics.uniformity(emb)
+    assert metrics.alignment(t, torch.tensor(labels)) == metrics.alignment(emb, labels)
+    assert metrics.pca_variance_share(t, 3) == metrics.pca_variance_share(emb, 3)
+    assert metrics.effective_rank(t) == metrics.effective_rank(emb)
+
+
+# ---------------------------------------------------------------- geometry: PCA variance share and effective rank
+
+def covariance_eigenvalues(emb):
+    """Eigenvalues (descending) of numpy's covariance of the unit rows."""
+    return np.linalg.eigvalsh(np.cov(unit_rows(np.asarray(emb, dtype=np.float64)), rowvar=False))[::-1]
+
+
+def random_rotation(seed, D):
+    q, r = np.linalg.qr(np.random.default_rng(seed).normal(size=(D, D)))
+    return q * np.sign(np.diag(r))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_pca_share_and_effective_rank_against_eigvalsh(seed):
+    rng = np.random.default_rng(seed)
+    emb = rng.normal(size=(300, 12)) * np.geomspace(5.0, 0.1, 12) + rng.normal(size=12)  # anisotropic, off centre
+    lam = covariance_eigenvalues(emb)  # (D,)
+    for k in (1, 3, 12):
+        assert metrics.pca_variance_share(emb, k) == pytest.approx(lam[:k].sum() / lam.sum(), abs=1e-12)
+    # Roy & Vetterli: p = singular values of the centred matrix over their sum; s_i is proportional to sqrt(lam_i).
+    p = np.sqrt(np.clip(lam, 0, None))
+    p /= p.sum()
+    assert metrics.effective_rank(emb) == pytest.approx(math.exp(-(p * np.log(p)).sum()), abs=1e-10)
+
+
+@pytest.mark.parametrize("r", [1, 2, 5, 7])
+def test_equal_orthogonal_directions_have_effective_rank_r(r):
+    """Columns 1..r of the 8 x 8 Hadamard matrix: orthogonal, mean 0, and every row of norm sqrt(r), so the
+    normalisation scales them all equally; rotated into D = 10 and with rows scaled at random (normalised away)."""
+    linalg = pytest.importorskip("scipy.linalg")
+    D = 10
+    cols = linalg.hadamard(8)[:, 1:r + 1].astype(np.float64)  # (8, r)
+    emb = np.concatenate([cols, np.zeros((8, D - r))], axis=1) @ random_rotation(r, D)
+    emb *= np.random.default_rng(r).uniform(0.5, 3.0, size=(8, 1))
+    assert metrics.effective_rank(emb) == pytest.approx(r, abs=1e-9)
+    for k in range(1, D + 1):
+        assert metrics.pca_variance_share(emb, k) == pytest.approx(min(k, r) / r, abs=1e-12)
+
+
+@pytest.mark.parametrize("r", [2, 3, 6])
+def test_cross_polytope(r):
+    # +-e_1, ..., +-e_r in D = 8: unit rows with mean 0 and covariance (2 / (2r - 1)) I_r: r equal directions.
+    emb = np.concatenate([np.eye(8)[:r], -np.eye(8)[:r]])
+    assert metrics.effective_rank(emb) == pytest.approx(r, abs=1e-12)
+    assert metrics.pca_variance_share(emb, 1) == pytest.approx(1 / r, abs=1e-12)
+
+
+def test_rank_one_set():
+    # +-u with random signs and norms: after normalisation and centring, one direction holds all the variance.
+    rng = np.random.default_rng(0)
+    u = rng.normal(size=9)
+    emb = np.outer(rng.choice([-1.0, 1.0], size=50) * rng.uniform(0.1, 5.0, size=50), u)
+    assert metrics.pca_variance_share(emb, 1) == pytest.approx(1.0, abs=1e-12)
+    assert metrics.effective_rank(emb) == pytest.approx(1.0, abs=1e-9)
+
+
+@pytest.mark.parametrize("k", [1, 4, 8, 16])
+def test_isotropic_gaussian_shares_k_over_d(k):
+    emb = np.random.default_rng(k).normal(size=(20000, 16))
+    assert metrics.pca_variance_share(emb, k) == pytest.approx(k / 16, abs=0.03)
+    assert 15.5 < metrics.effective_rank(emb) <= 16
+
+
+def test_one_direction_has_no_variance():
+    emb = np.array([[1.0, 2.0, 2.0]]) * np.array([[1.0], [3.0], [0.2]])
+    with pytest.warns(RuntimeWarning, match="no variance") as record:
+        assert math.isnan(metrics.pca_variance_share(emb, 1))
+    assert record[0].filename == __file__
+    with pytest.warns(RuntimeWarning, match="no variance"):
+        assert math.isnan(metrics.effective_rank(emb))
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: metrics.uniformity(GOOD, t=0), r"t: expected a positive number"),
+    (lambda: metrics.uniformity(GOOD, t=-1.0), r"t: expected a positive number"),
+    (lambda: metrics.uniformity(GOOD, t=float("inf")), r"t: expected a positive number"),
+    (lambda: metrics.uniformity(GOOD[:1]), r"emb: expected at least 2 items"),
+    (lambda: metrics.uniformity(with_row(0.0)), r"emb: row 2 has norm 0"),
+    (lambda: metrics.alignment(GOOD, GOOD_LABELS, alpha=0), r"alpha: expected a positive number"),
+    (lambda: metrics.alignment(GOOD, GOOD_LABELS, alpha=True), r"alpha: expected a positive number"),
+    (lambda: metrics.alignment(GOOD, GOOD_LABELS[:3]), r"labels: expected a 1-D array of length 4"),
+    (lambda: metrics.alignment(with_row(np.nan), GOOD_LABELS), r"emb: expected finite values, row 2"),
+    (lambda: metrics.pca_variance_share(GOOD, 0), r"k: expected an integer with 1 <= k <= D = 2"),
+    (lambda: metrics.pca_variance_share(GOOD, 3), r"k: expected an integer with 1 <= k <= D = 2"),
+    (lambda: metrics.pca_variance_share(GOOD, 1.0), r"k: expected an integer"),
+    (lambda: metrics.pca_variance_share(GOOD[:1], 1), r"emb: expected at least 2 items"),
+    (lambda: metrics.effective_rank(GOOD[:, 0]), r"emb: expected a 2-D array"),
+])
+def test_geometry_bad_input(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
