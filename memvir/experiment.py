@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
-__all__ = ["Experiment", "build", "build_splits", "build_criterion"]
+__all__ = ["Experiment", "build", "build_splits", "build_criterion", "train_steps_per_epoch"]
 
 
 @dataclass
@@ -38,11 +38,19 @@ def build_splits(cfg):
                           decode=cfg.decode)
 
 
-def build_criterion(cfg, num_classes):
+def train_steps_per_epoch(cfg, splits, world_size=1):
+    """The optimiser steps of one training epoch: the batches of memvir.train's sampler (its last, short one too)."""
+    from .data.samplers import BatchSampler
+
+    return len(BatchSampler(splits.train.labels, cfg.batch_size, cfg.n_instance, world_size=world_size))
+
+
+def build_criterion(cfg, num_classes, steps_per_epoch=None):
     """The loss with C = num_classes classes, wrapped in MemVir when cfg.memvir; returns (loss, criterion).
 
     With cfg.pml the loss is pytorch-metric-learning's (memvir.pml): alone it trains with PML's own forward; under
-    MemVir its weight is the proxies and our formula scores them.
+    MemVir its weight is the proxies and our formula scores them. `steps_per_epoch` (`train_steps_per_epoch`) is
+    needed by --mem_fill full only.
     """
     from .config import LOSS_HYPER
     from .losses import ProxyNCA, build_loss
@@ -64,7 +72,8 @@ def build_criterion(cfg, num_classes):
                           **hyper)
         if isinstance(loss, ProxyNCA) and cfg.init_type == "uniform":  # the official kaiming_uniform_(a=sqrt(5))
             nn.init.uniform_(loss.proxies, -1 / math.sqrt(num_classes), 1 / math.sqrt(num_classes))
-    criterion = MemVir(loss, cfg.mem_num_step, cfg.mem_step_gap, cfg.warm_epoch) if cfg.memvir else loss
+    criterion = MemVir(loss, cfg.mem_num_step, cfg.mem_step_gap, cfg.warm_epoch, fill=cfg.mem_fill,
+                       virtual=cfg.mem_virtual, steps_per_epoch=steps_per_epoch) if cfg.memvir else loss
     return loss, criterion
 
 
@@ -89,6 +98,11 @@ def build(cfg, device="cpu", pretrained=True) -> Experiment:
         C = cfg.C
     net = build_model(cfg.backbone, cfg.dim, cfg.pooling_type, cfg.pretrained if pretrained else "none",
                       in_channels=1 if cfg.data_name == "glyphs" else 3).to(device)
-    loss, criterion = build_criterion(cfg, C)
+    spe = None
+    if cfg.memvir and cfg.mem_fill == "full":  # MemVir then starts recording that many steps before epoch U
+        from .distributed import from_env
+
+        spe = train_steps_per_epoch(cfg, splits, from_env().world_size)  # the processes memvir.train runs in
+    loss, criterion = build_criterion(cfg, C, spe)
     criterion.to(device)
     return Experiment(splits, net, loss, criterion)

@@ -20,6 +20,15 @@ Per training step, exactly:
 The memory starts empty after warm-up and fills one step at a time, so the number of classes grows from C to
 (N+1)*C: the paper's curriculum.
 
+Two ablations change one rule each (`fill`, `virtual`; the flags --mem_fill and --mem_virtual):
+  * fill="full" (rule 2): the memory records from epoch U - ceil(N*(M+1) / steps_per_epoch) on, the last steps of
+    the warm-up, but nothing is taken before epoch U; from epoch U's first step on all N steps are taken (rule 3
+    on a memory already holding N*(M+1) steps): the virtual classes without the curriculum.
+  * virtual="embeddings" (rule 4): a taken step brings its embeddings with their own labels (not shifted by k*C),
+    scored against the current C proxies only: more samples of the seen classes, no virtual class.
+    virtual="proxies": it brings its proxies as C more classes, which no label points at (negatives only), and no
+    embeddings. Both take the plain path below (the fast path's cache is rule 4's).
+
 Two ways to compute step 4, equal to float tolerance (tests/test_memory.py checks values and gradients):
   * plain: concatenate everything and call the loss, as the official code does. Cost O(N^2 B C D).
   * fast (default for losses with `decomposable = True`): a past embedding row only needs its target logit and the
@@ -37,6 +46,7 @@ reads. Recomputing it after a load is no substitute: the incremental fill scores
 (K*B, D) x (D, C) matmul, a recomputation would score it in another shape, and the cached floats would differ in the
 last bits (issue 11). It costs S x 2N floats per row of the batch, next to the S x C x D of the proxy snapshots.
 """
+import math
 from collections import namedtuple
 
 import numpy as np
@@ -44,6 +54,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .config import MEM_FILLS, MEM_VIRTUALS
 from .losses import check_batch
 from .pml import adapt
 
@@ -72,12 +83,19 @@ class MemVir(nn.Module):
             needs: for SOP with N=5, M=100 the proxy snapshots alone are 505 x 11,318 x 512 floats (11.7 GB).
         storage_dtype: dtype of the stored embeddings and proxies; None keeps the proxies' dtype (exact fp32).
             torch.float16 or torch.bfloat16 halve the memory; both paths then read the same rounded values.
+        fill: "curriculum" (the official rule 2: pushes from epoch U on, the taken steps grow 0..N) or "full"
+            (pushes from epoch U - ceil(N*(M+1) / steps_per_epoch) on, taken from epoch U on: all N at once).
+        virtual: what a taken step brings: "both" (rule 4), "embeddings" (its rows with their own labels, against
+            the current proxies) or "proxies" (its proxies as C more classes, negatives only). The two ablations
+            always take the plain path (simple and exact; `fast` is for rule 4).
+        steps_per_epoch: the training steps of one epoch (the loader's batches); needed by fill="full" only.
     """
 
     STORED = ("mem_emb", "mem_labels", "mem_sizes", "mem_proxies", "num_pushed")  # the memory (memory_bytes)
     CACHE = ("lse_cache", "target_cache", "lse_owner", "target_owner")  # the fast path's cache, saved too
 
-    def __init__(self, loss, num_steps, step_gap, warmup_epochs=0, fast=True, storage="device", storage_dtype=None):
+    def __init__(self, loss, num_steps, step_gap, warmup_epochs=0, fast=True, storage="device", storage_dtype=None,
+                 fill="curriculum", virtual="both", steps_per_epoch=None):
         super().__init__()
         for name, value in (("num_steps", num_steps), ("step_gap", step_gap), ("warmup_epochs", warmup_epochs)):
             if isinstance(value, bool) or int(value) != value or value < 0:
@@ -94,6 +112,12 @@ class MemVir(nn.Module):
         if storage_dtype not in (None, torch.float32, torch.float64, torch.float16, torch.bfloat16):
             raise ValueError(f"MemVir storage_dtype: expected None or a torch float dtype, got {storage_dtype!r}")
         self.storage, self.storage_dtype = storage, storage_dtype
+        if fill not in MEM_FILLS:
+            raise ValueError(f"MemVir fill: expected one of {', '.join(MEM_FILLS)}, got {fill!r}")
+        if virtual not in MEM_VIRTUALS:
+            raise ValueError(f"MemVir virtual: expected one of {', '.join(MEM_VIRTUALS)}, got {virtual!r}")
+        self.fill, self.virtual, self.steps_per_epoch = fill, virtual, steps_per_epoch
+        self.fill_from = self._fill_from()  # the first epoch that pushes (rule 2); the memory is used from U on
         C, D = loss.proxies.shape
         dtype = storage_dtype or loss.proxies.dtype
         S, W = self.capacity, max(2 * self.num_steps - 1, 0)
@@ -126,13 +150,27 @@ class MemVir(nn.Module):
 
     @property
     def num_classes_in_use(self):
-        """C * (1 + number of past steps taken by the last call)."""
-        return self.num_classes * (1 + self.num_taken)
+        """C * (1 + number of past steps taken by the last call); C alone for virtual="embeddings"."""
+        return self.num_classes * (1 + (self.num_taken if self.virtual != "embeddings" else 0))
 
     @property
     def memory_bytes(self):
         """Bytes held by the memory (embeddings, labels, proxy snapshots), wherever it is stored; not the cache."""
         return sum(self._buffers[n].numel() * self._buffers[n].element_size() for n in self.STORED)
+
+    def _fill_from(self):
+        """Return the first epoch that pushes: U, or for fill="full" early enough to hold N*(M+1) steps at U."""
+        if self.fill == "curriculum" or self.capacity == 0:
+            return self.warmup_epochs
+        spe = self.steps_per_epoch
+        if isinstance(spe, bool) or not isinstance(spe, (int, np.integer)) or spe < 1:
+            raise ValueError(f"MemVir steps_per_epoch: expected an integer >= 1 with fill='full', got {spe!r}")
+        lead = math.ceil(self.capacity / spe)  # epochs of pushes that fill the memory before epoch U
+        if lead > self.warmup_epochs:
+            raise ValueError(f"--mem_fill=full records the last N*(M+1)={self.capacity} steps of the warm-up, but "
+                             f"--warm_epoch={self.warmup_epochs} gives {self.warmup_epochs * spe} ({spe} per epoch); "
+                             f"expected --warm_epoch >= {lead}")
+        return self.warmup_epochs - lead
 
     def reset(self):
         """Empty the memory (as at the start of training)."""
@@ -171,35 +209,47 @@ class MemVir(nn.Module):
         Args:
             emb: (B, D) embeddings of the current batch (gradients flow to them).
             labels: (B,) labels in [0, C), of any integer dtype.
-            epoch: the current epoch, counted from 0; the memory fills only when epoch >= warmup_epochs.
+            epoch: the current epoch, counted from 0; the memory is used from epoch warmup_epochs on and fills
+                from epoch `fill_from` on (warmup_epochs, earlier for fill="full").
         """
         check_batch(emb, labels, self.num_classes, self.loss.embedding_size)
         labels = labels.long()  # int32 or uint8 labels are common; cross-entropy and the memory want int64
         if isinstance(epoch, bool) or int(epoch) != epoch or epoch < 0:
             raise ValueError(f"MemVir epoch: expected an integer >= 0, got {epoch!r}")
-        steps = self.taken_steps()  # rule 1 and 3: memory as it is before this step
+        # Rules 1 and 3: the memory as it is before this step. Nothing is taken in the warm-up, where fill="full"
+        # already pushes; the fast path's cache is filled only when a step is taken, so at epoch U it scores the
+        # N steps afresh, as the plain path does.
+        steps = self.taken_steps() if epoch >= self.warmup_epochs else []
         slots = [q % self.capacity for q in steps]
         self.num_taken = len(steps)
-        self.num_embeddings_in_use = emb.shape[0] + sum(self._sizes[s] for s in slots)
+        past_rows = sum(self._sizes[s] for s in slots) if self.virtual != "proxies" else 0
+        self.num_embeddings_in_use = emb.shape[0] + past_rows
         embedded = None  # (emb_hat, proxies_hat) when the fast path has them: the push reuses them
         if not steps:
             loss = self.loss(emb, labels)
-        elif self.fast and getattr(self.loss, "decomposable", False):
+        elif self.fast and self.virtual == "both" and getattr(self.loss, "decomposable", False):
             loss, embedded = self._fast_loss(emb, labels, steps, slots)
-        else:
+        else:  # also the two ablations (virtual="embeddings", "proxies"): plain only, the cache is rule 4's
             loss = self._plain_loss(emb, labels)
-        if epoch >= self.warmup_epochs and self.capacity > 0:
+        if epoch >= self.fill_from and self.capacity > 0:
             self._push(emb, labels, embedded)  # rule 2; after the loss, whose inputs are copies, not the buffers
         return loss
 
     def _plain_loss(self, emb, labels):
-        """Rule 4 as written: one concatenated batch against one concatenated proxy list."""
+        """Rule 4 as written: one concatenated batch against one concatenated proxy list (or an ablation's part).
+
+        virtual="embeddings" keeps the past rows' own labels and the current proxies alone; virtual="proxies" keeps
+        the current batch alone against all the proxies. The loss reads C' = len(proxies) / K classes from the list,
+        so SoftTriple's K centres and Proxy-Anchor's anchors over the batch need nothing more.
+        """
         C = self.num_classes
         embs, labs, proxies = [emb], [labels], [self.loss.proxies]
         for k, past in enumerate(self.taken(), start=1):
-            embs.append(past.embeddings)  # (n_k, D), no gradient
-            labs.append(past.labels + k * C)  # virtual class labels
-            proxies.append(past.proxies)  # (C, D), no gradient
+            if self.virtual != "proxies":
+                embs.append(past.embeddings)  # (n_k, D), no gradient
+                labs.append(past.labels + k * C if self.virtual == "both" else past.labels)  # virtual or seen class
+            if self.virtual != "embeddings":
+                proxies.append(past.proxies)  # (C, D), no gradient
         return self.loss(torch.cat(embs), torch.cat(labs), torch.cat(proxies))
 
     def _fast_loss(self, emb, labels, steps, slots):
@@ -412,4 +462,5 @@ class MemVir(nn.Module):
     def extra_repr(self):
         return (f"num_steps={self.num_steps}, step_gap={self.step_gap}, warmup_epochs={self.warmup_epochs}, "
                 f"capacity={self.capacity}, fast={self.fast}, storage={self.storage}, "
-                f"storage_dtype={self.storage_dtype}")
+                f"storage_dtype={self.storage_dtype}, fill={self.fill}, virtual={self.virtual}, "
+                f"steps_per_epoch={self.steps_per_epoch}")
