@@ -381,7 +381,7 @@ def known_values(profile):
     common = profile.rows[0].params
     if str(common.get("data_name", "")).lower() == "glyphs":  # the benchmark the runs trained on
         values.update({k: common[k] for k in ("input_size", "num_classes", "instances_per_class", "min_fonts",
-                                              "glyph_seed") if k in common})
+                                              "glyph_seed", "val_classes") if k in common})
     if "curriculum" in profile.book:
         values["run_dir"] = profile.run(profile.book["curriculum"]).folder
     if "tsne" in profile.book:

@@ -10,8 +10,12 @@ Everything here reads only the files of the run folder's format; nothing scrapes
 layout of the official README (Loss | 1 | 2 | 3 | 4 | 5 | Mean | Diff. | Std.), values in percent: `Mean` over the
 runs, `Std.` the sample standard deviation (ddof=1), `Diff.` a MemVir row's mean minus its baseline row's mean.
 The paper's code keeps the best value over training's evaluations on the test set; a profile says which value its
-tables use (`table_value`), and the report always gives both. The t-SNE figures of chapter 07 are drawn here
-too, from the checkpoints of two runs (`tsne_figures`).
+tables use (`table_value`), and the report always gives both, and a third where the runs have validation classes:
+the test value where the validation value peaked (SELECTIONS). Every paired statistic is `paired_comparison`'s.
+A study profile (`groups`) gets each row against its baseline with Holm-corrected p-values (`study_comparisons`),
+a calibration profile the rule's choice (`calibration_choice`), a "mechanism" group the embedding diagnostics of
+its last checkpoints. The t-SNE figures of chapter 07 are drawn here too, from the checkpoints of two runs
+(`tsne_figures`), and across the epochs of one (`tsne_epochs_figure`).
 
 Chapters: notebooks/06_results.py, 07_embedding_space.py.
 """
@@ -20,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -27,19 +32,41 @@ import numpy as np
 import pandas as pd
 
 from .config import parse_bool
-from .pipeline import TABLE_VALUES, Profile, load_profile
+from .pipeline import Profile, load_profile
 from .rundir import epoch_checkpoints, load_checkpoint, read_run, run_state
 
-__all__ = ["METRICS", "collect", "runs_table", "paired_differences", "table_from_runs", "paired_from_runs",
-           "paper_table", "paper_results", "formatted", "markdown_table", "load_trained", "save_figure",
-           "bar_figure", "learning_curves_figure", "curriculum_figure", "tsne_figures", "validation_choice", "table4_comparison",
-           "build_report", "main"]
+__all__ = ["METRICS", "SELECTIONS", "collect", "selections", "runs_table", "paired_comparison", "holm",
+           "paired_differences", "table_from_runs", "paired_from_runs", "table4_comparison", "study_comparisons",
+           "study_table", "calibration_choice", "paper_table", "paper_results", "formatted", "markdown_table",
+           "load_trained", "save_figure", "bar_figure", "learning_curves_figure", "curves_figure",
+           "curriculum_figure", "mechanism_diagnostics", "mechanism_comparisons", "tsne_figures",
+           "tsne_epoch_choice", "tsne_epochs_figure", "validation_choice", "build_report", "main"]
 
 METRICS = {"recall@1": "Recall@1", "r_precision": "RP", "map_at_r": "MAP@R"}  # key in metrics.json -> column name
+SELECTIONS = ("best", "val", "last")  # which evaluation gives a run's value: best test, best validation, last
+
+
+def _val_selected(evaluations, key):
+    """The test value of `key` at the evaluation whose validation `key` is highest (the earliest of ties), its epoch.
+
+    (NaN, NaN) when no evaluation has a validation `key` (a run trained without val_classes).
+    """
+    chosen, top = None, -math.inf
+    for e in evaluations:
+        v = (e.get("val") or {}).get(key)
+        if v is not None and math.isfinite(float(v)) and float(v) > top:  # strictly higher: the earliest of ties
+            chosen, top = e, float(v)
+    if chosen is None:
+        return np.nan, np.nan
+    return float(chosen.get(key, np.nan)), int(chosen["epoch"])
 
 
 def collect(profile, partial=False):
-    """Read every run of a profile into one table: a row per run, best and last value of each metric.
+    """Read every run of a profile into one table: a row per run, its value of each metric under each selection.
+
+    A selection (SELECTIONS) says which evaluation of a run gives its value: "best" the best test value over
+    training (what the official code records), "val" the test value at the evaluation with the best validation
+    value of the same metric (the earliest of ties; NaN for a run without validation classes), "last" the last.
 
     Args:
         profile: a Profile (or a name for load_profile).
@@ -47,8 +74,9 @@ def collect(profile, partial=False):
             True: leave out runs that are not finished.
     Returns:
         (runs, evaluations): runs has columns row, baseline, seed, name, epochs_evaluated, wall_time and
-        best_<metric>, best_<metric>_epoch, last_<metric> for every metric of METRICS (fractions);
-        evaluations has row, seed, name, epoch, step, wall_time and the metrics, one line per evaluation.
+        best_<metric>, best_<metric>_epoch, last_<metric>, val_<metric>, val_<metric>_epoch for every metric of
+        METRICS (fractions, test classes); evaluations has row, seed, name, epoch, step, wall_time, the test
+        metrics and the validation ones as val_<metric> (NaN when absent), one line per evaluation.
     """
     profile = load_profile(profile) if not isinstance(profile, Profile) else profile
     baselines = profile.baselines
@@ -74,15 +102,25 @@ def collect(profile, partial=False):
             line[f"best_{key}"] = float(best["value"])
             line[f"best_{key}_epoch"] = int(best["epoch"])
             line[f"last_{key}"] = float(metrics["last"][key])
+            line[f"val_{key}"], line[f"val_{key}_epoch"] = _val_selected(metrics["evaluations"], key)
         rows.append(line)
         for e in metrics["evaluations"]:
+            val = e.get("val") or {}
             evals.append({"row": run.row, "seed": run.seed, "name": run.name, "epoch": e["epoch"],
                           "step": e.get("step"), "wall_time": e.get("wall_time"),
-                          **{k: e[k] for k in e if k.startswith("recall@") or k in METRICS}})
+                          **{k: e[k] for k in e if k.startswith("recall@") or k in METRICS},
+                          **{f"val_{k}": np.nan for k in METRICS},
+                          **{f"val_{k}": float(val[k]) for k in val if k.startswith("recall@") or k in METRICS}})
     columns = ["row", "baseline", "seed", "name", "epochs_evaluated", "wall_time"]
     for key in METRICS:
-        columns += [f"best_{key}", f"best_{key}_epoch", f"last_{key}"]
+        columns += [f"best_{key}", f"best_{key}_epoch", f"last_{key}", f"val_{key}", f"val_{key}_epoch"]
     return pd.DataFrame(rows, columns=columns), pd.DataFrame(evals)
+
+
+def selections(runs):
+    """The selections a report can use: best, val (only when every run has validation metrics) and last."""
+    has_val = all(f"val_{k}" in runs and np.isfinite(runs[f"val_{k}"].astype(float)).all() for k in METRICS)
+    return [s for s in SELECTIONS if s != "val" or (has_val and len(runs))]
 
 
 def validation_choice(profile, metric=None):
@@ -167,8 +205,62 @@ def runs_table(runs, baselines=None):
     return pd.DataFrame(records, columns=["Loss", *[str(i + 1) for i in range(n)], "Mean", "Diff.", "Std."])
 
 
+def paired_comparison(row, baseline):
+    """Compare a row with its baseline seed by seed: the paired mean difference, its 95% interval, a paired t-test.
+
+    The one place the report's paired statistics are computed (paired_differences, table4_comparison,
+    study_comparisons and the mechanism's diagnostics all call it). A seed is a pair when both rows have a finite
+    value at it; d = row - baseline over the pairs, n of them.
+
+    Args:
+        row, baseline: {seed: value} (any unit; the result is in the same unit).
+    Returns:
+        dict: pairs (n), baseline_mean, row_mean (over the pairs), diff_mean (mean of d), diff_sd (ddof=1),
+        ci_low, ci_high (diff_mean -/+ t(0.975, n - 1) * diff_sd / sqrt(n), Student's t), p (two-sided paired
+        t-test of a zero mean difference, n - 1 degrees of freedom), positive ("k/n": pairs where the row is
+        higher). sd, interval and p are NaN for n < 2; with diff_sd = 0, p is 0 (NaN when d is all 0).
+    """
+    from scipy import stats
+
+    seeds = sorted(s for s in set(row) & set(baseline) if np.isfinite(row[s]) and np.isfinite(baseline[s]))
+    a = np.array([baseline[s] for s in seeds], dtype=float)  # (n,)
+    b = np.array([row[s] for s in seeds], dtype=float)  # (n,)
+    d, n = b - a, len(seeds)
+    out = {"pairs": n, "baseline_mean": np.nan, "row_mean": np.nan, "diff_mean": np.nan, "diff_sd": np.nan,
+           "ci_low": np.nan, "ci_high": np.nan, "p": np.nan, "positive": f"{int((d > 0).sum())}/{n}"}
+    if n == 0:
+        return out
+    out.update(baseline_mean=float(a.mean()), row_mean=float(b.mean()), diff_mean=float(d.mean()))
+    if n < 2:
+        return out
+    sd = float(d.std(ddof=1))
+    se = sd / math.sqrt(n)
+    half = float(stats.t.ppf(0.975, n - 1)) * se
+    if se > 0:
+        p = float(2 * stats.t.sf(abs(d.mean()) / se, n - 1))
+    else:
+        p = 0.0 if d.mean() != 0 else np.nan
+    out.update(diff_sd=sd, ci_low=float(d.mean()) - half, ci_high=float(d.mean()) + half, p=p)
+    return out
+
+
+def holm(pvalues):
+    """Holm-Bonferroni adjusted p-values, in the order given; NaN entries stay NaN and are not in the family.
+
+    Step-down (Holm 1979): sort the m finite p-values ascending, multiply the i-th smallest by (m - i + 1), take
+    the running maximum, clip at 1. Rejecting where the adjusted p < alpha controls the family-wise error rate.
+    """
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full(p.shape, np.nan)
+    finite = np.flatnonzero(np.isfinite(p))
+    order = finite[np.argsort(p[finite], kind="stable")]  # indices of the finite p-values, smallest first
+    m = order.size
+    out[order] = np.minimum(1.0, np.maximum.accumulate(p[order] * (m - np.arange(m))))
+    return out
+
+
 def paired_differences(runs, baselines):
-    """Compare each MemVir row with its baseline seed by seed.
+    """Compare each MemVir row with its baseline seed by seed (paired_comparison, rounded for the tables).
 
     Args:
         runs: {row label: {seed: value}} (percent).
@@ -178,25 +270,19 @@ def paired_differences(runs, baselines):
         those seeds), Std. (ddof=1), Positive ("k/n": seeds where the row is better), all rounded to 2 decimals,
         and p: the two-sided p-value of a paired t-test (mean difference 0), rounded to 3 decimals.
     """
-    from scipy import stats
-
     records = []
     for row, base in baselines.items():
         if row not in runs or base not in runs:
             raise ValueError(f"baselines: {row if row not in runs else base!r} is not a row of runs")
-        seeds = sorted(set(runs[row]) & set(runs[base]))
-        d = np.array([runs[row][s] - runs[base][s] for s in seeds], dtype=float)
-        sd = float(d.std(ddof=1)) if d.size > 1 else np.nan
-        p = float(2 * stats.t.sf(abs(d.mean()) / (sd / math.sqrt(d.size)), d.size - 1)) if sd > 0 else np.nan
-        records.append({"Loss": row, "Baseline": base, "Pairs": len(seeds),
-                        "Mean": round(float(d.mean()), 2) if d.size else np.nan,
-                        "Std.": round(sd, 2), "Positive": f"{int((d > 0).sum())}/{d.size}", "p": round(p, 3)})
+        c = paired_comparison(runs[row], runs[base])
+        records.append({"Loss": row, "Baseline": base, "Pairs": c["pairs"], "Mean": round(c["diff_mean"], 2),
+                        "Std.": round(c["diff_sd"], 2), "Positive": c["positive"], "p": round(c["p"], 3)})
     return pd.DataFrame(records, columns=["Loss", "Baseline", "Pairs", "Mean", "Std.", "Positive", "p"])
 
 
 def _per_row(runs, metric, value):
-    if metric not in METRICS or value not in TABLE_VALUES:
-        raise ValueError(f"metric must be one of {list(METRICS)} and value one of {TABLE_VALUES}, got {metric!r}, "
+    if metric not in METRICS or value not in SELECTIONS:
+        raise ValueError(f"metric must be one of {list(METRICS)} and value one of {SELECTIONS}, got {metric!r}, "
                          f"{value!r}")
     col = f"{value}_{metric}"
     out = {}
@@ -234,8 +320,6 @@ def table4_comparison(runs, value="best"):
     Args:
         runs: `collect`'s runs (or runs.csv) of a profile whose MemVir rows have their loss's row as baseline.
     """
-    from scipy import stats
-
     paper = paper_results("table4_recall_at_1")
     pairs = _baselines(runs)  # {MemVir row: its baseline}
     partner = {base: row for row, base in pairs.items()}
@@ -251,12 +335,10 @@ def table4_comparison(runs, value="best"):
             rec[f"MemVir {title}"] = rec[f"Δ {title} [95% CI]"] = "-"
             if row is None:
                 continue
-            seeds = sorted(set(per_row[row]) & set(per_row[base]))
-            a, b = np.array([per_row[base][s] for s in seeds]), np.array([per_row[row][s] for s in seeds])
-            d = b - a
-            half = float(stats.t.ppf(0.975, d.size - 1) * d.std(ddof=1) / math.sqrt(d.size)) if d.size > 1 else np.nan
+            b = np.array([per_row[row][s] for s in sorted(per_row[row])])
+            c = paired_comparison(per_row[row], per_row[base])
             rec[f"MemVir {title}"] = f"{b.mean():.2f} ± {b.std(ddof=1):.2f}"
-            rec[f"Δ {title} [95% CI]"] = f"{d.mean():+.2f} [{d.mean() - half:+.2f}, {d.mean() + half:+.2f}]"
+            rec[f"Δ {title} [95% CI]"] = f"{c['diff_mean']:+.2f} [{c['ci_low']:+.2f}, {c['ci_high']:+.2f}]"
         for data in ("CUB200", "CARS196", "SOP"):
             got = paper[paper["method"] == base].set_index("memvir")[data]
             rec[f"paper {data}"] = (f"{got[0]:.1f} → {got[1]:.1f}" if {0, 1} <= set(got.index)
@@ -264,6 +346,122 @@ def table4_comparison(runs, value="best"):
         rec["seeds"] = int((runs["row"] == base).sum())
         records.append(rec)
     return pd.DataFrame(records)
+
+
+STUDY_METRICS = ("recall@1", "map_at_r", "r_precision")  # the metrics a study compares (its tables: the first two)
+COMPARISON_COLUMNS = ["group", "row", "baseline", "metric", "selection", "pairs", "baseline_mean", "row_mean",
+                      "diff_mean", "diff_sd", "ci_low", "ci_high", "p", "p_holm", "significant", "positive"]
+HOLM_FAMILY = ("every comparison of the profile (a row against its baseline) with the same metric and selection, "
+               "each counted once even when its row is in two groups")
+
+
+def study_comparisons(runs, groups, baselines):
+    """Every row of every group against its baseline, per metric and selection: paired statistics, Holm-corrected.
+
+    For each group, each of its rows that has a baseline, each metric of STUDY_METRICS and each selection of
+    `selections(runs)`: one line of paired_comparison (values in percent). Holm's correction (holm) is applied
+    per family: every comparison of the profile with the same metric and selection, each (row, baseline) once
+    even when the row is in two groups. significant: p_holm < 0.05.
+
+    Args:
+        runs: collect's runs (or runs.csv).
+        groups: {group name: [row label, ...]} (Profile.groups).
+        baselines: {row: its baseline row} (Profile.baselines).
+    Returns:
+        DataFrame with COMPARISON_COLUMNS, groups and rows in the order given.
+    """
+    chosen = selections(runs)
+    per = {(m, s): _per_row(runs, m, s) for m in STUDY_METRICS for s in chosen}  # {row: {seed: percent}}
+    have = set(runs["row"])
+    records = []
+    for group, members in groups.items():
+        for row in members:
+            base = baselines.get(row)
+            if not base or row not in have or base not in have:
+                continue
+            for metric in STUDY_METRICS:
+                for sel in chosen:
+                    values = per[(metric, sel)]
+                    records.append({"group": group, "row": row, "baseline": base, "metric": metric,
+                                    "selection": sel, **paired_comparison(values[row], values[base])})
+    df = pd.DataFrame(records, columns=[c for c in COMPARISON_COLUMNS if c not in ("p_holm", "significant")])
+    df["p_holm"] = np.nan
+    for _, family in df.groupby(["metric", "selection"], sort=False):
+        distinct = family.drop_duplicates(["row", "baseline"])
+        adjusted = dict(zip(zip(distinct["row"], distinct["baseline"]), holm(distinct["p"])))
+        df.loc[family.index, "p_holm"] = [adjusted[k] for k in zip(family["row"], family["baseline"])]
+    df["significant"] = df["p_holm"] < 0.05
+    return df[COMPARISON_COLUMNS]
+
+
+def study_table(comparisons, group, metrics=("recall@1", "map_at_r")):
+    """One group's comparisons as a readable table: a line per row and metric, the selections side by side.
+
+    Cells: "Δ [95% CI]" of row - baseline (percentage points) and "p_holm (k/n)", with "*" where significant.
+    """
+    df = comparisons[(comparisons["group"] == group) & comparisons["metric"].isin(metrics)]
+    chosen = list(dict.fromkeys(df["selection"]))
+    records = []
+    for (row, base, metric), g in df.groupby(["row", "baseline", "metric"], sort=False):
+        g = g.set_index("selection")
+        rec = {"Row": row, "vs": base, "Metric": METRICS[metric], "n": int(g["pairs"].iloc[0])}
+        for sel in chosen:
+            c = g.loc[sel]
+            rec[f"{sel}: Δ [95% CI]"] = f"{c['diff_mean']:+.2f} [{c['ci_low']:+.2f}, {c['ci_high']:+.2f}]"
+            star = " *" if c["significant"] else ""
+            rec[f"{sel}: p_holm (k/n)"] = f"{c['p_holm']:.3f}{star} ({c['positive']})"
+        records.append(rec)
+    return pd.DataFrame(records)
+
+
+CALIBRATION_RULE = ("the first row, in the profile's order, whose mean best test Recall@1 lies in [{low:g}, {high:g}]; "
+                    "if none does and two consecutive rows bracket the range (one above it, the next below, or the "
+                    "reverse), the one closer to {middle:g}; if neither, no row is chosen (knob 2, on the row "
+                    "closest to {middle:g})")  # configs/calibrate.yml's rule, in one sentence
+
+
+def calibration_choice(profile, runs=None):
+    """Apply the calibration rule of configs/calibrate.yml (CALIBRATION_RULE) to a profile with `calibrate`.
+
+    Args:
+        profile: a Profile with calibrate = (low, high), Recall@1 in percent.
+        runs: collect's runs (default: collect(profile)).
+    Returns:
+        DataFrame, a line per row in the profile's order: row, seeds, mean and sd (ddof=1) of the best test
+        Recall@1 over the seeds (percent), in_range, chosen (at most one True), note (why it is chosen; when none
+        is, "knob 2 needed" on the row closest to the middle of the range).
+    """
+    if not profile.calibrate:
+        raise ValueError(f"{profile.path}: no `calibrate: [low, high]` key; calibration_choice needs one")
+    low, high = profile.calibrate
+    middle = (low + high) / 2
+    runs = collect(profile)[0] if runs is None else runs
+    per_row = _per_row(runs, "recall@1", "best")
+    records = []
+    for row in profile.rows:
+        v = np.array(list(per_row.get(row.label, {}).values()), dtype=float)
+        mean = float(v.mean()) if v.size else np.nan
+        records.append({"row": row.label, "seeds": int(v.size), "mean": mean,
+                        "sd": float(v.std(ddof=1)) if v.size > 1 else np.nan,
+                        "in_range": bool(low <= mean <= high), "chosen": False, "note": ""})
+    means = [r["mean"] for r in records]
+    inside = [i for i, r in enumerate(records) if r["in_range"]]
+    if inside:
+        records[inside[0]].update(chosen=True, note=f"the first in [{low:g}, {high:g}]")
+    else:
+        for i in range(len(means) - 1):
+            a, b = means[i], means[i + 1]
+            if (a > high and b < low) or (a < low and b > high):
+                k = i if abs(a - middle) <= abs(b - middle) else i + 1
+                other = records[i + 1 if k == i else i]["row"]
+                records[k].update(chosen=True, note=f"brackets [{low:g}, {high:g}] with {other}; closer to {middle:g}")
+                break
+        else:
+            finite = [i for i, m in enumerate(means) if np.isfinite(m)]
+            if finite:
+                k = min(finite, key=lambda i: abs(means[i] - middle))
+                records[k]["note"] = f"knob 2 needed (none in or bracketing the range; closest to {middle:g})"
+    return pd.DataFrame(records, columns=["row", "seeds", "mean", "sd", "in_range", "chosen", "note"])
 
 
 def paper_results(name="cars196_5runs"):
@@ -401,6 +599,41 @@ def learning_curves_figure(evaluations, runs):
     return fig
 
 
+def curves_figure(evaluations, rows, metrics=("recall@1", "map_at_r")):
+    """Test metric against epoch for each row: the mean over seeds, shaded by its 95% t interval; a panel a metric.
+
+    The band at an epoch is mean ± t(0.975, n - 1) * sd / sqrt(n) over the n seeds evaluated there (sd with
+    ddof=1; no band where n < 2). Values in percent.
+
+    Args:
+        evaluations: collect's evaluations (or evaluations.csv).
+        rows: the row labels to draw, in this order (a row without evaluations is left out).
+    """
+    import matplotlib.pyplot as plt
+    from scipy import stats
+
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 3.4), squeeze=False)
+    colors = plt.get_cmap("tab10").colors
+    for ax, metric in zip(axes[0], metrics):
+        for i, row in enumerate(rows):
+            e = evaluations[evaluations["row"] == row]
+            if e.empty:
+                continue
+            g = (100 * e[metric].astype(float)).groupby(e["epoch"]).agg(["mean", "std", "count"])
+            n = g["count"].to_numpy()
+            t = stats.t.ppf(0.975, np.maximum(n - 1, 1))
+            half = np.where(n > 1, t * g["std"].to_numpy() / np.sqrt(n), np.nan)
+            ax.plot(g.index, g["mean"], color=colors[i % 10], label=row, lw=1.5)
+            ax.fill_between(g.index, g["mean"] - half, g["mean"] + half, where=n > 1, color=colors[i % 10],
+                            alpha=0.2, lw=0)
+        ax.set_xlabel("epoch")
+        ax.set_title(f"{METRICS.get(metric, metric)} on the test classes, %")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8, title="mean over seeds, 95% t band", title_fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def curriculum_figure(steps_by_row, num_classes=None, batch_size=None):
     """Classes and embeddings in the loss at each training step (MemVir's curriculum), one line per run.
 
@@ -459,6 +692,93 @@ def load_trained(run_dir, checkpoint="last", device="cpu"):
     return exp.net, exp.criterion, exp.splits, ckpt["config"], int(ckpt["epoch"])
 
 
+def mechanism_diagnostics(profile, runs, rows, device="cpu"):
+    """Diagnose the last checkpoint of every finished run of `rows`: memvir.evaluation.embedding_diagnostics.
+
+    Args:
+        profile: the Profile the runs belong to.
+        runs: collect's runs (which runs are finished).
+        rows: the row labels to diagnose (a study's "mechanism" group and the baselines of its rows).
+    Returns:
+        DataFrame: row, seed, epoch (of the checkpoint), and embedding_diagnostics' keys (train_/test_/gap_
+        retrieval metrics, uniformity, alignment, PCA share, effective rank, items and classes measured), in its
+        units (fractions, not percent).
+    """
+    import torch
+
+    from .config import parse_k_list
+    from .evaluation import embedding_diagnostics  # here: a report without a mechanism group never needs it
+
+    finished = set(runs["name"])
+    records = []
+    for run in profile.runs:
+        if run.row in rows and run.name in finished:
+            net, _, splits, cfg, epoch = load_trained(run.folder, "last", device)
+            found = embedding_diagnostics(net, splits, torch.device(device), parse_k_list(cfg["k_list"]))
+            records.append({"row": run.row, "seed": run.seed, "epoch": epoch, **found})
+    return pd.DataFrame(records)
+
+
+def mechanism_comparisons(diagnostics, baselines):
+    """Each diagnosed row minus its baseline, paired by seed, per diagnostic (paired_comparison; descriptive only).
+
+    Returns:
+        DataFrame: row, baseline, quantity, and paired_comparison's keys; the counts (*_items, *_classes: what
+        was measured) are not compared.
+    """
+    quantities = [c for c in diagnostics.columns if c not in ("row", "seed", "epoch")
+                  and not c.endswith(("_items", "_classes"))]
+    per_row = {row: g.set_index("seed") for row, g in diagnostics.groupby("row", sort=False)}
+    records = []
+    for row in per_row:
+        base = baselines.get(row)
+        if base not in per_row:
+            continue
+        for q in quantities:
+            records.append({"row": row, "baseline": base, "quantity": q,
+                            **paired_comparison(per_row[row][q].astype(float).to_dict(),
+                                                per_row[base][q].astype(float).to_dict())})
+    return pd.DataFrame(records)
+
+
+def _tsne_steps_panel(ax, net, criterion, splits, cfg, epoch, perplexity=30.0, seed=0):
+    """Draw one t-SNE panel of a MemVir checkpoint: the next training batch, the taken past steps, the proxies.
+
+    The next batch is the first of the epoch after the checkpoint, embedded by its network; each past step
+    MemVir would take next (criterion.taken(), none before the warm-up ends) has its colour; the current proxies
+    are black stars (MemVir Fig. 3).
+    """
+    import matplotlib.pyplot as plt
+    import torch
+    from sklearn.manifold import TSNE
+
+    from .data.samplers import BatchSampler
+
+    sampler = BatchSampler(splits.train.labels, cfg["batch_size"], cfg["n_instance"], seed=cfg["seed"])
+    sampler.set_epoch(epoch)  # the first batch of the epoch after the checkpoint
+    with torch.no_grad():
+        images = torch.stack([splits.train[i][0] for i in next(iter(sampler))])  # (B, channels, H, W)
+        groups = {"current step": net(images, l2_norm=True).numpy()}  # (B, D)
+    for k, step in enumerate(criterion.taken(), start=1):
+        groups[f"t-{k * (cfg['mem_step_gap'] + 1)} (k={k})"] = step.embeddings.numpy()  # (n, D)
+    proxies = criterion.loss.embed_proxies(criterion.loss.proxies.detach()).numpy()  # (C, D)
+    points = np.concatenate([*groups.values(), proxies])
+    xy = TSNE(perplexity=min(perplexity, len(points) - 1), init="pca", random_state=seed).fit_transform(points)
+    few = len(groups) <= 10  # a colour (and a legend entry) per step; more steps: a colour ramp, oldest lightest
+    colors = [plt.get_cmap("tab10")(i) if few else plt.get_cmap("viridis")(i / (len(groups) - 1))
+              for i in range(len(groups))]
+    start = 0
+    for i, (name, e) in enumerate(groups.items()):
+        ax.scatter(*xy[start:start + len(e)].T, s=10, color=colors[i], label=name if few or i == 0 else None,
+                   alpha=0.9 if i == 0 else 0.6)
+        start += len(e)
+    ax.scatter(*xy[start:].T, marker="*", s=40, color="black", label="proxies (current)")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.legend(fontsize=8, loc="best")
+    return len(groups) - 1
+
+
 def tsne_figures(memvir_run, baseline_run, out_dir, test_classes=20, perplexity=30.0, seed=0):
     """Draw chapter 07's two t-SNE figures from two run folders and save them (PNG and SVG) in out_dir.
 
@@ -478,7 +798,6 @@ def tsne_figures(memvir_run, baseline_run, out_dir, test_classes=20, perplexity=
     import torch
     from sklearn.manifold import TSNE
 
-    from .data.samplers import BatchSampler
     from .evaluation import embed
 
     runs = {"with MemVir": Path(memvir_run), "without MemVir": Path(baseline_run)}
@@ -486,26 +805,8 @@ def tsne_figures(memvir_run, baseline_run, out_dir, test_classes=20, perplexity=
     net, criterion, splits, cfg, epoch = models["with MemVir"]
     if not hasattr(criterion, "taken"):
         raise ValueError(f"{memvir_run}: not a MemVir run (its criterion is {type(criterion).__name__})")
-    sampler = BatchSampler(splits.train.labels, cfg["batch_size"], cfg["n_instance"], seed=cfg["seed"])
-    sampler.set_epoch(epoch)  # the first batch of the epoch after the checkpoint
-    with torch.no_grad():
-        images = torch.stack([splits.train[i][0] for i in next(iter(sampler))])  # (B, channels, H, W)
-        groups = {"current step": net(images, l2_norm=True).numpy()}  # (B, D)
-    for k, step in enumerate(criterion.taken(), start=1):
-        groups[f"t-{k * (cfg['mem_step_gap'] + 1)} (k={k})"] = step.embeddings.numpy()  # (n, D)
-    proxies = criterion.loss.embed_proxies(criterion.loss.proxies.detach()).numpy()  # (C, D)
-    xy = TSNE(perplexity=perplexity, init="pca", random_state=seed).fit_transform(
-        np.concatenate([*groups.values(), proxies]))
     fig_steps, ax = plt.subplots(figsize=(7, 6))
-    start = 0
-    for i, (name, e) in enumerate(groups.items()):
-        ax.scatter(*xy[start:start + len(e)].T, s=10, color=plt.get_cmap("tab10")(i), label=name,
-                   alpha=0.9 if i == 0 else 0.6)
-        start += len(e)
-    ax.scatter(*xy[start:].T, marker="*", s=40, color="black", label="proxies (current)")
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.legend(fontsize=8, loc="best")
+    _tsne_steps_panel(ax, net, criterion, splits, cfg, epoch, perplexity, seed)
     ax.set_title(f"training embeddings by step: MemVir N={cfg['mem_num_step']}, M={cfg['mem_step_gap']}")
 
     rng = np.random.default_rng(seed)
@@ -531,13 +832,134 @@ def tsne_figures(memvir_run, baseline_run, out_dir, test_classes=20, perplexity=
     return out
 
 
+def tsne_epoch_choice(epochs, warm_epoch):
+    """The checkpoints of the t-SNE across epochs (MemVir Fig. 3: epochs 50, 60, 200 with U = 40).
+
+    The last epoch at or before the warm-up's end (memory still empty), the first after it, and the last; those
+    that exist, each once, in order.
+
+    Args:
+        epochs: the epochs of a run's checkpoints (1-based: epoch e is saved after e epochs).
+        warm_epoch: U; the memory fills from the (U + 1)-th epoch on.
+    """
+    epochs = sorted(epochs)
+    before = [e for e in epochs if e <= warm_epoch]
+    after = [e for e in epochs if e > warm_epoch]
+    return list(dict.fromkeys([*before[-1:], *after[:1], *epochs[-1:]]))
+
+
+def tsne_epochs_figure(run_dir, out_dir, perplexity=30.0, seed=0):
+    """Draw `tsne_epochs`: one _tsne_steps_panel per checkpoint of tsne_epoch_choice, saved (PNG, SVG) in out_dir.
+
+    Args:
+        run_dir: a MemVir run folder that keeps its epoch checkpoints (max_to_keep 0).
+    Returns:
+        the PNG's path.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = {int(Path(p).stem.split("_")[1]): Path(p).name for p in epoch_checkpoints(Path(run_dir) / "checkpoints")}
+    if not paths:
+        raise FileNotFoundError(f"{Path(run_dir) / 'checkpoints'}: no epoch_*.pt checkpoint; train the run first")
+    warm = int(read_run(run_dir)[0]["warm_epoch"])
+    epochs = tsne_epoch_choice(paths, warm)
+    fig, axes = plt.subplots(1, len(epochs), figsize=(6 * len(epochs), 5.5), squeeze=False)
+    for ax, epoch in zip(axes[0], epochs):
+        net, criterion, splits, cfg, _ = load_trained(run_dir, paths[epoch])
+        if not hasattr(criterion, "taken"):
+            raise ValueError(f"{run_dir}: not a MemVir run (its criterion is {type(criterion).__name__})")
+        taken = _tsne_steps_panel(ax, net, criterion, splits, cfg, epoch, perplexity, seed)
+        ax.set_title(f"after epoch {epoch} (U = {warm}): {taken} past steps taken")
+    fig.tight_layout()
+    save_figure(fig, out_dir, "tsne_epochs")
+    plt.close(fig)
+    return Path(out_dir) / "tsne_epochs.png"
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The report
 # ----------------------------------------------------------------------------------------------------------------
 
 
+SELECTION_MEANING = {"best": "the best test value over the evaluations, as the official code records it",
+                     "val": "the test value at the evaluation with the best validation value of the same metric",
+                     "last": "the test value at the last evaluation"}
+
+
+def _json_records(df, columns, digits=4):
+    """A table as flat JSON records: floats rounded, NaN as null."""
+    def cell(v):
+        if isinstance(v, (bool, np.bool_)):
+            return bool(v)
+        if isinstance(v, (int, np.integer)):
+            return int(v)
+        if isinstance(v, (float, np.floating)):
+            return None if not math.isfinite(v) else round(float(v), digits)
+        return v
+    return [{c: cell(v) for c, v in zip(columns, rec)} for rec in df[columns].itertuples(index=False)]
+
+
+def _study_markdown(comparisons, groups):
+    md = ["## Study: each row minus its baseline, paired by seed", "",
+          "Percentage points of the test classes. Δ: the mean of the per-seed differences with its 95% interval "
+          "(Student's t, n - 1 degrees of freedom); p_holm: the two-sided paired t-test's p-value after Holm's "
+          f"correction, whose family is {HOLM_FAMILY}; * where p_holm < 0.05; k/n: seeds where the row is higher. "
+          "Selections: " + "; ".join(f"{s}, {SELECTION_MEANING[s]}" for s in dict.fromkeys(comparisons["selection"]))
+          + ". Every comparison, R-Precision too: comparisons.csv.", ""]
+    for group in groups:
+        table = study_table(comparisons, group)
+        md += [f"### Group `{group}`", "", markdown_table(table) if not table.empty else
+               "No row of this group has a baseline: nothing to compare.", ""]
+    return md
+
+
+def _calibration_outcome(choice, profile):
+    low, high = profile.calibrate
+    chosen = choice[choice["chosen"]]
+    if len(chosen):
+        c = chosen.iloc[0]
+        return f"**{c['row']}** is chosen ({c['note']}): mean best test Recall@1 {c['mean']:.2f}%."
+    note = choice[choice["note"] != ""]
+    closest = f" on {note.iloc[0]['row']}, the row closest to {(low + high) / 2:g}" if len(note) else ""
+    return f"No row is chosen: knob 2 needed{closest}."
+
+
+def _mechanism_markdown(compared):
+    def g(v):
+        return "-" if not np.isfinite(v) else f"{v:.4g}"
+
+    table = pd.DataFrame({"Row": compared["row"], "vs": compared["baseline"], "quantity": compared["quantity"],
+                          "n": compared["pairs"].astype(str), "baseline": compared["baseline_mean"].map(g),
+                          "row": compared["row_mean"].map(g),
+                          "Δ [95% CI]": [f"{g(m)} [{g(lo)}, {g(hi)}]" for m, lo, hi in
+                                         zip(compared["diff_mean"], compared["ci_low"], compared["ci_high"])],
+                          "k/n": compared["positive"]})
+    return ["## Mechanism: embedding diagnostics of the last checkpoints", "",
+            "Each row minus its baseline, paired by seed, in the diagnostics' own units (fractions, not percent). "
+            "Descriptive: no test is corrected for multiplicity here, and none decides anything (per run: "
+            "diagnostics.csv; paired: mechanism.csv).", "", markdown_table(table), ""]
+
+
 def build_report(profile, out=None, partial=False, log=print):
     """Write runs.csv, evaluations.csv, the tables (CSV + tables.md) and the figures of a profile.
+
+    What a profile's keys add: groups (a study): comparisons.csv (study_comparisons), a table per group in
+    tables.md, figures/curves_<group> for every group named budgets*; calibrate: calibration.csv and its section
+    (calibration_choice); a group named "mechanism": diagnostics.csv (its rows and their baselines, last
+    checkpoints, mechanism_diagnostics) and mechanism.csv; book.tsne on a run with more than one epoch
+    checkpoint: figures/tsne_epochs.
+
+    report.json holds profile, config, table_value, selections, runs, expected_runs, partial, rows, baselines,
+    seeds, data_name, description, and where the profile has them (flat records; NaN written as null):
+        study: a record per line of comparisons.csv: group, row, baseline, metric, selection, pairs,
+            baseline_mean, row_mean, diff_mean, diff_sd, ci_low, ci_high (percent), p, p_holm, significant,
+            positive ("k/n"); holm_family: what a Holm family is, in words.
+        calibration: {low, high, chosen (the row, or null), outcome (a sentence)}.
+        mechanism: a record per line of mechanism.csv: row, baseline, quantity, pairs, baseline_mean, row_mean,
+            diff_mean, ci_low, ci_high, p, positive (the diagnostics' units).
 
     Args:
         profile: a Profile or a name for load_profile.
@@ -560,13 +982,12 @@ def build_report(profile, out=None, partial=False, log=print):
     (out / "figures").mkdir(exist_ok=True)
     runs.to_csv(out / "runs.csv", index=False, float_format="%.6f")
     evaluations.to_csv(out / "evaluations.csv", index=False, float_format="%.6f")
+    chosen = selections(runs)
 
-    meaning = {"best": "the best over the evaluations on the test set, as the official code records it",
-               "last": "the last evaluation"}[profile.table_value]
     md = [f"# Results: profile `{profile.name}`", "", profile.description, "",
-          f"Tables use the **{profile.table_value}** value of each run ({meaning}); values in percent, seeds "
-          f"{sorted(set(runs['seed']))}. Each heading says which value its table uses.", ""]
-    for value in TABLE_VALUES:
+          f"Tables use the **{profile.table_value}** value of each run ({SELECTION_MEANING[profile.table_value]}); "
+          f"values in percent, seeds {sorted(set(runs['seed']))}. Each heading says which value its table uses.", ""]
+    for value in chosen:
         for metric, title in METRICS.items():
             table = table_from_runs(runs, metric, value)
             stem = f"table_{metric.replace('@', '_at_')}" + ("" if value == profile.table_value else f"_{value}")
@@ -586,6 +1007,39 @@ def build_report(profile, out=None, partial=False, log=print):
         choice = validation_choice(profile)
         choice.to_csv(out / "selection.csv", index=False)
         md += [f"## The choice: best validation {METRICS[profile.select]} per loss", "", markdown_table(choice), ""]
+    summary = {"profile": profile.name, "config": str(profile.path.relative_to(profile.root)),
+               "table_value": profile.table_value, "selections": chosen, "runs": int(len(runs)),
+               "expected_runs": len(profile.runs), "partial": bool(len(runs) < len(profile.runs)),
+               "rows": [r.label for r in profile.rows], "baselines": profile.baselines, "seeds": profile.seeds,
+               "data_name": str(profile.rows[0].params.get("data_name", "")).lower(),
+               "description": profile.description}
+    if profile.groups:  # a study: every row against its baseline, Holm-corrected per metric and selection
+        comparisons = study_comparisons(runs, profile.groups, profile.baselines)
+        comparisons.to_csv(out / "comparisons.csv", index=False, float_format="%.6f")
+        md += _study_markdown(comparisons, profile.groups)
+        summary.update(study=_json_records(comparisons, COMPARISON_COLUMNS), holm_family=HOLM_FAMILY)
+    if profile.calibrate:
+        choice = calibration_choice(profile, runs)
+        choice.to_csv(out / "calibration.csv", index=False, float_format="%.4f")
+        low, high = profile.calibrate
+        outcome = _calibration_outcome(choice, profile)
+        md += ["## Calibration: the rule's choice", "",
+               f"The rule ({profile.path.name}): " + CALIBRATION_RULE.format(low=low, high=high,
+                                                                            middle=(low + high) / 2) + ". " + outcome,
+               "", markdown_table(choice), ""]
+        picked = choice.loc[choice["chosen"], "row"]
+        summary["calibration"] = {"low": low, "high": high, "chosen": picked.iloc[0] if len(picked) else None,
+                                  "outcome": outcome}
+    if "mechanism" in profile.groups:
+        rows = set(profile.groups["mechanism"])
+        rows |= {profile.baselines[r] for r in rows if r in profile.baselines}
+        diagnostics = mechanism_diagnostics(profile, runs, rows)
+        diagnostics.to_csv(out / "diagnostics.csv", index=False, float_format="%.6f")
+        compared = mechanism_comparisons(diagnostics, profile.baselines)
+        compared.to_csv(out / "mechanism.csv", index=False, float_format="%.6f")
+        if not compared.empty:
+            md += _mechanism_markdown(compared)
+            summary["mechanism"] = _json_records(compared, list(compared.columns))
     (out / "tables.md").write_text("\n".join(md))
 
     fig = bar_figure(runs, profile.table_value)
@@ -594,6 +1048,11 @@ def build_report(profile, out=None, partial=False, log=print):
     fig = learning_curves_figure(evaluations, runs)
     save_figure(fig, out / "figures", "learning_curves")
     plt.close(fig)
+    for group, members in profile.groups.items():
+        if group.startswith("budgets"):  # the training-budget questions: how the gap moves with the epochs
+            fig = curves_figure(evaluations, members)
+            save_figure(fig, out / "figures", f"curves_{re.sub(r'[^A-Za-z0-9_-]+', '_', group)}")
+            plt.close(fig)
     memvir_rows = [r for r in profile.rows if parse_bool(r.params.get("memvir", False))]
     steps, C, B = {}, None, None
     for r in memvir_rows:
@@ -614,12 +1073,8 @@ def build_report(profile, out=None, partial=False, log=print):
             log(f"report: no t-SNE figures: {run.folder} or {base.folder} has no checkpoint")
         elif {run.name, base.name} <= set(runs["name"]):
             tsne_figures(run.folder, base.folder, out / "figures")
-    summary = {
-        "profile": profile.name, "config": str(profile.path.relative_to(profile.root)),
-        "table_value": profile.table_value, "runs": int(len(runs)), "expected_runs": len(profile.runs),
-        "partial": bool(len(runs) < len(profile.runs)), "rows": [r.label for r in profile.rows],
-        "baselines": profile.baselines, "seeds": profile.seeds,
-        "data_name": str(profile.rows[0].params.get("data_name", "")).lower(), "description": profile.description}
+        if len(epoch_checkpoints(run.folder / "checkpoints")) > 1 and run.name in set(runs["name"]):
+            tsne_epochs_figure(run.folder, out / "figures")  # a run that kept its epochs (max_to_keep 0)
     (out / "report.json").write_text(json.dumps(summary, indent=1) + "\n")
     log(f"report: {len(runs)} of {len(profile.runs)} runs -> {out}")
     return out

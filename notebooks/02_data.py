@@ -25,10 +25,11 @@
 
 # %% tags=["parameters"]
 input_size = 32  # image side in pixels (the train flag --input_size)
-num_classes = 400  # classes rendered: the first half train, the rest test
-instances_per_class = 20  # images per class
+num_classes = 1000  # classes rendered: the first half train, the rest test
+instances_per_class = 8  # images per class
 min_fonts = 10  # a class needs at least this many distinct renders
 glyph_seed = 0  # seed of the class choice and of the augmentations
+val_classes = 50  # training classes held out for validation (model selection)
 
 # %%
 import collections
@@ -44,7 +45,7 @@ from memvir.data.prepare import EXPECTED
 glyph_set = glyphs.render_glyphs(image_size=input_size, num_classes=num_classes,
                                  instances_per_class=instances_per_class,
                                  min_fonts=min_fonts, seed=glyph_seed)
-parts = glyphs.glyph_splits(glyph_set)
+parts = glyphs.glyph_splits(glyph_set, val_classes=val_classes)
 
 # %% [markdown]
 # ## What the classes look like
@@ -55,10 +56,10 @@ parts = glyphs.glyph_splits(glyph_set)
 # fine-grained, as CARS196 (car models) and CUB-200 (bird species) are.
 
 # %%
-fig = glyphs.contact_sheet(parts["train"], classes=8, per_class=12,
+fig = glyphs.contact_sheet(parts["train"], classes=8, per_class=8,
                           title="train classes (seen in training)")
 plt.show()
-fig = glyphs.contact_sheet(parts["test"], classes=8, per_class=12,
+fig = glyphs.contact_sheet(parts["test"], classes=8, per_class=8,
                           title="test classes (never seen in training)")
 plt.show()
 
@@ -86,8 +87,10 @@ pd.DataFrame([{"split": name, "classes": len(p.chars), "images": len(p.labels),
 stats = glyphs.font_stats(glyph_set)  # one row per class: script, num_renders, fonts
 
 # %% tags=["hide-input"]
-num_train = len(parts["train"].chars)  # classes 0 .. num_train - 1 train
-stats["split"] = ["train" if c < num_train else "test" for c in stats["class"]]
+num_train = len(parts["train"].chars)  # classes 0 .. num_train - 1 train, then validation,
+first_test = num_classes // 2  # then the test classes from the half on
+stats["split"] = ["train" if c < num_train else "validation" if c < first_test else "test"
+                  for c in stats["class"]]
 by_script = stats.groupby(["script", "split"]).size().unstack(fill_value=0)
 by_script = by_script.loc[by_script.sum(axis=1).sort_values(ascending=False).index]
 fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
@@ -136,10 +139,14 @@ font_use.head(12).to_frame()
 pd.DataFrame(EXPECTED).T.map(lambda v: "-" if pd.isna(v) else f"{int(v):,}")
 
 # %% [markdown]
-# The glyph benchmark has 200 training classes, more than CUB-200 and CARS196, with 20 images each (CARS196 has
-# about 82): 32-pixel grey images, small enough for a CPU, not easy. Recall@1 on it ends in the nineties
-# (chapter 6), so the chapters report R-Precision and MAP@R next to it: they still move when the nearest
-# neighbour is almost always right {cite}`musgrave2020reality`.
+# The default benchmark has many classes with few images each: 32-pixel grey images, small enough for a CPU,
+# and hard on purpose. Its size was chosen by a rule written before any MemVir run on it
+# (`configs/calibrate.yml`): the baseline's Recall@1 must sit where the paper's data sets put it, 65-85%. The
+# first benchmark, 400 classes of 20 images (`configs/cpu_easy.yml`), ended in the nineties for every method:
+# at its ceiling, it could not show a gain. The chapters report R-Precision and MAP@R next to Recall@1: they
+# count all $R$ neighbours of a query, not only the first {cite}`musgrave2020reality`. A few training classes
+# are held out as validation classes: never trained on, never tested on, they let a run pick its epoch
+# honestly (chapter 6).
 
 # %% [markdown]
 # ## What we saw
@@ -148,8 +155,10 @@ pd.DataFrame(EXPECTED).T.map(lambda v: "-" if pd.isna(v) else f"{int(v):,}")
 train, test = parts["train"], parts["test"]
 renders, cars = stats["num_renders"], EXPECTED["cars196"]
 display(Markdown(
-    f"The glyph benchmark drew {len(train.chars)} training and {len(test.chars)} test "
-    f"classes ({len(train.labels):,} and {len(test.labels):,} images of {input_size} px) "
+    f"The glyph benchmark drew {len(train.chars)} training, "
+    f"{len(parts['val'].chars) if 'val' in parts else 0} validation and {len(test.chars)} test "
+    f"classes ({len(train.labels):,} and {len(test.labels):,} training and test images of "
+    f"{input_size} px) "
     f"from a pool of {pool:,} characters, with {len(font_use)} fonts; a class has "
     f"{renders.min()} to {renders.max()} distinct renders "
     f"(median {renders.median():g}), and "

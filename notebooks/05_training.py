@@ -32,11 +32,11 @@ data = ""  # prepared folder with train/ and test/; glyphs: a render cache (empt
 k_list = ""  # Recall@K list, such as 1,2,4,8 (empty: the data set's)
 decode = "pil"  # training images: pil (official) | draft (JPEG DCT scaling) | gpu
 input_size = 32  # image side in pixels
-num_classes = 400  # glyphs: classes rendered, the first half train, the rest test
-instances_per_class = 20  # glyphs: images per class
+num_classes = 1000  # glyphs: classes rendered, the first half train, the rest test
+instances_per_class = 8  # glyphs: images per class
 min_fonts = 10  # glyphs: distinct renders a class needs
 glyph_seed = 0  # glyphs: seed of the glyph set (one benchmark for every training seed)
-val_classes = 0  # train classes held out for validation
+val_classes = 50  # train classes held out for validation
 # model
 backbone = "glyphcnn"  # bninception | resnet18/34/50/101 | glyphcnn
 pretrained = "none"  # imagenet | none | path to backbone weights
