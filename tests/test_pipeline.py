@@ -341,3 +341,21 @@ def test_a_chapter_declaring_a_known_value_means_that_value():
                 assert isinstance(cell[name], str) and not Path(cell[name]).is_absolute(), (nb.stem, name)
             else:
                 assert cell[name] == values[name], (nb.stem, name, cell[name], values[name])
+
+
+def test_the_default_benchmark_is_the_calibration_choice():
+    """configs/cpu.yml trains on the benchmark configs/calibrate.yml's rule chose (the committed calibration)."""
+    import pandas as pd
+
+    calibration = pd.read_csv(ROOT / "results" / "report" / "calibrate" / "calibration.csv")
+    (chosen,) = calibration.loc[calibration["chosen"], "row"]
+    calibrate = pipeline.load_profile("calibrate")
+    low, high = calibrate.calibrate
+    mean = float(calibration.loc[calibration["chosen"], "mean"].iloc[0])
+    assert low <= mean <= high
+    benchmark = next(r for r in calibrate.rows if r.label == chosen).params
+    for name in ("cpu", "study"):
+        for row in pipeline.load_profile(name).rows:
+            for key in ("data_name", "input_size", "num_classes", "instances_per_class", "min_fonts", "val_classes",
+                        "glyph_seed", "backbone", "dim", "batch_size", "modellr", "centerlr"):
+                assert row.params[key] == benchmark[key], (name, row.label, key)
