@@ -35,7 +35,7 @@ from .config import parse_bool
 from .pipeline import Profile, load_profile
 from .rundir import epoch_checkpoints, load_checkpoint, read_run, run_state
 
-__all__ = ["METRICS", "SELECTIONS", "collect", "selections", "runs_table", "paired_comparison", "holm",
+__all__ = ["METRICS", "SELECTIONS", "SELECTION_NAMES", "verdict", "describe", "collect", "selections", "runs_table", "paired_comparison", "holm",
            "paired_differences", "table_from_runs", "paired_from_runs", "table4_comparison", "study_comparisons",
            "study_table", "calibration_choice", "paper_table", "paper_results", "formatted", "markdown_table",
            "load_trained", "save_figure", "bar_figure", "learning_curves_figure", "curves_figure",
@@ -412,6 +412,35 @@ def study_table(comparisons, group, metrics=("recall@1", "map_at_r")):
             rec[f"{sel}: p_holm (k/n)"] = f"{c['p_holm']:.3f}{star} ({c['positive']})"
         records.append(rec)
     return pd.DataFrame(records)
+
+
+SELECTION_NAMES = {"best": "best test epoch (as the official code)", "val": "best validation epoch",
+                   "last": "last epoch"}  # how a run's value was picked, in words
+
+
+def verdict(comparison):
+    """What a paired comparison (a line of study_comparisons) says, in a few words.
+
+    A gain or a loss only when Holm's corrected p is below 0.05 (p_holm; p when there is no correction); "not
+    significant after the correction" when only the uncorrected p is; else the difference is within the noise of
+    the seeds.
+    """
+    p = comparison.get("p_holm", comparison["p"])
+    if p is None or not np.isfinite(p):
+        return "not testable (fewer than two paired seeds)"
+    if p < 0.05:
+        return "a gain" if comparison["diff_mean"] > 0 else "a loss"
+    if comparison["p"] < 0.05:
+        return "not significant once corrected for the number of comparisons"
+    return "within the seed-to-seed noise"
+
+
+def describe(comparison, unit="points"):
+    """One comparison as a sentence fragment: difference, 95% interval, seeds ahead, corrected p, verdict."""
+    c = comparison
+    p = f"Holm p = {c['p_holm']:.3f}" if "p_holm" in c and np.isfinite(c["p_holm"]) else f"p = {c['p']:.3f}"
+    return (f"{c['diff_mean']:+.2f} {unit} [95% CI {c['ci_low']:+.2f}, {c['ci_high']:+.2f}], ahead in "
+            f"{c['positive']} seeds ({p}): {verdict(c)}")
 
 
 CALIBRATION_RULE = ("the first row, in the profile's order, whose mean best test Recall@1 lies in [{low:g}, {high:g}]; "

@@ -9,6 +9,7 @@ import re
 import statistics
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -164,3 +165,15 @@ def test_table4_comparison_pairs_by_seed_with_a_t_interval():
     assert table.loc["Norm-SoftMax", "Recall@1"] == f"65.00 ± {statistics.stdev([60, 70]):.2f}"
     assert table.loc["Norm-SoftMax", "paper CARS196"] == "83.3 → 86.8"  # the paper's Table 4
     assert table.loc["SoftTriple", "MemVir Recall@1"] == "-" and table.loc["SoftTriple", "paper CARS196"] == "84.5"
+
+
+@pytest.mark.parametrize("p,p_holm,diff,words", [
+    (0.001, 0.004, 1.2, "a gain"), (0.001, 0.004, -1.2, "a loss"),
+    (0.02, 0.3, 1.2, "not significant once corrected"), (0.4, 1.0, 0.1, "within the seed-to-seed noise"),
+    (float("nan"), float("nan"), 0.0, "not testable")])
+def test_verdict_reads_the_corrected_p(p, p_holm, diff, words):
+    c = {"diff_mean": diff, "ci_low": diff - 1, "ci_high": diff + 1, "positive": "3/5", "p": p, "p_holm": p_holm}
+    assert report.verdict(c).startswith(words)
+    if np.isfinite(p):
+        assert report.describe(c) == (f"{diff:+.2f} points [95% CI {diff - 1:+.2f}, {diff + 1:+.2f}], ahead in 3/5 "
+                                      f"seeds (Holm p = {p_holm:.3f}): {report.verdict(c)}")
