@@ -3,8 +3,10 @@
 #   1. the tests marked `gpu` (tests/test_gpu.py): MemVir on the device and storage="host" pinned, AMP fp16 +
 #      GradScaler training, --decode gpu (nvJPEG), faiss-gpu search if installed, DDP over NCCL with >1 GPU;
 #   2. bench/paper_step.py --quick on CUDA;
-#   3. bench/memvir_step.py on CUDA (when it has a --device flag).
-# Results: results/bench/gpu_tests.json, gpu_paper_step.json, gpu_memvir_step.json (GPU_CHECK_OUT to change).
+#   3. bench/memvir_step.py --device cuda: the CARS196 settings (short) and the fixed-cost sweep (one round), each
+#      variant's step also counted for host-device synchronisations.
+# Results: results/bench/gpu_tests.json, gpu_paper_step.json, gpu_memvir_step.json, gpu_memvir_step_fixed.json
+# (GPU_CHECK_OUT to change).
 # Without CUDA it says so and exits 0, having run and written nothing.
 #
 #   bash bench/gpu_check.sh
@@ -50,11 +52,9 @@ rm -f "$OUT/gpu_tests.xml"
 timeout 150 "$PY" -m bench.paper_step --quick --device cuda --out "$OUT/gpu_paper_step.json" || status=1
 
 # ====== 3. the MemVir step ======
-if "$PY" -m bench.memvir_step --help 2>/dev/null | grep -q -- "--device"; then
-    timeout 60 "$PY" -m bench.memvir_step --quick --device cuda --out "$OUT/gpu_memvir_step.json" || status=1
-else
-    echo "gpu_check: bench/memvir_step.py has no --device flag yet: skipped (it would time the CPU)"
-fi
+timeout 60 "$PY" -m bench.memvir_step --quick --device cuda --out "$OUT/gpu_memvir_step.json" || status=1
+timeout 40 "$PY" -m bench.memvir_step --fixed-cost --rounds 1 --repeats 5 --device cuda \
+    --out "$OUT/gpu_memvir_step_fixed.json" || status=1
 
 echo "gpu_check: done in $(( $(date +%s) - start )) s, exit status $status; results in $OUT/gpu_*.json"
 exit $status

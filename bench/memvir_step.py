@@ -3,6 +3,8 @@
     python -m bench.memvir_step                 # the paper's CARS196 settings, the N sweep, BN-Inception share
     python -m bench.memvir_step --quick         # fewer repetitions, no backbone timing
     python -m bench.memvir_step --fixed-cost    # MemVir's fixed cost per step: ours, plain, and ours before issue 14
+    python -m bench.memvir_step --quick --device cuda   # on a GPU (bench/gpu_check.sh), with its syncs per step
+    OMP_NUM_THREADS=1 python -m bench.memvir_step --fixed-cost --clock cpu   # CPU time: a shared machine
 
 Variants, timed interleaved in one run (this machine is noisy: compare ratios, not seconds):
   plain     rule 4 as the official code computes it: concatenate the (1+K)B embeddings and (1+K)C proxies, one
@@ -10,6 +12,8 @@ Variants, timed interleaved in one run (this machine is noisy: compare ratios, n
   ours      the cached computation of memvir.memory (O(N) per step). MemVir(..., fast=True)
   baseline  the loss without MemVir (B x C logits).
 Prints a table and writes JSON (default results/bench/memvir_step.json) that the Performance chapter reads.
+On CUDA each variant's step is also counted for host-device synchronisations (torch.cuda.set_sync_debug_mode),
+the waits that a CPU timing cannot show; tests/test_memory.py counts the same reads deterministically on the CPU.
 """
 import argparse
 import json
@@ -18,8 +22,10 @@ import platform
 import importlib.util
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -31,30 +37,61 @@ from memvir.memory import MemVir
 # The paper's CARS196 settings (official README): C=98 train classes, D=512, batch 128.
 C, D, B = 98, 512, 128
 SETTINGS = [("Norm-SoftMax", NormSoftmax, 45, 10), ("Proxy-NCA", ProxyNCA, 20, 25)]
+DEVICE = torch.device("cpu")  # where everything is timed: main() sets it from --device
+CLOCK = time.perf_counter  # wall time; --clock cpu: time.thread_time
 
 
-def filled(loss_cls, N, M, fast, seed=0):
-    """A MemVir whose memory is full (N*(M+1) steps pushed), so every step takes N past steps."""
+def batch(B, D, C):
+    """A fresh batch on DEVICE: unit embeddings (B, D) that want gradients, labels (B,) in [0, C)."""
+    emb = F.normalize(torch.randn(B, D, device=DEVICE), dim=1).requires_grad_()
+    return emb, torch.randint(0, C, (B,), device=DEVICE)
+
+
+def filled(loss_cls, N, M, fast, seed=0, memvir_cls=MemVir, B=B, D=D, C=C):
+    """A MemVir on DEVICE whose memory is full (N*(M+1) steps pushed), so every step takes N past steps."""
     torch.manual_seed(seed)
-    mv = MemVir(loss_cls(C, D), N, M, fast=fast)
+    mv = memvir_cls(loss_cls(C, D), N, M, fast=fast).to(DEVICE)
     with torch.no_grad():
         for _ in range(max(mv.capacity, 1)):
-            mv(F.normalize(torch.randn(B, D), dim=1), torch.randint(0, C, (B,)), 0)
+            mv(*batch(B, D, C), 0)
     return mv
+
+
+def sync():
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def time_step(criterion, memvir, B=B, D=D, C=C):
     """Seconds for one loss forward + backward on a fresh batch; the step also pushes into the memory."""
-    emb = F.normalize(torch.randn(B, D), dim=1).requires_grad_()
-    labels = torch.randint(0, C, (B,))
-    start = time.perf_counter()
+    emb, labels = batch(B, D, C)
+    sync()
+    start = CLOCK()
     value = criterion(emb, labels, 0) if memvir else criterion(emb, labels)
     value.backward()
-    return time.perf_counter() - start
+    sync()  # on CUDA the step is done when the device is
+    return CLOCK() - start
+
+
+def count_syncs(criterion, memvir, B=B, D=D, C=C):
+    """Host-device synchronisations of one step on CUDA (each one a warning of the sync debug mode); None on CPU."""
+    if DEVICE.type != "cuda":
+        return None
+    emb, labels = batch(B, D, C)
+    sync()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            value = criterion(emb, labels, 0) if memvir else criterion(emb, labels)
+            value.backward()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
 
 
 def compare(variants, repeats, **shape):
-    """Median seconds per variant, the variants interleaved within each repetition."""
+    """Median seconds per variant, the variants interleaved within each repetition; on CUDA also syncs per step."""
     times = {name: [] for name in variants}
     for name, (crit, memvir) in variants.items():  # one warm-up step each (allocations, caches)
         time_step(crit, memvir, **shape)
@@ -63,68 +100,87 @@ def compare(variants, repeats, **shape):
         for name in names[r % len(names):] + names[:r % len(names)]:
             crit, memvir = variants[name]
             times[name].append(time_step(crit, memvir, **shape))
-    return {name: statistics.median(t) for name, t in times.items()}
+    syncs = {name: count_syncs(crit, memvir, **shape) for name, (crit, memvir) in variants.items()}
+    return {name: statistics.median(t) for name, t in times.items()}, syncs
 
 
 # ---- MemVir's fixed cost per step (issue 14, section 3) --------------------------------------------------------
-# The memory.py before the issue's change, read from git and imported as a module of its own, so that before and
-# after are timed interleaved in one run of one machine state.
+# memory.py before the issue's change, with the check_batch of losses.py it called then (three device reads), read
+# from git and imported as modules of their own, so that before and after are timed interleaved in one run of one
+# machine state.
 BEFORE = "eaace4d02f1f0624d8e35e8cdf12aea2441414f7"  # the last commit of memvir/memory.py before issue 14
 FIXED = dict(B=64, C=98, D=256, M=2, Ns=(1, 2, 5, 10, 20))
 
 
 def memory_before():
-    """Import memvir/memory.py as it was at commit BEFORE (its relative imports made absolute)."""
-    source = subprocess.run(["git", "show", f"{BEFORE}:memvir/memory.py"], capture_output=True, text=True,
-                            check=True).stdout
-    source = source.replace("from .losses import", "from memvir.losses import").replace(
-        "from .pml import", "from memvir.pml import")
-    path = Path(tempfile.mkdtemp()) / "memvir_memory_before.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location("memvir_memory_before", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    """Import memvir/memory.py and memvir/losses.py as they were at commit BEFORE; None without git history."""
+    folder = Path(tempfile.mkdtemp())
+    for name in ("losses", "memory"):
+        try:
+            source = subprocess.run(["git", "show", f"{BEFORE}:memvir/{name}.py"], capture_output=True, text=True,
+                                    check=True).stdout
+        except (OSError, subprocess.CalledProcessError):  # a copy of the working tree without .git (a GPU machine)
+            return None
+        source = source.replace("from .losses import", "from memvir_losses_before import").replace(
+            "from .pml import", "from memvir.pml import")
+        path = folder / f"memvir_{name}_before.py"
+        path.write_text(source)
+        spec = importlib.util.spec_from_file_location(f"memvir_{name}_before", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # memory's `from memvir_losses_before import check_batch` finds it
+        spec.loader.exec_module(module)
     return module.MemVir
 
 
 def fixed_cost(repeats, rounds):
-    """Time ours, ours before issue 14 and plain at B64 C98 D256 M2 over N; fit ms = intercept + slope x N."""
+    """Time ours, ours before issue 14 and plain at B64 C98 D256 M2 over N; fit ms = intercept + slope x N.
+
+    Also the loss alone (no memory, the same B x C step): the floor under any intercept, since every MemVir step
+    scores its current batch against the current proxies and back-propagates that first.
+    """
     B_, C_, D_, M = FIXED["B"], FIXED["C"], FIXED["D"], FIXED["M"]
     shape = dict(B=B_, C=C_, D=D_)
-    kinds = {"ours": (MemVir, True), "before": (memory_before(), True), "plain": (MemVir, False)}
+    before = memory_before()
+    kinds = {"ours": (MemVir, True), "before": (before, True), "plain": (MemVir, False)}
+    if before is None:
+        print(f"no git history here: 'before' ({BEFORE[:7]}) is not timed")
+        del kinds["before"]
+    fitted = [k for k in ("ours", "before") if k in kinds]
 
-    def filled_fixed(cls, N, fast):
-        torch.manual_seed(0)
-        mv = cls(NormSoftmax(C_, D_), N, M, fast=fast)
-        with torch.no_grad():
-            for _ in range(mv.capacity):
-                mv(F.normalize(torch.randn(B_, D_), dim=1), torch.randint(0, C_, (B_,)), 0)
-        return mv
-
-    print(f"MemVir fixed cost: Norm-SoftMax B={B_} C={C_} D={D_} M={M}; median of {repeats}, {rounds} rounds, "
-          f"{torch.get_num_threads()} torch threads; 'before' = memvir/memory.py at {BEFORE[:7]}")
+    print(f"MemVir fixed cost: Norm-SoftMax B={B_} C={C_} D={D_} M={M} on {DEVICE}; median of {repeats}, "
+          f"{rounds} rounds, {torch.get_num_threads()} torch threads; 'before' = memvir/memory.py at {BEFORE[:7]}")
     out = {"shape": dict(FIXED, Ns=list(FIXED["Ns"])), "before_commit": BEFORE, "rounds": []}
     for r in range(rounds):
         rows = []
         for N in FIXED["Ns"]:
-            variants = {k: (filled_fixed(cls, N, fast), True) for k, (cls, fast) in kinds.items()}
-            t = compare(variants, repeats, **shape)
+            variants = {k: (filled(NormSoftmax, N, M, fast, memvir_cls=cls, **shape), True)
+                        for k, (cls, fast) in kinds.items()}
+            variants["loss"] = (NormSoftmax(C_, D_).to(DEVICE), False)
+            t, syncs = compare(variants, repeats, **shape)
             rows.append({"N": N, **{k: v * 1e3 for k, v in t.items()}})
+            if DEVICE.type == "cuda":
+                rows[-1]["syncs_per_step"] = syncs
         fit = {}
-        for k in ("ours", "before"):
+        for k in fitted:
             slope, intercept = statistics.linear_regression([x["N"] for x in rows], [x[k] for x in rows])
             fit[k] = {"intercept_ms": intercept, "ms_per_step": slope}
         at20 = rows[-1]
         summary = {"ours_over_plain_N20": at20["ours"] / at20["plain"],
-                   "before_over_plain_N20": at20["before"] / at20["plain"],
-                   "intercept_after_over_before": fit["ours"]["intercept_ms"] / fit["before"]["intercept_ms"]}
+                   "loss_alone_ms": statistics.median(x["loss"] for x in rows)}
+        if "before" in kinds:
+            summary.update(before_over_plain_N20=at20["before"] / at20["plain"],
+                           intercept_after_over_before=fit["ours"]["intercept_ms"] / fit["before"]["intercept_ms"])
         out["rounds"].append({"rows": rows, "fit": fit, **summary})
-        print(f"round {r + 1}:  {'N':>3}{'plain ms':>10}{'before ms':>11}{'ours ms':>9}")
+        print(f"round {r + 1}:  {'N':>3}" + "".join(f"{k + ' ms':>11}" for k in (*kinds, "loss"))
+              + ("   syncs per step" if DEVICE.type == "cuda" else ""))
         for x in rows:
-            print(f"{'':10}{x['N']:>3}{x['plain']:>10.2f}{x['before']:>11.2f}{x['ours']:>9.2f}")
-        print(f"  fit: before {fit['before']['intercept_ms']:.2f} ms + {fit['before']['ms_per_step']:.3f} ms x N; "
-              f"ours {fit['ours']['intercept_ms']:.2f} ms + {fit['ours']['ms_per_step']:.3f} ms x N; "
-              f"N=20 ours/plain {summary['ours_over_plain_N20']:.3f} (before {summary['before_over_plain_N20']:.3f})")
+            print(f"{'':10}{x['N']:>3}" + "".join(f"{x[k]:>11.2f}" for k in (*kinds, "loss"))
+                  + (f"   {x['syncs_per_step']}" if "syncs_per_step" in x else ""))
+        print("  fit: " + "; ".join(f"{k} {fit[k]['intercept_ms']:.2f} ms + {fit[k]['ms_per_step']:.3f} ms x N"
+                                    for k in fitted)
+              + f"; loss alone {summary['loss_alone_ms']:.2f} ms; N=20 ours/plain {summary['ours_over_plain_N20']:.3f}"
+              + (f" (before {summary['before_over_plain_N20']:.3f}); intercept ours/before "
+                 f"{summary['intercept_after_over_before']:.2f}" if "before" in kinds else ""))
     return out
 
 
@@ -132,12 +188,14 @@ def backbone_step(repeats):
     """Seconds for one forward + backward of BN-Inception at batch 128, 224 px (the paper's training step)."""
     from memvir.models import build_model
 
-    model = build_model("bninception", D, pretrained="none")
-    x = torch.randn(B, 3, 224, 224)
+    model = build_model("bninception", D, pretrained="none").to(DEVICE)
+    x = torch.randn(B, 3, 224, 224, device=DEVICE)
     times = []
     for _ in range(repeats):
+        sync()
         start = time.perf_counter()
         model(x).sum().backward()
+        sync()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -150,36 +208,54 @@ def main(argv=None):
     parser.add_argument("--fixed-cost", action="store_true",
                         help="only the fixed-cost sweep (B64 C98 D256 M2, N 1..20): ours, before issue 14, plain")
     parser.add_argument("--rounds", type=int, default=3, help="--fixed-cost: repeat the whole sweep (noise)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                        help="where to time (cuda: also the host-device synchronisations of each variant's step)")
+    parser.add_argument("--clock", default="wall", choices=("wall", "cpu"),
+                        help="wall: elapsed time; cpu: this thread's CPU time (time.thread_time), which leaves out "
+                             "the time other processes hold the core (a shared machine); CPU, one torch thread")
     parser.add_argument("--out", default=None,
                         help="JSON file (default results/bench/memvir_step.json, memvir_step_fixed.json)")
     args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch.cuda.is_available() is False here")
+    if args.clock == "cpu" and (args.device != "cpu" or torch.get_num_threads() != 1):
+        parser.error(f"--clock cpu times this thread only: expected --device cpu and one torch thread "
+                     f"(OMP_NUM_THREADS=1), got {args.device} with {torch.get_num_threads()}")
+    global DEVICE, CLOCK
+    DEVICE = torch.device(args.device)
+    CLOCK = time.thread_time if args.clock == "cpu" else time.perf_counter
     repeats = 3 if args.quick else args.repeats
     machine = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-               "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": "cpu",
-               "torch": torch.__version__}
+               "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": args.device,
+               "clock": args.clock, "torch": torch.__version__}
+    if DEVICE.type == "cuda":
+        machine.update(gpu=torch.cuda.get_device_name(0), cuda=torch.version.cuda)
     if args.fixed_cost:
         result = {"machine": machine, **fixed_cost(repeats, args.rounds)}
         return write(result, args.out or "results/bench/memvir_step_fixed.json")
     result = {"machine": machine, "shape": {"C": C, "D": D, "B": B}, "settings": [], "sweep": []}
 
-    print(f"MemVir step, loss forward+backward with memory full; C={C} D={D} B={B}; median of {repeats}, "
-          f"{torch.get_num_threads()} torch threads")
+    print(f"MemVir step, loss forward+backward with memory full; C={C} D={D} B={B} on {DEVICE}; median of "
+          f"{repeats}, {torch.get_num_threads()} torch threads")
     print(f"{'loss':<14}{'N':>4}{'M':>4}{'plain ms':>10}{'ours ms':>9}{'base ms':>9}{'plain/ours':>12}{'ours/base':>11}")
     for name, cls, N, M in SETTINGS:
         variants = {"plain": (filled(cls, N, M, fast=False), True), "ours": (filled(cls, N, M, fast=True), True),
-                    "baseline": (cls(C, D), False)}
-        t = compare(variants, repeats)
+                    "baseline": (cls(C, D).to(DEVICE), False)}
+        t, syncs = compare(variants, repeats)
         row = {"loss": name, "N": N, "M": M, **{k: v * 1e3 for k, v in t.items()},
                "plain_over_ours": t["plain"] / t["ours"], "ours_over_baseline": t["ours"] / t["baseline"]}
+        if DEVICE.type == "cuda":
+            row["syncs_per_step"] = syncs
         result["settings"].append(row)
         print(f"{name:<14}{N:>4}{M:>4}{row['plain']:>10.1f}{row['ours']:>9.1f}{row['baseline']:>9.2f}"
-              f"{row['plain_over_ours']:>12.1f}{row['ours_over_baseline']:>11.1f}")
+              f"{row['plain_over_ours']:>12.1f}{row['ours_over_baseline']:>11.1f}"
+              + (f"   syncs per step {syncs}" if DEVICE.type == "cuda" else ""))
 
     print("\nN sweep (Norm-SoftMax, M=10): ours should grow linearly in N, plain quadratically")
     print(f"{'N':>4}{'plain ms':>10}{'ours ms':>9}{'plain/ours':>12}")
     for N in (5, 10, 20, 45):
-        t = compare({"plain": (filled(NormSoftmax, N, 10, fast=False), True),
-                     "ours": (filled(NormSoftmax, N, 10, fast=True), True)}, repeats)
+        t, _ = compare({"plain": (filled(NormSoftmax, N, 10, fast=False), True),
+                        "ours": (filled(NormSoftmax, N, 10, fast=True), True)}, repeats)
         row = {"N": N, "plain": t["plain"] * 1e3, "ours": t["ours"] * 1e3, "plain_over_ours": t["plain"] / t["ours"]}
         result["sweep"].append(row)
         print(f"{N:>4}{row['plain']:>10.1f}{row['ours']:>9.1f}{row['plain_over_ours']:>12.1f}")

@@ -41,14 +41,21 @@ __all__ = ["ProxyLoss", "NormSoftmax", "ProxyNCA", "Softmax", "CosFace", "ArcFac
            "LOSSES", "PAIR_LOSSES", "build_loss", "canonical_loss_name", "loss_class", "default_scale", "check_batch"]
 
 
-def check_batch(emb, labels, num_classes, dim):
+def check_batch(emb, labels, num_classes, dim, values="read"):
     """Return the labels as int64 (what cross-entropy indexes with); raise a ValueError when the batch does not fit.
+
+    The shapes and dtypes are checked on the host. The values (label range, finite embeddings) need the tensors'
+    contents: one device->host read for the three numbers (min, max, all finite), a synchronisation on CUDA.
 
     Args:
         emb: (B, D) float embeddings.
         labels: (B,) labels in [0, num_classes), any integer dtype (int32, uint8, ...); bool and float are refused.
         num_classes: C, the number of classes (label range).
         dim: D, the embedding size the proxies have.
+        values: "read" checks the values as above, with the ValueErrors below; "assert" asserts the same on the
+            device, reading nothing (torch._assert_async: a RuntimeError on the CPU, on CUDA a device-side assert,
+            which ends the process's CUDA context); None checks shapes and dtypes only, for a caller that checks the
+            values elsewhere (MemVir leaves them to the wrapped loss when it hands it this very batch).
     Returns:
         (B,) int64 labels (the same tensor when it already is int64).
     """
@@ -64,10 +71,20 @@ def check_batch(emb, labels, num_classes, dim):
     if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
         raise ValueError(f"labels: expected an integer tensor, got {labels.dtype}")
     labels = labels.long()  # before the range check: min/max exist for every dtype in int64
-    lo, hi = int(labels.min()), int(labels.max())
+    if values is None:
+        return labels
+    if values not in ("read", "assert"):
+        raise ValueError(f"check_batch values: expected 'read', 'assert' or None, got {values!r}")
+    lo, hi = torch.aminmax(labels)  # () each, on the labels' device
+    finite = torch.isfinite(emb).all().to(device=labels.device, dtype=torch.long)  # () 1 or 0
+    if values == "assert":  # the device checks; nothing is read
+        torch._assert_async((lo >= 0) & (hi < num_classes) & (finite == 1),
+                            f"labels: expected values in [0, {num_classes}) and finite embeddings (asserted)")
+        return labels
+    lo, hi, finite = torch.stack([lo, hi, finite]).tolist()  # the one device->host read
     if lo < 0 or hi >= num_classes:
         raise ValueError(f"labels: expected values in [0, {num_classes}), got min {lo}, max {hi}")
-    if not bool(torch.isfinite(emb).all()):
+    if not finite:
         raise ValueError("embeddings: expected finite values, got NaN or inf")
     return labels
 

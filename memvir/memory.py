@@ -89,13 +89,19 @@ class MemVir(nn.Module):
             the current proxies) or "proxies" (its proxies as C more classes, negatives only). The two ablations
             always take the plain path (simple and exact; `fast` is for rule 4).
         steps_per_epoch: the training steps of one epoch (the loader's batches); needed by fill="full" only.
+        check: how a step that takes past steps checks the batch's values (labels in [0, C), finite embeddings;
+            the wrapped loss checks what it is handed: the warm-up's batch, the plain path's concatenation).
+            True: one device->host read (a synchronisation on CUDA) and a one-line ValueError. False: asserted on
+            the device, reading nothing (`check_batch(values="assert")`): a bad batch is then a RuntimeError on
+            the CPU and a device-side assert on CUDA, which ends the process's CUDA context. Shapes and dtypes are
+            checked on the host either way.
     """
 
     STORED = ("mem_emb", "mem_labels", "mem_sizes", "mem_proxies", "num_pushed")  # the memory (memory_bytes)
     CACHE = ("lse_cache", "target_cache", "lse_owner", "target_owner")  # the fast path's cache, saved too
 
     def __init__(self, loss, num_steps, step_gap, warmup_epochs=0, fast=True, storage="device", storage_dtype=None,
-                 fill="curriculum", virtual="both", steps_per_epoch=None):
+                 fill="curriculum", virtual="both", steps_per_epoch=None, check=True):
         super().__init__()
         for name, value in (("num_steps", num_steps), ("step_gap", step_gap), ("warmup_epochs", warmup_epochs)):
             if isinstance(value, bool) or int(value) != value or value < 0:
@@ -106,7 +112,7 @@ class MemVir(nn.Module):
         self.loss = loss
         self.num_steps, self.step_gap, self.warmup_epochs = int(num_steps), int(step_gap), int(warmup_epochs)
         self.capacity = self.num_steps * (self.step_gap + 1)  # N*(M+1) steps kept
-        self.fast = bool(fast)
+        self.fast, self.check = bool(fast), bool(check)
         if storage not in ("device", "host"):
             raise ValueError(f"MemVir storage: expected 'device' or 'host', got {storage!r}")
         if storage_dtype not in (None, torch.float32, torch.float64, torch.float16, torch.bfloat16):
@@ -212,8 +218,9 @@ class MemVir(nn.Module):
             epoch: the current epoch, counted from 0; the memory is used from epoch warmup_epochs on and fills
                 from epoch `fill_from` on (warmup_epochs, earlier for fill="full").
         """
-        check_batch(emb, labels, self.num_classes, self.loss.embedding_size)
-        labels = labels.long()  # int32 or uint8 labels are common; cross-entropy and the memory want int64
+        # Shapes and dtypes here, on the host; the values below, once per step (`check`). int32 or uint8 labels
+        # are common; cross-entropy and the memory want int64.
+        labels = check_batch(emb, labels, self.num_classes, self.loss.embedding_size, values=None)
         if isinstance(epoch, bool) or int(epoch) != epoch or epoch < 0:
             raise ValueError(f"MemVir epoch: expected an integer >= 0, got {epoch!r}")
         # Rules 1 and 3: the memory as it is before this step. Nothing is taken in the warm-up, where fill="full"
@@ -225,6 +232,11 @@ class MemVir(nn.Module):
         past_rows = sum(self._sizes[s] for s in slots) if self.virtual != "proxies" else 0
         self.num_embeddings_in_use = emb.shape[0] + past_rows
         embedded = None  # (emb_hat, proxies_hat) when the fast path has them: the push reuses them
+        # With no step taken the loss is handed this very batch and checks its values (one read, the same message);
+        # a PMLLoss with native=True runs PML's own forward, which does not. Otherwise they are checked here: the
+        # plain path's loss sees the concatenation (labels up to (1+K)C), the fast path no loss call at all.
+        if steps or getattr(self.loss, "native", False):  # with `check`, the step's one device read
+            check_batch(emb, labels, self.num_classes, self.loss.embedding_size, "read" if self.check else "assert")
         if not steps:
             loss = self.loss(emb, labels)
         elif self.fast and self.virtual == "both" and getattr(self.loss, "decomposable", False):
@@ -327,9 +339,9 @@ class MemVir(nn.Module):
             lo, hi = int(rows[0]), int(rows[-1]) + 1
             if hi - lo == len(rows):  # consecutive rows (the usual case: all but the newest), offsets consecutive
                 self.lse_cache[slot_idx[lo:hi], tables.rows[lo - jj + N - 1:hi - jj + N - 1]] = lse[lo:hi]
-            else:  # scattered rows (rare): index tensors from the host
-                at = torch.as_tensor(rows, device=lse.device)
-                self.lse_cache[slot_idx[at], torch.as_tensor(d[rows, jj], device=lse.device)] = lse[at]
+            else:  # scattered rows (rare): one at a time, by host integers (an index tensor from the host would
+                for r in rows.tolist():  # be a copy that waits for the device on CUDA)
+                    self.lse_cache[slots[r], int(d[r, jj])] = lse[r]
             self._lse_owner[np.asarray(slots)[rows], d[rows, jj]] = q[rows]
 
     # ---- the ring buffers ------------------------------------------------------------------------------------
@@ -350,7 +362,7 @@ class MemVir(nn.Module):
                                             self.loss.embed_proxies(self.loss.proxies.detach()))
         self.mem_emb[slot, :B] = emb_hat.to(**store)
         self.mem_labels[slot, :B] = labels.to(self.mem_labels.device)
-        self.mem_sizes[slot] = B
+        self.mem_sizes[slot].fill_(B)  # B as a kernel argument: no tensor made from a host value to copy
         self.mem_proxies[slot] = proxies_hat.to(**store)
         self.num_pushed += 1
         self._sizes[slot] = B
@@ -463,4 +475,4 @@ class MemVir(nn.Module):
         return (f"num_steps={self.num_steps}, step_gap={self.step_gap}, warmup_epochs={self.warmup_epochs}, "
                 f"capacity={self.capacity}, fast={self.fast}, storage={self.storage}, "
                 f"storage_dtype={self.storage_dtype}, fill={self.fill}, virtual={self.virtual}, "
-                f"steps_per_epoch={self.steps_per_epoch}")
+                f"steps_per_epoch={self.steps_per_epoch}, check={self.check}")

@@ -580,3 +580,46 @@ def test_new_losses_embed_and_embed_proxies(cls):
     loss = cls(5, 3)
     torch.testing.assert_close(loss.embed(x), x if cls is Softmax else F.normalize(x, dim=1))
     torch.testing.assert_close(loss.embed_proxies(p), p if cls is Softmax else F.normalize(p, dim=1))
+
+
+# ---------------------------------------------------------------- check_batch reads the device once (issue 14)
+
+@pytest.mark.parametrize("emb,labels,message", [
+    (torch.randn(4, 3), torch.tensor([0, 4, 2, 1]), None),
+    (torch.randn(4, 3), torch.tensor([0, 7, 2, 1]), "labels: expected values in [0, 5), got min 0, max 7"),
+    (torch.randn(4, 3), torch.tensor([3, -2, 2, 9], dtype=torch.int8),
+     "labels: expected values in [0, 5), got min -2, max 9"),
+    (torch.tensor([[0.0, 1.0, float("inf")]] * 4), torch.tensor([0, 1, 2, 3], dtype=torch.uint8),
+     "embeddings: expected finite values, got NaN or inf"),
+    # Both wrong: the labels are named first, as before the three reads became one.
+    (torch.full((4, 3), float("nan")), torch.tensor([0, 1, 2, 5]),
+     "labels: expected values in [0, 5), got min 0, max 5"),
+])
+def test_check_batch_reads_the_device_once(emb, labels, message):
+    """The label range and finiteness cost one device->host read together; the messages are the one-liners above.
+    values=None reads nothing and checks no value (a caller that checks them elsewhere), shapes still; "assert"
+    reads nothing either and raises on the device's verdict (a RuntimeError on the CPU)."""
+    from device_reads import device_reads
+
+    with device_reads() as seen:
+        if message is None:
+            out = check_batch(emb, labels, 5, 3)
+        else:
+            with pytest.raises(ValueError) as error:
+                check_batch(emb, labels, 5, 3)
+            assert str(error.value) == message
+    assert [(kind, where.split()[-1]) for kind, _, where in seen] == [("read", "check_batch")], seen
+    if message is None:
+        assert out.dtype == torch.int64 and torch.equal(out, labels.long())
+    with device_reads() as seen:
+        out = check_batch(emb, labels, 5, 3, values=None)
+    assert seen == [] and out.dtype == torch.int64 and torch.equal(out, labels.long())
+    with pytest.raises(ValueError, match="columns"):
+        check_batch(emb, labels, 5, 4, values=None)
+    with device_reads() as seen:
+        if message is None:
+            check_batch(emb, labels, 5, 3, values="assert")
+        else:
+            with pytest.raises(RuntimeError, match=r"labels: expected values in \[0, 5\) and finite embeddings"):
+                check_batch(emb, labels, 5, 3, values="assert")
+    assert seen == []

@@ -450,3 +450,117 @@ def test_new_losses_resume_is_bitwise_at_d512(name):
     for step, (a, b) in enumerate(zip(ref, got)):
         for what, x, y in zip(("loss", "proxy gradient", "embedding gradient"), a, b):
             assert torch.equal(x, y), f"{what} differs at step {step}"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Device reads per step (issue 14): what would make the host wait for a GPU, counted on the CPU (tests/device_reads)
+
+def filled_memvir(N=4, M=1, U=0, B=6, C=5, D=4, **kwargs):
+    """A Norm-SoftMax MemVir whose memory is full (all N past steps taken from the next step on), and a batch."""
+    torch.manual_seed(0)
+    mv = MemVir(NormSoftmax(C, D), N, M, warmup_epochs=U, **kwargs)
+    for _ in range(mv.capacity + 2):
+        mv(F.normalize(torch.randn(B, D), dim=1), torch.randint(0, C, (B,)), U)
+    return mv, F.normalize(torch.randn(B, D), dim=1).requires_grad_(), torch.randint(0, C, (B,))
+
+
+@pytest.mark.parametrize("code,expected", [
+    (lambda t: (int(t.min()), int(t.max()), bool(torch.isfinite(t).all())), ["read"] * 3),  # check_batch before
+    (lambda t: torch.stack([t.min(), t.max()]).tolist(), ["read"]),
+    (lambda t: (t.numpy(), t.cpu(), t.nonzero(), t[t > 0]), ["read"] * 4),
+    (lambda t: (t[torch.tensor([0, 1])], t.__setitem__(0, 2.0)), ["from host"] * 2),  # index from a list, t[0] = 2
+    (lambda t: (t[torch.arange(2)], t[0].fill_(2.0), torch.logsumexp(t, 0) + 1), []),
+])
+def test_device_reads_counts_each_kind(code, expected):
+    """The counter the step tests rely on sees each kind of read: the oracle is the count written by hand."""
+    from device_reads import device_reads
+
+    with device_reads() as seen:
+        code(torch.randn(5))
+    assert [kind for kind, _, _ in seen] == expected, seen
+
+
+@pytest.mark.parametrize("case,reads", [
+    ("fast", ["memvir/losses.py check_batch"]),  # MemVir's one check; the fast path calls no loss
+    ("fast, check=False", []),
+    ("fast, a short batch", ["memvir/losses.py check_batch"]),  # padding rows: the sizes stay on the device
+    ("warm-up", ["memvir/losses.py check_batch"]),  # the loss's check of this very batch, not MemVir's too
+    ("plain", ["memvir/losses.py check_batch"] * 2),  # MemVir's, then the loss's of the concatenation
+])
+def test_one_step_reads_the_device_at_most_once(case, reads):
+    """One training step (forward + backward), memory full, Norm-SoftMax: before issue 14 the fast path read the
+    device three times (check_batch) and made seven index tensors from host lists; now one read, none with
+    check=False. The owner tables are host bookkeeping by design (numpy views), not reads."""
+    from device_reads import device_reads
+
+    mv, emb, labels = filled_memvir(fast=case != "plain", check=case != "fast, check=False",
+                                    U=1 if case == "warm-up" else 0)
+    epoch = 0 if case == "warm-up" else mv.warmup_epochs
+    if case == "fast, a short batch":
+        emb, labels = emb[:4].detach().requires_grad_(), labels[:4]
+        mv(emb, labels, epoch)  # the short batch pushed: the next step takes it with padding rows
+    with device_reads(host=[mv.lse_owner, mv.target_owner]) as seen:
+        mv(emb, labels, epoch).backward()
+    assert mv.num_taken == (0 if case == "warm-up" else 4)
+    assert [f"{where.split(':')[0]} {where.split()[-1]}" for _, _, where in seen] == reads, seen
+    assert all(kind == "read" for kind, _, _ in seen), seen
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_bad_batch_refused_with_taken_steps(fast):
+    """With past steps taken MemVir checks the values itself (the fast path calls no loss; the plain path's loss
+    would see labels up to (1+K)C): the same one-line errors, and nothing pushed."""
+    mv, emb, labels = filled_memvir(fast=fast)
+    pushed = int(mv.num_pushed)
+    with pytest.raises(ValueError, match=r"^labels: expected values in \[0, 5\), got min 0, max 5$"):
+        mv(emb.detach(), torch.tensor([0, 5, 1, 1, 1, 1]), 0)  # 5 would be a virtual class of the plain path
+    with pytest.raises(ValueError, match="^embeddings: expected finite values, got NaN or inf$"):
+        mv(torch.full_like(emb, float("nan")), labels, 0)
+    assert int(mv.num_pushed) == pushed and mv.num_taken == 4
+
+
+def test_check_false_asserts_on_the_device():
+    """check=False reads nothing but still refuses a bad batch: shapes in one line on the host, values by the
+    device's assert (a RuntimeError on the CPU). Label 9 is in range of the fast path's (1+K)C = 25 columns: without
+    the assert it would silently count as a virtual class."""
+    mv, emb, labels = filled_memvir(check=False)
+    pushed = int(mv.num_pushed)
+    with pytest.raises(ValueError, match="columns"):
+        mv(torch.randn(6, 5), labels, 0)
+    with pytest.raises(RuntimeError, match=r"labels: expected values in \[0, 5\) and finite embeddings"):
+        mv(emb.detach(), torch.tensor([0, 9, 1, 1, 1, 1]), 0)
+    with pytest.raises(RuntimeError, match="finite embeddings"):
+        mv(torch.full_like(emb, float("nan")), labels, 0)
+    assert int(mv.num_pushed) == pushed
+
+
+def test_native_pml_loss_still_checked_in_the_warmup():
+    """A PMLLoss with native=True runs PML's own forward (no check): MemVir checks the warm-up batch itself."""
+    import pytorch_metric_learning.losses as pml_losses
+
+    from memvir.pml import PMLLoss
+
+    mv = MemVir(PMLLoss(pml_losses.NormalizedSoftmaxLoss(3, 4), native=True), 1, 0, warmup_epochs=1)
+    with pytest.raises(ValueError, match=r"^labels: expected values in \[0, 3\), got min 0, max 3$"):
+        mv(torch.randn(2, 4), torch.tensor([0, 3]), 0)
+
+
+def test_scattered_cache_gaps_are_filled_in_place():
+    """Cache entries missing for non-consecutive rows of one column (rare: the rows are filled one at a time, by
+    host integers) are recomputed where they belong: garbage written there and marked missing is replaced, and
+    the step's value and gradients equal those of an untouched copy (oracle: the copy's cache, filled normally)."""
+    mv, emb, labels = filled_memvir(N=4, M=0)
+    twin = copy.deepcopy(mv)
+    slots = [q % mv.capacity for q in mv.taken_steps()]  # the next step's K = 4 taken steps, newest first
+    N, jj = mv.num_steps, 2  # column 2 (the third taken step's proxies), rows 1 and 3: not consecutive
+    for k in (1, 3):
+        mv.lse_cache[slots[k], k - jj + N - 1] = 1e4  # would dominate every log-sum-exp if it stayed
+        mv.lse_owner[slots[k], k - jj + N - 1] = -1
+    emb_twin = emb.detach().clone().requires_grad_()
+    got, want = mv(emb, labels, 0), twin(emb_twin, labels, 0)
+    got.backward()
+    want.backward()
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(emb.grad, emb_twin.grad, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(mv.lse_cache, twin.lse_cache, rtol=1e-6, atol=1e-6)
+    assert torch.equal(mv.lse_owner, twin.lse_owner)
