@@ -378,6 +378,8 @@ def known_values(profile):
     values = {"profile": profile.path, "report_dir": profile.report_dir, "figure_dir": profile.report_dir / "figures"}
     if profile.compare == "table4":  # the Table-4 chapter reads this profile's report
         values["table4_dir"] = profile.report_dir
+    if len(profile.groups) > 1:  # a study (several groups of comparisons): the study chapter reads its report
+        values["study_dir"] = profile.report_dir
     common = profile.rows[0].params
     if str(common.get("data_name", "")).lower() == "glyphs":  # the benchmark the runs trained on
         values.update({k: common[k] for k in ("input_size", "num_classes", "instances_per_class", "min_fonts",

@@ -414,8 +414,8 @@ def study_table(comparisons, group, metrics=("recall@1", "map_at_r")):
     return pd.DataFrame(records)
 
 
-SELECTION_NAMES = {"best": "best test epoch (as the official code)", "val": "best validation epoch",
-                   "last": "last epoch"}  # how a run's value was picked, in words
+SELECTION_NAMES = {"best": "best test epoch", "val": "best validation epoch",
+                   "last": "last epoch"}  # how a run's value was picked, in words ("best": as the official code)
 
 
 def verdict(comparison):

@@ -167,7 +167,7 @@ shown[["Recall@1", "RP", "MAP@R"]] = (100 * shown[["Recall@1", "RP", "MAP@R"]]).
 shown
 
 # %% [markdown]
-# Their evaluations during training (`evaluations.csv`): Recall@1 climbs to the same ceiling, MAP@R keeps
+# Their evaluations during training (`evaluations.csv`): Recall@1 climbs to the same level, MAP@R keeps
 # them apart.
 
 # %% tags=["hide-input"]

@@ -16,14 +16,17 @@
 # %% [markdown]
 # # Results
 #
-# This chapter reads the output of `python -m memvir report` (`results/report/<profile>/`), which reads only the
-# run folders: `runs.csv` holds one line per run with the best and the last value of each metric, the figures
-# are PNG and SVG files. The tables have the layout of the official README: one column per run (seed), then
-# the mean, the difference of a MemVir row's mean to its baseline's, and the sample standard deviation.
-# The paper's numbers are shown next to ours; they come from `memvir/paper_results/`.
+# The default profile's comparison: each loss of the official README with and without MemVir, five seeds, on
+# the default glyph benchmark. The verdict first, then the paired differences it rests on, then the raw tables
+# in the official README's layout (one column per run, the mean, the difference to the baseline, the standard
+# deviation) next to the paper's. Everything is read from the output of `python -m memvir report`
+# (`results/report/<profile>/`), which reads only the run folders. The full study (equal budgets, honest model
+# selection, ablations, the mechanism) is the chapter "Does MemVir deliver?".
 
 # %% tags=["parameters"]
 report_dir = "../results/report/cpu"  # the report's folder (a snapshot is committed)
+easy_dir = "../results/report/cpu_easy"  # the first benchmark's report (committed)
+long_dir = "../results/report/cpu36"  # the longer recipe on the first benchmark (committed)
 
 # %% tags=["hide-input"]
 import json
@@ -38,17 +41,53 @@ out = Path(report_dir)
 summary = json.loads((out / "report.json").read_text())
 runs = pd.read_csv(out / "runs.csv")
 value = summary["table_value"]
+chosen = summary.get("selections", ["best", "last"])
+honest = "val" if "val" in chosen else "last"  # the selection the verdict trusts
 what = {"best": "the best value over the run's evaluations on the test classes "
                 "(what the official code records and the paper reports)",
+        "val": "the test value at the evaluation with the best score on the validation classes",
         "last": "the value at the last evaluation"}
 display(Markdown(
     f"**Profile `{summary['profile']}`** ({summary['config']}): "
     f"{summary['description']}\n\n"
     f"{summary['runs']} runs of {summary['expected_runs']}"
     + (" (**partial**: some runs have not finished)" if summary["partial"] else "")
-    + f". The tables below use **{value}**: {what[value]}; "
-    "the same tables with the other value follow."))
+    + f". The raw tables use **{value}**: {what[value]}."))
 
+# %% [markdown]
+# ## The verdict
+
+# %% tags=["hide-input"]
+if (out / "comparisons.csv").exists():
+    comparisons = pd.read_csv(out / "comparisons.csv")
+else:  # a profile without groups: every MemVir row against its baseline
+    comparisons = report.study_comparisons(runs, {"main": list(summary["baselines"])},
+                                           summary["baselines"])
+
+
+def said(row, metric, selection):
+    c = comparisons[(comparisons["row"] == row) & (comparisons["metric"] == metric)
+                    & (comparisons["selection"] == selection)]
+    return report.describe(c.iloc[0].to_dict())
+
+
+verdict_lines = []
+for row, base in summary["baselines"].items():
+    verdict_lines.append(
+        f"**{row}** against {base}: MAP@R {said(row, 'map_at_r', honest)}; Recall@1 "
+        f"{said(row, 'recall@1', honest)} (at the {report.SELECTION_NAMES[honest]}; with the official "
+        f"selection, the {report.SELECTION_NAMES['best']}: MAP@R {said(row, 'map_at_r', 'best')}).")
+display(Markdown(" ".join(verdict_lines) + " p-values are corrected with Holm's method over these "
+                 "comparisons (per metric and selection rule)."))
+
+# %% [markdown]
+# ## MemVir minus baseline, paired by seed
+#
+# A run and its baseline share the seed, hence the initialisation, the batches and the augmentation, and differ
+# only from the end of the warm-up on. Pairing by seed removes the spread that the seed causes in both: the
+# mean of the per-seed differences with its 95% confidence interval, in how many seeds MemVir is ahead, and the
+# p-value of a paired t-test, raw and corrected for the number of comparisons (Holm), under each rule that
+# picks a run's value: the best test epoch (official), the best validation epoch, the last epoch.
 
 # %% tags=["hide-input"]
 STYLE = ("<style>.results td, .results th {padding: 0.15em 0.6em;"
@@ -60,6 +99,16 @@ def html(table):
     return report.formatted(table).to_html(index=False, classes="results", border=0)
 
 
+columns = ["row", "metric", "selection", "pairs", "diff_mean", "ci_low", "ci_high", "positive", "p",
+           "p_holm"]
+paired = comparisons[[c for c in columns if c in comparisons.columns]].copy()
+paired["metric"] = paired["metric"].map(report.METRICS)
+display(HTML(STYLE + html(paired.rename(columns={"diff_mean": "Δ (points)"}))))
+
+# %% [markdown]
+# ## The tables, as the official README lays them out
+
+# %% tags=["hide-input"]
 def side_by_side(*tables):
     """Show HTML tables next to each other, each with a caption."""
     cells = "".join(f"<div><p><b>{caption}</b></p>{html(t)}</div>"
@@ -70,45 +119,10 @@ def side_by_side(*tables):
 
 ours = "ours" if summary["data_name"] != "cars196" else "ours (CARS196)"
 for metric, name in report.METRICS.items():
-    display(Markdown(f"## {name}"))
+    display(Markdown(f"### {name}"))
     side_by_side((f"{ours}, {summary['data_name']}, {value}",
                   report.table_from_runs(runs, metric, value)),
                  ("paper (official README), CARS196", report.paper_table(metric)))
-
-# %% [markdown]
-# ## MemVir minus baseline, paired by seed
-#
-# A run and its baseline share the seed, hence the initialisation, the batches and the augmentation, and differ
-# only from the end of the warm-up on. Pairing by seed removes the spread that the seed causes in both: the
-# mean and standard deviation of the per-seed differences, in how many seeds MemVir is ahead, and the p-value of
-# a paired t-test (is the mean difference zero?).
-
-# %% tags=["hide-input"]
-paired = []
-for v in ("best", "last"):
-    for metric, name in report.METRICS.items():
-        t = report.paired_from_runs(runs, metric, v)
-        paired.append(t.assign(Metric=name, Value=v))
-paired = pd.concat(paired)[["Metric", "Value", "Loss", "Baseline", "Pairs",
-                            "Mean", "Std.", "Positive", "p"]]
-display(HTML(STYLE + html(paired)))
-
-# %% tags=["hide-input"]
-def verdict(mean, p):
-    """A gain or a loss only when a paired t-test rejects 'no difference' at 5%."""
-    if p < 0.05:
-        return "a gain" if mean > 0 else "a loss"
-    return "not distinguishable from the seed-to-seed noise"
-
-
-lines = []
-for _, r in paired[paired["Value"] == value].iterrows():
-    lines.append(f"- **{r['Loss']}**, {r['Metric']}: "
-                 f"{r['Mean']:+.2f} ± {r['Std.']:.2f} points, "
-                 f"ahead in {r['Positive']} seeds (paired t-test p = {r['p']:.3f}): "
-                 f"{verdict(r['Mean'], r['p'])}")
-display(Markdown(f"In short ({value} values):\n\n" + "\n".join(lines)))
-
 
 # %% [markdown]
 # ## Figures
@@ -135,16 +149,43 @@ if (out / "figures" / "curriculum.png").exists():
     display(Image(filename=str(out / "figures" / "curriculum.png")))
 
 # %% [markdown]
-# ## The other value
+# ## The other values
 #
-# The same tables with the other value of each run. The best value over the evaluations on the test set is
-# selected on the test set, so it is optimistic; the last is not selected at all.
+# The same tables with the other values of each run. The best value over the evaluations on the test set is
+# selected on the test set, so it is optimistic; the best validation epoch is selected on classes never trained
+# on and never tested on; the last is not selected at all.
 
 # %% tags=["hide-input"]
-other = "last" if value == "best" else "best"
-for metric, name in report.METRICS.items():
-    display(Markdown(f"**{name}, {other}**"))
-    display(HTML(STYLE + html(report.table_from_runs(runs, metric, other))))
+for other in (v for v in chosen if v != value):
+    for metric, name in report.METRICS.items():
+        display(Markdown(f"**{name}, {report.SELECTION_NAMES[other]}**"))
+        display(HTML(STYLE + html(report.table_from_runs(runs, metric, other))))
+
+# %% [markdown]
+# ## The first benchmark, and a longer recipe
+#
+# The first default benchmark (400 classes of 20 images, `configs/cpu_easy.yml`) put every row at about 95%
+# Recall@1; a longer recipe on it (`configs/cpu36.yml`: 36 epochs, the memory from epoch 25, Norm-SoftMax only)
+# was the starting point of the study. Their committed reports, paired by seed (best test epoch):
+
+# %% tags=["hide-input"]
+def paired_rows(folder):
+    """MemVir minus baseline of a committed report, per metric (best test epoch, Holm over its rows)."""
+    other_runs = pd.read_csv(Path(folder) / "runs.csv")
+    pairs = json.loads((Path(folder) / "report.json").read_text())["baselines"]
+    c = report.study_comparisons(other_runs, {"main": list(pairs)}, pairs)
+    c = c[c["selection"] == "best"].assign(metric=lambda d: d["metric"].map(report.METRICS))
+    return c[["row", "metric", "pairs", "baseline_mean", "row_mean", "diff_mean", "ci_low", "ci_high",
+              "positive", "p", "p_holm"]]
+
+
+earlier = {}
+for title, folder in (("first benchmark, 24 epochs (cpu_easy)", easy_dir),
+                      ("first benchmark, 36 epochs (cpu36)", long_dir)):
+    if (Path(folder) / "runs.csv").exists():
+        earlier[title] = paired_rows(folder)
+        display(Markdown(f"**{title}**"))
+        display(HTML(STYLE + html(earlier[title])))
 
 # %% [markdown]
 # ## The paper's numbers
@@ -168,27 +209,22 @@ table4.assign(method=names).drop(columns=["memvir", "fair"]).set_index("method")
 # the README's runs give about +2.9 points of Recall@1 for Norm-SoftMax and +2.7 for Proxy-NCA, with MemVir
 # trained 2000 epochs against 130 for the baselines. The glyph profile trains every run the same number of epochs
 # (see `configs/cpu.yml`), so its differences isolate the virtual classes from the longer schedule;
-# `configs/cpu_long.yml` gives MemVir the longer schedule as the paper does (not run by default). Recall@1 is
-# near its ceiling on the glyph benchmark, which is why R-Precision and MAP@R, which count all $R$ neighbours of
-# a query, are the headline metrics here. Chapter 3 explains why the two losses behave alike: with normalised
-# embeddings and proxies, Proxy-NCA at scale 12 is Norm-SoftMax at scale 24.
+# `configs/cpu_long.yml` gives MemVir the longer schedule as the paper does (not run by default), and the study
+# compares equal budgets of 12, 24 and 36 epochs. The default benchmark was sized so that the baseline's
+# Recall@1 sits where the paper's data sets put it (65-85%), so Recall@1 can move either way; R-Precision and
+# MAP@R, which count all $R$ neighbours of a query, are reported beside it. Chapter 3 explains why the two
+# losses behave alike: with normalised embeddings and proxies, Proxy-NCA at scale 12 is Norm-SoftMax at 24.
 
 # %% [markdown]
 # ## What we saw
 
 # %% tags=["hide-input"]
-def said(metric):
-    rows = paired[(paired["Value"] == value) & (paired["Metric"] == metric)]
-    return " and ".join(f"{r['Mean']:+.2f} points for {r['Loss']} "
-                        f"(ahead in {r['Positive']} seeds, p = {r['p']:.3f}: "
-                        f"{verdict(r['Mean'], r['p'])})" for _, r in rows.iterrows())
-
-
 paper_r1 = report.paper_table("recall@1")
 paper_gain = [f"{float(r['Diff.']):+.2f} for {r['Loss']}" for _, r in paper_r1.iterrows()
               if r["Diff."] != "-"]
-display(Markdown(
-    f"On the `{summary['profile']}` profile ({summary['runs']} runs, {value} values), "
-    f"MemVir changed MAP@R by {said('MAP@R')}, and Recall@1 by {said('Recall@1')}. "
-    f"In Recall@1 the paper's CARS196 runs gain {' and '.join(paper_gain)}, "
-    "with MemVir trained longer than its baseline."))
+saw = [f"{row}: MAP@R {said(row, 'map_at_r', honest)}; Recall@1 {said(row, 'recall@1', honest)} "
+       f"({report.SELECTION_NAMES[honest]})." for row in summary["baselines"]]
+saw.append(f"In Recall@1 the paper's CARS196 runs gain {' and '.join(paper_gain)}, with MemVir trained "
+           "about 15 times longer than its baseline.")
+display(Markdown(f"On the `{summary['profile']}` profile ({summary['runs']} runs):\n\n- "
+                 + "\n- ".join(saw)))
