@@ -359,3 +359,14 @@ def test_the_default_benchmark_is_the_calibration_choice():
             for key in ("data_name", "input_size", "num_classes", "instances_per_class", "min_fonts", "val_classes",
                         "glyph_seed", "backbone", "dim", "batch_size", "modellr", "centerlr"):
                 assert row.params[key] == benchmark[key], (name, row.label, key)
+
+
+def test_a_study_profile_offers_its_report_to_the_study_chapter(tmp_path):
+    """A profile with several groups of comparisons is a study: the chapter that declares study_dir reads it."""
+    one = pipeline.load_profile(make_repo(tmp_path, GOOD + "groups: {main: [MemVir + A]}\n"))
+    assert "study_dir" not in pipeline.known_values(one)
+    (tmp_path / "b").mkdir()
+    groups = "groups: {main: [MemVir + A], all: [A, MemVir + A]}\n"
+    study = pipeline.load_profile(make_repo(tmp_path / "b", GOOD + groups))
+    assert pipeline.known_values(study)["study_dir"] == study.report_dir
+    assert "study_dir" in notebook_defaults(ROOT / "notebooks" / "06_deliver.py")
