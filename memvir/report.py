@@ -35,7 +35,8 @@ from .config import parse_bool
 from .pipeline import Profile, load_profile
 from .rundir import epoch_checkpoints, load_checkpoint, read_run, run_state
 
-__all__ = ["METRICS", "SELECTIONS", "SELECTION_NAMES", "verdict", "describe", "collect", "selections", "runs_table", "paired_comparison", "holm",
+__all__ = ["METRICS", "SELECTIONS", "SELECTION_NAMES", "verdict", "describe", "collect", "selections", "runs_table",
+           "paired_comparison", "holm",
            "paired_differences", "table_from_runs", "paired_from_runs", "table4_comparison", "study_comparisons",
            "study_table", "calibration_choice", "paper_table", "paper_results", "formatted", "markdown_table",
            "load_trained", "save_figure", "bar_figure", "learning_curves_figure", "curves_figure",
