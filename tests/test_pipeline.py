@@ -239,8 +239,8 @@ TINY = """
 description: a tiny glyph run
 notebook: notebooks/05_training.ipynb
 seeds: [0]
-common: {data_name: glyphs, num_classes: 8, instances_per_class: 4, input_size: 32, batch_size: 8, epochs: 3,
-         check_epoch: 1, dim: 16, workers: 0}
+common: {data_name: glyphs, num_classes: 8, instances_per_class: 4, val_classes: 0, input_size: 32, batch_size: 8,
+         epochs: 3, check_epoch: 1, dim: 16, workers: 0}
 rows:
   - label: MemVir + A
     params: {loss: Norm_SoftMax, memvir: true, mem_num_step: 2, mem_step_gap: 1, warm_epoch: 1}
@@ -370,3 +370,15 @@ def test_a_study_profile_offers_its_report_to_the_study_chapter(tmp_path):
     study = pipeline.load_profile(make_repo(tmp_path / "b", GOOD + groups))
     assert pipeline.known_values(study)["study_dir"] == study.report_dir
     assert "study_dir" in notebook_defaults(ROOT / "notebooks" / "06_deliver.py")
+
+
+@pytest.mark.parametrize("name", PROFILES)
+def test_a_glyph_profile_names_its_whole_benchmark(name, monkeypatch):
+    """The benchmark of a profile is the profile's, not the training notebook's defaults (which may change)."""
+    monkeypatch.setenv("DATA", "/data/x")
+    monkeypatch.setenv("PRETRAINED", "/weights/y.pth")
+    for row in pipeline.load_profile(name).rows:
+        if row.params.get("data_name") == "glyphs":
+            missing = {"input_size", "num_classes", "instances_per_class", "min_fonts", "val_classes",
+                       "glyph_seed"} - set(row.params)
+            assert not missing, (name, row.label, missing)
