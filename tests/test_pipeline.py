@@ -382,3 +382,17 @@ def test_a_glyph_profile_names_its_whole_benchmark(name, monkeypatch):
             missing = {"input_size", "num_classes", "instances_per_class", "min_fonts", "val_classes",
                        "glyph_seed"} - set(row.params)
             assert not missing, (name, row.label, missing)
+
+
+@pytest.mark.parametrize("name", PROFILES)
+def test_every_run_of_a_profile_is_a_valid_training_config(name, monkeypatch):
+    """What the training notebook will build: its defaults, then the run's parameters (a default meant for one
+    loss, such as Norm-SoftMax's scale, must not reach a row of another loss unchecked)."""
+    from memvir.config import FLAG_NAMES, config_from_parameters
+
+    monkeypatch.setenv("DATA", "/data/x")
+    monkeypatch.setenv("PRETRAINED", "/weights/y.pth")
+    defaults = notebook_defaults(ROOT / "notebooks" / "05_training.py")
+    for run in pipeline.load_profile(name).runs:
+        cell = {**defaults, **run.params, "save_path": str(run.folder)}
+        config_from_parameters(**{k: v for k, v in cell.items() if k in FLAG_NAMES})
