@@ -340,8 +340,9 @@ def execute_run(profile, name, kernel="python3", log=print):
     profile = load_profile(profile) if not isinstance(profile, Profile) else profile
     runs = {r.name: r for r in profile.runs}
     if name not in runs:
-        raise ValueError(f"run {name!r} is not in profile {profile.name} ({profile.path}); its runs: "
-                         f"{', '.join(runs)}")
+        shown = ", ".join(list(runs)[:3])
+        raise ValueError(f"run {name!r} is not in profile {profile.name} ({profile.path}); it has {len(runs)} runs "
+                         f"({shown}, ...; `--list-runs` prints them all)")
     run = runs[name]
     if run_finished(profile, run):
         log(f"skip {name}: finished")

@@ -164,7 +164,9 @@ def test_cli(finished_profile, capsys):
     assert pipeline.main(["--profile", path, "--list-runs"]) == 0
     assert capsys.readouterr().out.split() == [r.name for r in finished_profile.runs]
     assert pipeline.main(["--profile", path, "--run", "nope"]) == 1
-    assert "run 'nope' is not in profile" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "run 'nope' is not in profile" in err and "it has 4 runs" in err and "--list-runs" in err
+    assert len(err.strip().splitlines()) == 1 and finished_profile.runs[-1].name not in err  # not all 4 names
     assert pipeline.main(["--profile", "no_such_profile", "--list-runs"]) == 1
 
 
