@@ -87,7 +87,7 @@ pd.DataFrame([{"split": name, "classes": len(p.chars), "images": len(p.labels),
 stats = glyphs.font_stats(glyph_set)  # one row per class: script, num_renders, fonts
 
 # %% tags=["hide-input"]
-num_train = len(parts["train"].chars)  # classes 0 .. num_train - 1 train, then validation,
+num_train = len(parts["train"].chars)  # classes 0 .. num_train - 1 train, then val,
 first_test = num_classes // 2  # then the test classes from the half on
 stats["split"] = ["train" if c < num_train else "validation" if c < first_test else "test"
                   for c in stats["class"]]
@@ -156,9 +156,9 @@ train, test = parts["train"], parts["test"]
 renders, cars = stats["num_renders"], EXPECTED["cars196"]
 display(Markdown(
     f"The glyph benchmark drew {len(train.chars)} training, "
-    f"{len(parts['val'].chars) if 'val' in parts else 0} validation and {len(test.chars)} test "
-    f"classes ({len(train.labels):,} and {len(test.labels):,} training and test images of "
-    f"{input_size} px) "
+    f"{len(parts['val'].chars) if 'val' in parts else 0} validation and "
+    f"{len(test.chars)} test classes ({len(train.labels):,} and {len(test.labels):,} "
+    f"training and test images of {input_size} px) "
     f"from a pool of {pool:,} characters, with {len(font_use)} fonts; a class has "
     f"{renders.min()} to {renders.max()} distinct renders "
     f"(median {renders.median():g}), and "

@@ -28,8 +28,8 @@
 # same selection rule). A difference is called a gain or a loss only when that corrected p is below 0.05.
 
 # %% tags=["parameters"]
-study_dir = "../results/report/study"  # the report of the study profile (a snapshot is committed)
-calibrate_dir = "../results/report/calibrate"  # the report of the calibrate profile (committed)
+study_dir = "../results/report/study"  # the study profile's report (committed)
+calibrate_dir = "../results/report/calibrate"  # the calibration (committed)
 
 # %% tags=["hide-input"]
 import json
@@ -45,19 +45,29 @@ summary = json.loads((out / "report.json").read_text())
 runs = pd.read_csv(out / "runs.csv")
 comparisons = pd.read_csv(out / "comparisons.csv")
 have = set(comparisons["group"])
-STYLE = ("<style>.study td, .study th {padding: 0.15em 0.6em; text-align: right}"
-         " .study td:first-child {text-align: left}</style>")
+STYLE = (
+    "<style>.study td, .study th {padding: 0.15em 0.6em; text-align: right}"
+    " .study td:first-child {text-align: left}</style>"
+)
 
 
 def show(table):
     """A table as compact HTML."""
-    display(HTML(STYLE + report.formatted(table).to_html(index=False, classes="study", border=0)))
+    display(
+        HTML(
+            STYLE
+            + report.formatted(table).to_html(index=False, classes="study", border=0)
+        )
+    )
 
 
 def pick(row, metric, selection="val", group=None):
-    """The comparison of `row` with its baseline for one metric and selection rule (a dict)."""
-    c = comparisons[(comparisons["row"] == row) & (comparisons["metric"] == metric)
-                    & (comparisons["selection"] == selection)]
+    """The comparison of `row` with its baseline, one metric and selection (a dict)."""
+    c = comparisons[
+        (comparisons["row"] == row)
+        & (comparisons["metric"] == metric)
+        & (comparisons["selection"] == selection)
+    ]
     if group is not None:
         c = c[c["group"] == group]
     return c.iloc[0].to_dict()
@@ -68,22 +78,33 @@ def rows_of(group):
     return list(dict.fromkeys(comparisons.loc[comparisons["group"] == group, "row"]))
 
 
-honest = "val" if "val" in set(comparisons["selection"]) else "last"  # the selection we trust
+honest = (
+    "val" if "val" in set(comparisons["selection"]) else "last"
+)  # the selection we trust
 R1, MAP = "recall@1", "map_at_r"
-display(Markdown(
-    f"Profile `{summary['profile']}`: {summary['runs']} runs of {summary['expected_runs']}"
-    + (" (**partial**: some runs have not finished; the numbers below will change)"
-       if summary["partial"] else "")
-    + f", seeds {summary['seeds']}. {summary['description']}"))
+display(
+    Markdown(
+        f"Profile `{summary['profile']}`: {summary['runs']} runs of"
+        f" {summary['expected_runs']}"
+        + (
+            " (**partial**: some runs have not finished; the numbers below will change)"
+            if summary["partial"]
+            else ""
+        )
+        + f", seeds {summary['seeds']}. {summary['description']}"
+    )
+)
 
 # %% [markdown]
 # ## The verdict
 
+
 # %% tags=["hide-input"]
 def tally(selection):
-    """Counts of significant gains and losses among every comparison of a selection rule."""
+    """Significant gains and losses among the comparisons of a selection rule."""
     c = comparisons[comparisons["selection"] == selection].drop_duplicates(
-        ["row", "baseline", "metric"])
+        ["row", "baseline", "metric"]
+    )
     gains = int((c["significant"] & (c["diff_mean"] > 0)).sum())
     losses = int((c["significant"] & (c["diff_mean"] < 0)).sum())
     return len(c), gains, losses
@@ -92,35 +113,52 @@ def tally(selection):
 main = rows_of("main")
 lines = []
 for row in main:
-    lines.append(f"**{row}** against {pick(row, R1, honest)['baseline']}, at the "
-                 f"{report.SELECTION_NAMES[honest]}: Recall@1 "
-                 f"{report.describe(pick(row, R1, honest))}; MAP@R "
-                 f"{report.describe(pick(row, MAP, honest))}.")
+    lines.append(
+        f"**{row}** against {pick(row, R1, honest)['baseline']}, at the "
+        f"{report.SELECTION_NAMES[honest]}: Recall@1 "
+        f"{report.describe(pick(row, R1, honest))}; MAP@R "
+        f"{report.describe(pick(row, MAP, honest))}."
+    )
 n_all, gains, losses = tally(honest)
 n_best, gains_best, losses_best = tally("best")
 main_sig = [pick(r, m, honest) for r in main for m in (R1, MAP)]
-won = comparisons[(comparisons["selection"] == honest) & comparisons["significant"]
-                  & (comparisons["diff_mean"] > 0)].drop_duplicates(["row", "baseline", "metric"])
+won = comparisons[
+    (comparisons["selection"] == honest)
+    & comparisons["significant"]
+    & (comparisons["diff_mean"] > 0)
+].drop_duplicates(["row", "baseline", "metric"])
 gains_said = "".join(
-    f" A significant gain: {r['row']} against {r['baseline']}, {report.METRICS[r['metric']]} "
-    f"{report.describe(r.to_dict())}." for _, r in won.iterrows())
+    f" A significant gain: {r['row']} against {r['baseline']},"
+    f" {report.METRICS[r['metric']]} {report.describe(r.to_dict())}."
+    for _, r in won.iterrows()
+)
 main_losses = sum(c["significant"] and c["diff_mean"] < 0 for c in main_sig)
 if any(c["significant"] and c["diff_mean"] > 0 for c in main_sig):
     headline = "MemVir gives a measurable gain on this benchmark, but not everywhere"
 elif main_losses:
-    headline = (f"MemVir does not deliver here: at equal budgets it gains on no default row, and "
-                f"{main_losses} of its {len(main_sig)} main comparisons (Recall@1 and MAP@R) are "
-                "significant losses")
+    headline = (
+        "MemVir does not deliver here: at equal budgets it gains on no default row,"
+        f" and {main_losses} of its {len(main_sig)} main comparisons (Recall@1 and"
+        " MAP@R) are significant losses"
+    )
 else:
-    headline = ("MemVir does not deliver a measurable gain here: at equal budgets its effect on the "
-                "default rows is within the noise of five seeds")
-display(Markdown(
-    f"**{headline}.** " + " ".join(lines)
-    + f" Over the whole study, {gains} of {n_all} comparisons (row against baseline, per metric) "
-      f"are significant gains and {losses} significant losses at the {report.SELECTION_NAMES[honest]}; "
-      f"with the official selection (the {report.SELECTION_NAMES['best']}) {gains_best} gains and "
-      f"{losses_best} losses of {n_best}." + gains_said
-    + " The sections below answer the seven questions one by one."))
+    headline = (
+        "MemVir does not deliver a measurable gain here: at equal budgets its effect on"
+        " the default rows is within the noise of five seeds"
+    )
+display(
+    Markdown(
+        f"**{headline}.** "
+        + " ".join(lines)
+        + f" Over the whole study, {gains} of {n_all} comparisons (row against"
+        f" baseline, per metric) are significant gains and {losses} significant"
+        f" losses at the {report.SELECTION_NAMES[honest]}; with the official"
+        f" selection (the {report.SELECTION_NAMES['best']}) {gains_best} gains and"
+        f" {losses_best} losses of {n_best}."
+        + gains_said
+        + " The sections below answer the seven questions one by one."
+    )
+)
 
 # %% [markdown]
 # ## The benchmark, chosen by the baseline alone
@@ -137,11 +175,18 @@ show(calibration.rename(columns={"mean": "Recall@1 mean", "sd": "Std."}))
 chosen = calibration.loc[calibration["chosen"], "row"]
 target = json.loads((Path(calibrate_dir) / "report.json").read_text())["calibration"]
 low, high = target["low"], target["high"]
-display(Markdown(
-    f"Target: a mean best test Recall@1 in [{low:g}, {high:g}]%. "
-    + (f"Chosen: **{chosen.iloc[0]}** "
-       f"({calibration.loc[calibration['chosen'], 'mean'].iloc[0]:.1f}%), the benchmark of the "
-       "default profile and of this study." if len(chosen) else "No candidate was in range.")))
+display(
+    Markdown(
+        f"Target: a mean best test Recall@1 in [{low:g}, {high:g}]%. "
+        + (
+            f"Chosen: **{chosen.iloc[0]}**"
+            f" ({calibration.loc[calibration['chosen'], 'mean'].iloc[0]:.1f}%), the"
+            " benchmark of the default profile and of this study."
+            if len(chosen)
+            else "No candidate was in range."
+        )
+    )
+)
 
 # %% [markdown]
 # ## 1. Equal budgets
@@ -156,9 +201,15 @@ if (out / "figures" / "curves_budgets.png").exists():
     display(Image(filename=str(out / "figures" / "curves_budgets.png")))
 if "budgets" in have:
     show(report.study_table(comparisons, "budgets"))
-    said = [f"{row}: MAP@R {report.describe(pick(row, MAP, honest, 'budgets'))}"
-            for row in rows_of("budgets")]
-    display(Markdown("At the " + report.SELECTION_NAMES[honest] + ":\n\n- " + "\n- ".join(said)))
+    said = [
+        f"{row}: MAP@R {report.describe(pick(row, MAP, honest, 'budgets'))}"
+        for row in rows_of("budgets")
+    ]
+    display(
+        Markdown(
+            "At the " + report.SELECTION_NAMES[honest] + ":\n\n- " + "\n- ".join(said)
+        )
+    )
 
 # %% [markdown]
 # ## 2. Model selection
@@ -179,14 +230,30 @@ for row in dict.fromkeys(rows_of("main") + rows_of("budgets")):
         selection_rows.append(rec)
 selection_table = pd.DataFrame(selection_rows)
 show(selection_table)
-flips = [r for r in selection_rows if "Δ best" in r and f"Δ {honest}" in r
-         and (r["Δ best"] > 0) != (r[f"Δ {honest}"] > 0)]
-display(Markdown(
-    f"Differences whose sign is not the same under the official selection and the "
-    f"{report.SELECTION_NAMES[honest]}: {len(flips)} of {len(selection_rows)}"
-    + (": " + "; ".join(f"{r['Row']} {r['Metric']} ({r['Δ best']:+.2f} -> {r[f'Δ {honest}']:+.2f})"
-                        for r in flips) if flips else "")
-    + ". Every other section uses the validation rule."))
+flips = [
+    r
+    for r in selection_rows
+    if "Δ best" in r
+    and f"Δ {honest}" in r
+    and (r["Δ best"] > 0) != (r[f"Δ {honest}"] > 0)
+]
+display(
+    Markdown(
+        "Differences whose sign is not the same under the official selection and the "
+        f"{report.SELECTION_NAMES[honest]}: {len(flips)} of {len(selection_rows)}"
+        + (
+            ": "
+            + "; ".join(
+                f"{r['Row']} {r['Metric']} ({r['Δ best']:+.2f} ->"
+                f" {r[f'Δ {honest}']:+.2f})"
+                for r in flips
+            )
+            if flips
+            else ""
+        )
+        + ". Every other section uses the validation rule."
+    )
+)
 
 # %% [markdown]
 # ## 3. Ablations of MemVir itself
@@ -200,10 +267,18 @@ display(Markdown(
 # %% tags=["hide-input"]
 if "ablations" in have:
     show(report.study_table(comparisons, "ablations"))
-    said = [f"{row}: MAP@R {report.describe(pick(row, MAP, honest, 'ablations'))}"
-            for row in rows_of("ablations")]
-    display(Markdown("At the " + report.SELECTION_NAMES[honest] + ", against Norm-SoftMax:\n\n- "
-                     + "\n- ".join(said)))
+    said = [
+        f"{row}: MAP@R {report.describe(pick(row, MAP, honest, 'ablations'))}"
+        for row in rows_of("ablations")
+    ]
+    display(
+        Markdown(
+            "At the "
+            + report.SELECTION_NAMES[honest]
+            + ", against Norm-SoftMax:\n\n- "
+            + "\n- ".join(said)
+        )
+    )
 
 # %% [markdown]
 # ## 4. The mechanism: less focus on the seen classes?
@@ -218,25 +293,53 @@ if "ablations" in have:
 # %% tags=["hide-input"]
 if (out / "mechanism.csv").exists():
     mech = pd.read_csv(out / "mechanism.csv")
-    wanted = ["train_map_at_r", "test_map_at_r", "gap_map_at_r", "gap_recall@1", "test_uniformity",
-              "test_pca_share@10", "test_effective_rank"]
+    wanted = [
+        "train_map_at_r",
+        "test_map_at_r",
+        "gap_map_at_r",
+        "gap_recall@1",
+        "test_uniformity",
+        "test_pca_share@10",
+        "test_effective_rank",
+    ]
     mech = mech[mech["quantity"].isin(wanted)]
-    show(mech[["row", "baseline", "quantity", "pairs", "baseline_mean", "row_mean", "diff_mean",
-               "ci_low", "ci_high", "positive"]])
+    show(
+        mech[
+            [
+                "row",
+                "baseline",
+                "quantity",
+                "pairs",
+                "baseline_mean",
+                "row_mean",
+                "diff_mean",
+                "ci_low",
+                "ci_high",
+                "positive",
+            ]
+        ]
+    )
     said = []
     for row in dict.fromkeys(mech["row"]):
         m = mech[mech["row"] == row].set_index("quantity")
         gap, test = m.loc["gap_map_at_r"], m.loc["test_map_at_r"]
-        said.append(f"{row}: the seen-minus-unseen MAP@R gap moves by {100 * gap['diff_mean']:+.2f} "
-                    f"points [{100 * gap['ci_low']:+.2f}, {100 * gap['ci_high']:+.2f}], unseen MAP@R by "
-                    f"{100 * test['diff_mean']:+.2f} points, the unseen classes' uniformity by "
-                    f"{m.loc['test_uniformity', 'diff_mean']:+.2f} (lower: more spread)")
+        said.append(
+            f"{row}: the seen-minus-unseen MAP@R gap moves by"
+            f" {100 * gap['diff_mean']:+.2f} points [{100 * gap['ci_low']:+.2f},"
+            f" {100 * gap['ci_high']:+.2f}], unseen MAP@R by"
+            f" {100 * test['diff_mean']:+.2f} points, the unseen classes' uniformity by"
+            f" {m.loc['test_uniformity', 'diff_mean']:+.2f} (lower: more spread)"
+        )
     display(Markdown("- " + "\n- ".join(said)))
 if (out / "figures" / "tsne_epochs.png").exists():
-    display(Markdown(
-        "The memory as the paper's Fig. 3 draws it (training embeddings of the current step and of the taken "
-        "past steps, coloured by step, with the current proxies), at the end of the warm-up, just after "
-        "it and at the end of the 36-epoch MemVir run (the paper: CARS196, epochs 50, 60 and 200):"))
+    display(
+        Markdown(
+            "The memory as the paper's Fig. 3 draws it (training embeddings of the"
+            " current step and of the taken past steps, coloured by step, with the"
+            " current proxies), at the end of the warm-up, just after it and at the end"
+            " of the 36-epoch MemVir run (the paper: CARS196, epochs 50, 60 and 200):"
+        )
+    )
     display(Image(filename=str(out / "figures" / "tsne_epochs.png")))
 
 # %% [markdown]
@@ -251,10 +354,15 @@ if "xbm" in have:
     show(report.study_table(comparisons, "xbm"))
     (row,) = rows_of("xbm")
     base = runs[runs["row"] == pick(row, MAP)["baseline"]]
-    display(Markdown(
-        f"{row} against the contrastive loss alone: MAP@R {report.describe(pick(row, MAP, honest))}. "
-        f"For scale: the contrastive baseline reaches {100 * base[f'{honest}_map_at_r'].mean():.1f} MAP@R, "
-        f"Norm-SoftMax {pick('MemVir + Norm-SoftMax', MAP, honest)['baseline_mean']:.1f}."))
+    display(
+        Markdown(
+            f"{row} against the contrastive loss alone: MAP@R"
+            f" {report.describe(pick(row, MAP, honest))}. For scale: the contrastive"
+            f" baseline reaches {100 * base[f'{honest}_map_at_r'].mean():.1f} MAP@R,"
+            " Norm-SoftMax"
+            f" {pick('MemVir + Norm-SoftMax', MAP, honest)['baseline_mean']:.1f}."
+        )
+    )
 
 # %% [markdown]
 # ## 6. Is it the scale?
@@ -267,8 +375,10 @@ if "xbm" in have:
 # %% tags=["hide-input"]
 if "scale" in have:
     show(report.study_table(comparisons, "scale"))
-    said = [f"{row}: MAP@R {report.describe(pick(row, MAP, honest, 'scale'))}"
-            for row in rows_of("scale")]
+    said = [
+        f"{row}: MAP@R {report.describe(pick(row, MAP, honest, 'scale'))}"
+        for row in rows_of("scale")
+    ]
     display(Markdown("- " + "\n- ".join(said)))
 
 # %% [markdown]
@@ -279,15 +389,21 @@ if "scale" in have:
 # every comparison of the study with the same metric and the same selection rule.
 
 # %% tags=["hide-input"]
-family = comparisons[(comparisons["metric"] == MAP) & (comparisons["selection"] == honest)]
+family = comparisons[
+    (comparisons["metric"] == MAP) & (comparisons["selection"] == honest)
+]
 family = family.drop_duplicates(["row", "baseline"])
 raw = int((family["p"] < 0.05).sum())
 sd = runs.groupby("row")[f"{honest}_map_at_r"].std().mul(100)
-display(Markdown(
-    f"MAP@R at the {report.SELECTION_NAMES[honest]}: {len(family)} comparisons in the family; {raw} have "
-    f"an uncorrected p below 0.05, {int(family['significant'].sum())} stay below 0.05 after the correction. "
-    f"The seed-to-seed standard deviation of a row's MAP@R is {sd.min():.2f} to {sd.max():.2f} points "
-    f"(median {sd.median():.2f})."))
+display(
+    Markdown(
+        f"MAP@R at the {report.SELECTION_NAMES[honest]}: {len(family)} comparisons in"
+        f" the family; {raw} have an uncorrected p below 0.05,"
+        f" {int(family['significant'].sum())} stay below 0.05 after the correction. The"
+        f" seed-to-seed standard deviation of a row's MAP@R is {sd.min():.2f} to"
+        f" {sd.max():.2f} points (median {sd.median():.2f})."
+    )
+)
 
 # %% [markdown]
 # ## Rerunning it
@@ -298,19 +414,29 @@ display(Markdown(
 
 # %% tags=["hide-input"]
 train_minutes = runs["wall_time"].sum() / 60
-display(Markdown(
-    f"{len(runs)} runs; their training times (each run's wall time, as its metrics.json records it) sum to "
-    f"{train_minutes:.0f} minutes. Runs that shared the cores with others took longer than alone, so this "
-    "is an upper bound of the work; the wall time of a whole `make -j2 reproduce PROFILE=study` is about "
-    "half of it plus the notebooks' start-up and the report."))
+display(
+    Markdown(
+        f"{len(runs)} runs; their training times (each run's wall time, as its"
+        f" metrics.json records it) sum to {train_minutes:.0f} minutes. Runs that"
+        " shared the cores with others took longer than alone, so this is an upper"
+        " bound of the work; the wall time of a whole `make -j2 reproduce"
+        " PROFILE=study` is about half of it plus the notebooks' start-up and the"
+        " report."
+    )
+)
 
 # %% [markdown]
 # ## What we saw
 
 # %% tags=["hide-input"]
 saw = [f"{headline}."]
-saw += [f"{row}, MAP@R at the {report.SELECTION_NAMES[honest]}: "
-        f"{report.describe(pick(row, MAP, honest))}" for row in main]
-saw.append(f"{gains} significant gains and {losses} significant losses among {n_all} comparisons "
-           f"(Holm-corrected, {report.SELECTION_NAMES[honest]}).")
+saw += [
+    f"{row}, MAP@R at the {report.SELECTION_NAMES[honest]}: "
+    f"{report.describe(pick(row, MAP, honest))}"
+    for row in main
+]
+saw.append(
+    f"{gains} significant gains and {losses} significant losses among {n_all}"
+    f" comparisons (Holm-corrected, {report.SELECTION_NAMES[honest]})."
+)
 display(Markdown("- " + "\n- ".join(saw)))

@@ -26,7 +26,7 @@
 # %% tags=["parameters"]
 report_dir = "../results/report/cpu"  # the report's folder (a snapshot is committed)
 easy_dir = "../results/report/cpu_easy"  # the first benchmark's report (committed)
-long_dir = "../results/report/cpu36"  # the longer recipe on the first benchmark (committed)
+long_dir = "../results/report/cpu36"  # 36 epochs, first benchmark (committed)
 
 # %% tags=["hide-input"]
 import json
@@ -43,16 +43,25 @@ runs = pd.read_csv(out / "runs.csv")
 value = summary["table_value"]
 chosen = summary.get("selections", ["best", "last"])
 honest = "val" if "val" in chosen else "last"  # the selection the verdict trusts
-what = {"best": "the best value over the run's evaluations on the test classes "
-                "(what the official code records and the paper reports)",
-        "val": "the test value at the evaluation with the best score on the validation classes",
-        "last": "the value at the last evaluation"}
-display(Markdown(
-    f"**Profile `{summary['profile']}`** ({summary['config']}): "
-    f"{summary['description']}\n\n"
-    f"{summary['runs']} runs of {summary['expected_runs']}"
-    + (" (**partial**: some runs have not finished)" if summary["partial"] else "")
-    + f". The raw tables use **{value}**: {what[value]}."))
+what = {
+    "best": (
+        "the best value over the run's evaluations on the test classes "
+        "(what the official code records and the paper reports)"
+    ),
+    "val": (
+        "the test value at the evaluation with the best score on the validation classes"
+    ),
+    "last": "the value at the last evaluation",
+}
+display(
+    Markdown(
+        f"**Profile `{summary['profile']}`** ({summary['config']}): "
+        f"{summary['description']}\n\n"
+        f"{summary['runs']} runs of {summary['expected_runs']}"
+        + (" (**partial**: some runs have not finished)" if summary["partial"] else "")
+        + f". The raw tables use **{value}**: {what[value]}."
+    )
+)
 
 # %% [markdown]
 # ## The verdict
@@ -61,24 +70,35 @@ display(Markdown(
 if (out / "comparisons.csv").exists():
     comparisons = pd.read_csv(out / "comparisons.csv")
 else:  # a profile without groups: every MemVir row against its baseline
-    comparisons = report.study_comparisons(runs, {"main": list(summary["baselines"])},
-                                           summary["baselines"])
+    comparisons = report.study_comparisons(
+        runs, {"main": list(summary["baselines"])}, summary["baselines"]
+    )
 
 
 def said(row, metric, selection):
-    c = comparisons[(comparisons["row"] == row) & (comparisons["metric"] == metric)
-                    & (comparisons["selection"] == selection)]
+    c = comparisons[
+        (comparisons["row"] == row)
+        & (comparisons["metric"] == metric)
+        & (comparisons["selection"] == selection)
+    ]
     return report.describe(c.iloc[0].to_dict())
 
 
 verdict_lines = []
 for row, base in summary["baselines"].items():
     verdict_lines.append(
-        f"**{row}** against {base}: MAP@R {said(row, 'map_at_r', honest)}; Recall@1 "
-        f"{said(row, 'recall@1', honest)} (at the {report.SELECTION_NAMES[honest]}; with the official "
-        f"selection, the {report.SELECTION_NAMES['best']}: MAP@R {said(row, 'map_at_r', 'best')}).")
-display(Markdown(" ".join(verdict_lines) + " p-values are corrected with Holm's method over these "
-                 "comparisons (per metric and selection rule)."))
+        f"**{row}** against {base}: MAP@R {said(row, 'map_at_r', honest)}; Recall@1"
+        f" {said(row, 'recall@1', honest)} (at the {report.SELECTION_NAMES[honest]};"
+        f" with the official selection, the {report.SELECTION_NAMES['best']}: MAP@R"
+        f" {said(row, 'map_at_r', 'best')})."
+    )
+display(
+    Markdown(
+        " ".join(verdict_lines)
+        + " p-values are corrected with Holm's method over these "
+        "comparisons (per metric and selection rule)."
+    )
+)
 
 # %% [markdown]
 # ## MemVir minus baseline, paired by seed
@@ -90,8 +110,9 @@ display(Markdown(" ".join(verdict_lines) + " p-values are corrected with Holm's 
 # picks a run's value: the best test epoch (official), the best validation epoch, the last epoch.
 
 # %% tags=["hide-input"]
-STYLE = ("<style>.results td, .results th {padding: 0.15em 0.6em;"
-         " text-align: right}</style>")
+STYLE = (
+    "<style>.results td, .results th {padding: 0.15em 0.6em; text-align: right}</style>"
+)
 
 
 def html(table):
@@ -99,8 +120,18 @@ def html(table):
     return report.formatted(table).to_html(index=False, classes="results", border=0)
 
 
-columns = ["row", "metric", "selection", "pairs", "diff_mean", "ci_low", "ci_high", "positive", "p",
-           "p_holm"]
+columns = [
+    "row",
+    "metric",
+    "selection",
+    "pairs",
+    "diff_mean",
+    "ci_low",
+    "ci_high",
+    "positive",
+    "p",
+    "p_holm",
+]
 paired = comparisons[[c for c in columns if c in comparisons.columns]].copy()
 paired["metric"] = paired["metric"].map(report.METRICS)
 display(HTML(STYLE + html(paired.rename(columns={"diff_mean": "Δ (points)"}))))
@@ -108,11 +139,13 @@ display(HTML(STYLE + html(paired.rename(columns={"diff_mean": "Δ (points)"}))))
 # %% [markdown]
 # ## The tables, as the official README lays them out
 
+
 # %% tags=["hide-input"]
 def side_by_side(*tables):
     """Show HTML tables next to each other, each with a caption."""
-    cells = "".join(f"<div><p><b>{caption}</b></p>{html(t)}</div>"
-                    for caption, t in tables)
+    cells = "".join(
+        f"<div><p><b>{caption}</b></p>{html(t)}</div>" for caption, t in tables
+    )
     flex = "display:flex;flex-wrap:wrap;gap:2em"
     display(HTML(f'{STYLE}<div style="{flex}">{cells}</div>'))
 
@@ -120,9 +153,13 @@ def side_by_side(*tables):
 ours = "ours" if summary["data_name"] != "cars196" else "ours (CARS196)"
 for metric, name in report.METRICS.items():
     display(Markdown(f"### {name}"))
-    side_by_side((f"{ours}, {summary['data_name']}, {value}",
-                  report.table_from_runs(runs, metric, value)),
-                 ("paper (official README), CARS196", report.paper_table(metric)))
+    side_by_side(
+        (
+            f"{ours}, {summary['data_name']}, {value}",
+            report.table_from_runs(runs, metric, value),
+        ),
+        ("paper (official README), CARS196", report.paper_table(metric)),
+    )
 
 # %% [markdown]
 # ## Figures
@@ -168,20 +205,38 @@ for other in (v for v in chosen if v != value):
 # Recall@1; a longer recipe on it (`configs/cpu36.yml`: 36 epochs, the memory from epoch 25, Norm-SoftMax only)
 # was the starting point of the study. Their committed reports, paired by seed (best test epoch):
 
+
 # %% tags=["hide-input"]
 def paired_rows(folder):
-    """MemVir minus baseline of a committed report, per metric (best test epoch, Holm over its rows)."""
+    """MemVir minus baseline of a committed report (best test epoch, Holm)."""
     other_runs = pd.read_csv(Path(folder) / "runs.csv")
     pairs = json.loads((Path(folder) / "report.json").read_text())["baselines"]
     c = report.study_comparisons(other_runs, {"main": list(pairs)}, pairs)
-    c = c[c["selection"] == "best"].assign(metric=lambda d: d["metric"].map(report.METRICS))
-    return c[["row", "metric", "pairs", "baseline_mean", "row_mean", "diff_mean", "ci_low", "ci_high",
-              "positive", "p", "p_holm"]]
+    c = c[c["selection"] == "best"].assign(
+        metric=lambda d: d["metric"].map(report.METRICS)
+    )
+    return c[
+        [
+            "row",
+            "metric",
+            "pairs",
+            "baseline_mean",
+            "row_mean",
+            "diff_mean",
+            "ci_low",
+            "ci_high",
+            "positive",
+            "p",
+            "p_holm",
+        ]
+    ]
 
 
 earlier = {}
-for title, folder in (("first benchmark, 24 epochs (cpu_easy)", easy_dir),
-                      ("first benchmark, 36 epochs (cpu36)", long_dir)):
+for title, folder in (
+    ("first benchmark, 24 epochs (cpu_easy)", easy_dir),
+    ("first benchmark, 36 epochs (cpu36)", long_dir),
+):
     if (Path(folder) / "runs.csv").exists():
         earlier[title] = paired_rows(folder)
         display(Markdown(f"**{title}**"))
@@ -198,8 +253,10 @@ for title, folder in (("first benchmark, 24 epochs (cpu_easy)", easy_dir),
 # %% tags=["hide-input"]
 # NBVAL_CHECK_OUTPUT
 table4 = report.paper_results("table4_recall_at_1")
-names = [("MemVir + " if m else "") + name
-         for name, m in zip(table4["method"], table4["memvir"])]
+names = [
+    ("MemVir + " if m else "") + name
+    for name, m in zip(table4["method"], table4["memvir"])
+]
 table4.assign(method=names).drop(columns=["memvir", "fair"]).set_index("method")
 
 # %% [markdown]
@@ -220,11 +277,23 @@ table4.assign(method=names).drop(columns=["memvir", "fair"]).set_index("method")
 
 # %% tags=["hide-input"]
 paper_r1 = report.paper_table("recall@1")
-paper_gain = [f"{float(r['Diff.']):+.2f} for {r['Loss']}" for _, r in paper_r1.iterrows()
-              if r["Diff."] != "-"]
-saw = [f"{row}: MAP@R {said(row, 'map_at_r', honest)}; Recall@1 {said(row, 'recall@1', honest)} "
-       f"({report.SELECTION_NAMES[honest]})." for row in summary["baselines"]]
-saw.append(f"In Recall@1 the paper's CARS196 runs gain {' and '.join(paper_gain)}, with MemVir trained "
-           "about 15 times longer than its baseline.")
-display(Markdown(f"On the `{summary['profile']}` profile ({summary['runs']} runs):\n\n- "
-                 + "\n- ".join(saw)))
+paper_gain = [
+    f"{float(r['Diff.']):+.2f} for {r['Loss']}"
+    for _, r in paper_r1.iterrows()
+    if r["Diff."] != "-"
+]
+saw = [
+    f"{row}: MAP@R {said(row, 'map_at_r', honest)}; Recall@1"
+    f" {said(row, 'recall@1', honest)} ({report.SELECTION_NAMES[honest]})."
+    for row in summary["baselines"]
+]
+saw.append(
+    f"In Recall@1 the paper's CARS196 runs gain {' and '.join(paper_gain)}, with MemVir"
+    " trained about 15 times longer than its baseline."
+)
+display(
+    Markdown(
+        f"On the `{summary['profile']}` profile ({summary['runs']} runs):\n\n- "
+        + "\n- ".join(saw)
+    )
+)

@@ -76,13 +76,18 @@ for step in range(60):
     l1, l2 = plain(e1, labels, 0), fast(e2, labels, 0)
     l1.backward()
     l2.backward()
-    worst = max(worst, abs(float(l1.detach()) - float(l2.detach())),
-                float((e1.grad - e2.grad).abs().max()),
-                float((loss_plain.proxies.grad - loss_fast.proxies.grad).abs().max()))
+    worst = max(
+        worst,
+        abs(float(l1.detach()) - float(l2.detach())),
+        float((e1.grad - e2.grad).abs().max()),
+        float((loss_plain.proxies.grad - loss_fast.proxies.grad).abs().max()),
+    )
     loss_plain.proxies.grad = loss_fast.proxies.grad = None
 assert worst < 1e-5, worst
-print(f"60 steps, {fast.num_taken} past steps taken at the end: "
-      f"largest difference in loss or gradient {worst:.1e}")
+print(
+    f"60 steps, {fast.num_taken} past steps taken at the end: "
+    f"largest difference in loss or gradient {worst:.1e}"
+)
 
 # %% [markdown]
 # ## The MemVir step (loss forward + backward, memory full)
@@ -93,12 +98,19 @@ print(f"60 steps, {fast.num_taken} past steps taken at the end: "
 # %% tags=["hide-input"]
 step = json.loads((Path(bench_dir) / "memvir_step.json").read_text())
 machine = step["machine"]
-print(f"machine: {machine['processor']}, {machine['cpus']} CPUs, "
-      f"{machine['torch_threads']} torch threads, torch {machine['torch']}, "
-      f"device {machine['device']}")
-COLUMNS = {"loss": "Loss", "plain": "plain (ms)", "ours": "ours (ms)",
-           "baseline": "baseline (ms)", "plain_over_ours": "plain / ours",
-           "ours_over_baseline": "ours / baseline"}
+print(
+    f"machine: {machine['processor']}, {machine['cpus']} CPUs, "
+    f"{machine['torch_threads']} torch threads, torch {machine['torch']}, "
+    f"device {machine['device']}"
+)
+COLUMNS = {
+    "loss": "Loss",
+    "plain": "plain (ms)",
+    "ours": "ours (ms)",
+    "baseline": "baseline (ms)",
+    "plain_over_ours": "plain / ours",
+    "ours_over_baseline": "ours / baseline",
+}
 settings = pd.DataFrame(step["settings"]).rename(columns=COLUMNS).set_index("Loss")
 settings.round(2)
 
@@ -117,10 +129,18 @@ fit = step["sweep_fit"]
 fig, ax = plt.subplots(figsize=(6, 3.5))
 ax.plot(sweep["N"], sweep["plain"], "o-", label="plain (official computation)")
 ax.plot(sweep["N"], sweep["ours"], "o-", label="ours (cached)")
-ax.plot(sweep["N"], fit["intercept_ms"] + fit["ms_per_step"] * sweep["N"], "k--", lw=1,
-        label=f"line: {fit['intercept_ms']:.1f} + {fit['ms_per_step']:.2f} N ms")
-ax.set(xlabel="N (past steps taken)", ylabel="ms per step (forward + backward)",
-       title="Norm-SoftMax, M=10, C=98, D=512, B=128")
+ax.plot(
+    sweep["N"],
+    fit["intercept_ms"] + fit["ms_per_step"] * sweep["N"],
+    "k--",
+    lw=1,
+    label=f"line: {fit['intercept_ms']:.1f} + {fit['ms_per_step']:.2f} N ms",
+)
+ax.set(
+    xlabel="N (past steps taken)",
+    ylabel="ms per step (forward + backward)",
+    title="Norm-SoftMax, M=10, C=98, D=512, B=128",
+)
 ax.legend()
 fig.tight_layout()
 
@@ -130,10 +150,12 @@ fig.tight_layout()
 # %% tags=["hide-input"]
 if "backbone" in step:
     bb = step["backbone"]
-    print(f"BN-Inception forward + backward at batch 128, 224 px: "
-          f"{bb['bninception_fwd_bwd_ms']:.0f} ms; "
-          f"our MemVir step (Norm-SoftMax, N=45) is "
-          f"{100 * bb['memvir_share']:.2f}% of a whole training step")
+    print(
+        "BN-Inception forward + backward at batch 128, 224 px: "
+        f"{bb['bninception_fwd_bwd_ms']:.0f} ms; "
+        "our MemVir step (Norm-SoftMax, N=45) is "
+        f"{100 * bb['memvir_share']:.2f}% of a whole training step"
+    )
 
 # %% [markdown]
 # ## The fixed cost of a step
@@ -147,27 +169,41 @@ if "backbone" in step:
 # %% tags=["hide-input"]
 fixed = json.loads((Path(bench_dir) / "memvir_step_fixed.json").read_text())
 shape = fixed["shape"]
-fixed_rounds = pd.DataFrame([
-    {"round": i + 1, "before: a (ms)": r["fit"]["before"]["intercept_ms"],
-     "ours: a (ms)": r["fit"]["ours"]["intercept_ms"],
-     "ours a / before a": r["intercept_after_over_before"],
-     "ours: b (ms per N)": r["fit"]["ours"]["ms_per_step"], "loss alone (ms)": r["loss_alone_ms"],
-     "ours / plain at N=20": r["ours_over_plain_N20"]}
-    for i, r in enumerate(fixed["rounds"])]).set_index("round")
+fixed_rounds = pd.DataFrame(
+    [
+        {
+            "round": i + 1,
+            "before: a (ms)": r["fit"]["before"]["intercept_ms"],
+            "ours: a (ms)": r["fit"]["ours"]["intercept_ms"],
+            "ours a / before a": r["intercept_after_over_before"],
+            "ours: b (ms per N)": r["fit"]["ours"]["ms_per_step"],
+            "loss alone (ms)": r["loss_alone_ms"],
+            "ours / plain at N=20": r["ours_over_plain_N20"],
+        }
+        for i, r in enumerate(fixed["rounds"])
+    ]
+).set_index("round")
 fixed_rounds.round(3)
 
 # %% tags=["hide-input"]
 floor = fixed_rounds["loss alone (ms)"] / fixed_rounds["ours: a (ms)"]
-display(Markdown(
-    f"Over {len(fixed_rounds)} rounds the intercept is "
-    f"{fixed_rounds['ours a / before a'].min():.2f} to {fixed_rounds['ours a / before a'].max():.2f} of "
-    f"what it was (not halved), and ours is {fixed_rounds['ours / plain at N=20'].min():.3f} to "
-    f"{fixed_rounds['ours / plain at N=20'].max():.3f} of the plain computation at N=20. The loss alone, "
-    f"with no memory at all, takes {fixed_rounds['loss alone (ms)'].min():.1f} to "
-    f"{fixed_rounds['loss alone (ms)'].max():.1f} ms, {floor.min():.0%} to {floor.max():.0%} of our "
-    "intercept in the same round: a floor that no bookkeeping change can go below. A step now reads from the device once (the batch check: label range "
-    "and finiteness in one read), none with `MemVir(..., check=False)`, which asserts on the device instead "
-    "(tests/test_memory.py counts the reads)."))
+display(
+    Markdown(
+        f"Over {len(fixed_rounds)} rounds the intercept is"
+        f" {fixed_rounds['ours a / before a'].min():.2f} to"
+        f" {fixed_rounds['ours a / before a'].max():.2f} of what it was (not halved),"
+        f" and ours is {fixed_rounds['ours / plain at N=20'].min():.3f} to"
+        f" {fixed_rounds['ours / plain at N=20'].max():.3f} of the plain computation at"
+        " N=20. The loss alone, with no memory at all, takes"
+        f" {fixed_rounds['loss alone (ms)'].min():.1f} to"
+        f" {fixed_rounds['loss alone (ms)'].max():.1f} ms, {floor.min():.0%} to"
+        f" {floor.max():.0%} of our intercept in the same round: a floor that no"
+        " bookkeeping change can go below. A step now reads from the device once (the"
+        " batch check: label range and finiteness in one read), none with `MemVir(...,"
+        " check=False)`, which asserts on the device instead (tests/test_memory.py"
+        " counts the reads)."
+    )
+)
 
 # %% [markdown]
 # ## A paper-scale training step, and what a paper run costs
@@ -184,17 +220,29 @@ display(Markdown(
 # %% tags=["hide-input"]
 ps = json.loads((Path(bench_dir) / "paper_step.json").read_text())
 m = ps["machine"]
-print(f"{m['device']}, {m['usable_cores']} cores, {m['torch_threads']} torch "
-      f"thread(s), batch {ps['batch']}; load average "
-      f"{m['load_average_start'][0]}-{m['load_average_end'][0]}")
-rows = [{"what": f"decode + transform, one core ({d})", "images/s": r}
-        for d, r in ps["decode_per_core"].items()]
-rows += [{"what": f"loader, {w} worker(s) ({d})", "images/s": r}
-         for d, by in ps["loader"].items() for w, r in by.items()]
-rows += [{"what": f"BN-Inception fwd+bwd ({k})", "images/s": r}
-         for k, r in ps["model"].items() if k != "forward_fp32_eval"]
-rows += [{"what": f"full step ({d}, {ps['step']['workers']} workers)", "images/s": r}
-         for d, r in ps["step"]["rates"].items()]
+print(
+    f"{m['device']}, {m['usable_cores']} cores, {m['torch_threads']} torch "
+    f"thread(s), batch {ps['batch']}; load average "
+    f"{m['load_average_start'][0]}-{m['load_average_end'][0]}"
+)
+rows = [
+    {"what": f"decode + transform, one core ({d})", "images/s": r}
+    for d, r in ps["decode_per_core"].items()
+]
+rows += [
+    {"what": f"loader, {w} worker(s) ({d})", "images/s": r}
+    for d, by in ps["loader"].items()
+    for w, r in by.items()
+]
+rows += [
+    {"what": f"BN-Inception fwd+bwd ({k})", "images/s": r}
+    for k, r in ps["model"].items()
+    if k != "forward_fp32_eval"
+]
+rows += [
+    {"what": f"full step ({d}, {ps['step']['workers']} workers)", "images/s": r}
+    for d, r in ps["step"]["rates"].items()
+]
 pd.DataFrame(rows).set_index("what").round(1)
 
 # %% tags=["hide-input"]
@@ -202,19 +250,22 @@ here = ps["projection"]["here"]["pil"]
 pil16 = ps["projection"]["loader_bound_16_cores"]["pil"]
 draft16 = ps["projection"]["loader_bound_16_cores"]["draft"]
 gain = ps["decode_per_core"]["draft"] / ps["decode_per_core"]["pil"]
-display(Markdown(
-    f"On this CPU a paper step runs at {ps['step']['rates']['pil']:.1f} images/s, "
-    f"so one README MemVir run would take {here['memvir_run_hours']:,.0f} hours "
-    f"and `PROFILE=paper` {here['profile_paper_hours']:,.0f}: the model, not the "
-    f"loader, bounds it here. The `draft` decoder gave {gain:.2f} times the "
-    "official decoder's images/s per core; 16 cores decoding at these rates "
-    f"would feed at most {pil16['images_per_s']:,.0f} (`pil`) or "
-    f"{draft16['images_per_s']:,.0f} (`draft`) images/s, a MemVir run in no less "
-    f"than {pil16['memvir_run_hours']:.1f} or {draft16['memvir_run_hours']:.1f} "
-    "hours whatever the GPU; the `gpu` decoder's workers only read bytes "
-    f"({max(ps['loader']['gpu'].values()):,.0f} images/s here), so its bound is "
-    "the device's JPEG decoder, which `bench/gpu_check.sh` measures when a GPU "
-    "is lent."))
+display(
+    Markdown(
+        f"On this CPU a paper step runs at {ps['step']['rates']['pil']:.1f} images/s, "
+        f"so one README MemVir run would take {here['memvir_run_hours']:,.0f} hours "
+        f"and `PROFILE=paper` {here['profile_paper_hours']:,.0f}: the model, not the "
+        f"loader, bounds it here. The `draft` decoder gave {gain:.2f} times the "
+        "official decoder's images/s per core; 16 cores decoding at these rates "
+        f"would feed at most {pil16['images_per_s']:,.0f} (`pil`) or "
+        f"{draft16['images_per_s']:,.0f} (`draft`) images/s, a MemVir run in no less "
+        f"than {pil16['memvir_run_hours']:.1f} or {draft16['memvir_run_hours']:.1f} "
+        "hours whatever the GPU; the `gpu` decoder's workers only read bytes "
+        f"({max(ps['loader']['gpu'].values()):,.0f} images/s here), so its bound is "
+        "the device's JPEG decoder, which `bench/gpu_check.sh` measures when a GPU "
+        "is lent."
+    )
+)
 
 # %% [markdown]
 # ## Evaluation at Stanford Online Products scale
@@ -226,48 +277,68 @@ display(Markdown(
 
 # %% tags=["hide-input"]
 ev = json.loads((Path(bench_dir) / "evaluation.json").read_text())
-rows = [{"K list": ",".join(map(str, s["ks"])), "search depth": s["depth"],
-         "ours (s)": s["ours_seconds_median"], "bare faiss (s)": s["bare_seconds_median"],
-         "ours / bare": s["time_ratio_ours_over_bare"],
-         "ours: memory rise (MB)": s["ours_peak_rise_mb_max"],
-         "bare: memory rise (MB)": s["bare_peak_rise_mb_max"]}
-        for s in ev["summary"]["settings"]]
-print(f"n = {ev['params']['n']:,} x {ev['params']['dim']}, "
-      f"embeddings {ev['summary']['embeddings_mb']:.0f} MB; "
-      f"{ev['machine']['cpu_count']} CPUs, "
-      f"OMP_NUM_THREADS={ev['machine']['OMP_NUM_THREADS']}")
+rows = [
+    {
+        "K list": ",".join(map(str, s["ks"])),
+        "search depth": s["depth"],
+        "ours (s)": s["ours_seconds_median"],
+        "bare faiss (s)": s["bare_seconds_median"],
+        "ours / bare": s["time_ratio_ours_over_bare"],
+        "ours: memory rise (MB)": s["ours_peak_rise_mb_max"],
+        "bare: memory rise (MB)": s["bare_peak_rise_mb_max"],
+    }
+    for s in ev["summary"]["settings"]
+]
+print(
+    f"n = {ev['params']['n']:,} x {ev['params']['dim']}, "
+    f"embeddings {ev['summary']['embeddings_mb']:.0f} MB; "
+    f"{ev['machine']['cpu_count']} CPUs, "
+    f"OMP_NUM_THREADS={ev['machine']['OMP_NUM_THREADS']}"
+)
 pd.DataFrame(rows).set_index("K list").round(2)
 
 # %% tags=["hide-input"]
 pml = ev["pml"]
-print("pytorch-metric-learning, default settings:",
-      pml["pml_default"].get("skipped", pml["pml_default"]))
+print(
+    "pytorch-metric-learning, default settings:",
+    pml["pml_default"].get("skipped", pml["pml_default"]),
+)
 if "seconds" in pml.get("pml_max_bin", {}):
     mb = pml["pml_max_bin"]
-    print(f"pytorch-metric-learning, k='max_bin_count': {mb['seconds']:.0f} s "
-          f"({mb['over_bare_of_first_setting']:.2f} x the bare search), "
-          f"memory rise {mb['peak_rise_mb'] / 1024:.1f} GB; "
-          f"precision@1 {mb['metrics']['precision_at_1']:.4f}, "
-          f"R-Precision {mb['metrics']['r_precision']:.4f}, "
-          f"MAP@R {mb['metrics']['mean_average_precision_at_r']:.4f}")
+    print(
+        f"pytorch-metric-learning, k='max_bin_count': {mb['seconds']:.0f} s "
+        f"({mb['over_bare_of_first_setting']:.2f} x the bare search), "
+        f"memory rise {mb['peak_rise_mb'] / 1024:.1f} GB; "
+        f"precision@1 {mb['metrics']['precision_at_1']:.4f}, "
+        f"R-Precision {mb['metrics']['r_precision']:.4f}, "
+        f"MAP@R {mb['metrics']['mean_average_precision_at_r']:.4f}"
+    )
 
 # %% [markdown]
 # ## What we saw
 
 # %% tags=["hide-input"]
 nsm = settings.loc["Norm-SoftMax"]
-ratios = [f"{r['ours / bare']:.2f} (K up to {r['K list'].split(',')[-1]})" for r in rows]
+ratios = [
+    f"{r['ours / bare']:.2f} (K up to {r['K list'].split(',')[-1]})" for r in rows
+]
 share = ""
 if "backbone" in step:
-    share = (" A MemVir step of our cached path was "
-             f"{100 * step['backbone']['memvir_share']:.2f}% of a BN-Inception "
-             "training step.")
-display(Markdown(
-    "The cached path gave the plain computation's loss and gradients within "
-    f"{worst:.0e} over 60 steps. With the paper's CARS196 setting (Norm-SoftMax, "
-    f"$N = {int(nsm['N'])}$, $M = {int(nsm['M'])}$) it ran {nsm['plain / ours']:.1f} "
-    f"times faster than the plain computation on this machine ({nsm['plain (ms)']:.0f} "
-    f"against {nsm['ours (ms)']:.0f} ms per step) and {nsm['ours / baseline']:.1f} times "
-    f"slower than the loss without MemVir.{share} Evaluating {ev['params']['n']:,} "
-    f"embeddings took {' and '.join(ratios)} times as long as a bare faiss search of "
-    "the same depth."))
+    share = (
+        " A MemVir step of our cached path was "
+        f"{100 * step['backbone']['memvir_share']:.2f}% of a BN-Inception "
+        "training step."
+    )
+display(
+    Markdown(
+        "The cached path gave the plain computation's loss and gradients within"
+        f" {worst:.0e} over 60 steps. With the paper's CARS196 setting (Norm-SoftMax,"
+        f" $N = {int(nsm['N'])}$, $M = {int(nsm['M'])}$) it ran"
+        f" {nsm['plain / ours']:.1f} times faster than the plain computation on this"
+        f" machine ({nsm['plain (ms)']:.0f} against {nsm['ours (ms)']:.0f} ms per step)"
+        f" and {nsm['ours / baseline']:.1f} times slower than the loss without"
+        f" MemVir.{share} Evaluating {ev['params']['n']:,} embeddings took"
+        f" {' and '.join(ratios)} times as long as a bare faiss search of the same"
+        " depth."
+    )
+)
