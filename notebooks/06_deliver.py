@@ -78,6 +78,16 @@ def rows_of(group):
     return list(dict.fromkeys(comparisons.loc[comparisons["group"] == group, "row"]))
 
 
+def group_section(group, intro=""):
+    """A group's table, then a line per row: its MAP@R comparison (selection `honest`)."""
+    show(report.study_table(comparisons, group))
+    said = [
+        f"{row}: MAP@R {report.describe(pick(row, MAP, honest, group))}"
+        for row in rows_of(group)
+    ]
+    display(Markdown(intro + "- " + "\n- ".join(said)))
+
+
 honest = (
     "val" if "val" in set(comparisons["selection"]) else "last"
 )  # the selection we trust
@@ -200,16 +210,7 @@ display(
 if (out / "figures" / "curves_budgets.png").exists():
     display(Image(filename=str(out / "figures" / "curves_budgets.png")))
 if "budgets" in have:
-    show(report.study_table(comparisons, "budgets"))
-    said = [
-        f"{row}: MAP@R {report.describe(pick(row, MAP, honest, 'budgets'))}"
-        for row in rows_of("budgets")
-    ]
-    display(
-        Markdown(
-            "At the " + report.SELECTION_NAMES[honest] + ":\n\n- " + "\n- ".join(said)
-        )
-    )
+    group_section("budgets", f"At the {report.SELECTION_NAMES[honest]}:\n\n")
 
 # %% [markdown]
 # ## 2. Model selection
@@ -266,19 +267,8 @@ display(
 
 # %% tags=["hide-input"]
 if "ablations" in have:
-    show(report.study_table(comparisons, "ablations"))
-    said = [
-        f"{row}: MAP@R {report.describe(pick(row, MAP, honest, 'ablations'))}"
-        for row in rows_of("ablations")
-    ]
-    display(
-        Markdown(
-            "At the "
-            + report.SELECTION_NAMES[honest]
-            + ", against Norm-SoftMax:\n\n- "
-            + "\n- ".join(said)
-        )
-    )
+    intro = f"At the {report.SELECTION_NAMES[honest]}, against Norm-SoftMax:\n\n"
+    group_section("ablations", intro)
 
 # %% [markdown]
 # ## 4. The mechanism: less focus on the seen classes?
@@ -374,12 +364,7 @@ if "xbm" in have:
 
 # %% tags=["hide-input"]
 if "scale" in have:
-    show(report.study_table(comparisons, "scale"))
-    said = [
-        f"{row}: MAP@R {report.describe(pick(row, MAP, honest, 'scale'))}"
-        for row in rows_of("scale")
-    ]
-    display(Markdown("- " + "\n- ".join(said)))
+    group_section("scale")
 
 # %% [markdown]
 # ## 7. Variance and the number of comparisons
