@@ -182,7 +182,7 @@ class ProxyLoss(nn.Module):
         """
         return self.similarity(self.embed(emb), self.embed_proxies(proxies))
 
-    def forward(self, emb, labels, proxies=None, *, epoch=None):
+    def forward(self, emb, labels, proxies=None, *, epoch=None, check=True):
         """Return the mean loss of a batch.
 
         Args:
@@ -190,18 +190,21 @@ class ProxyLoss(nn.Module):
             labels: (B,) labels in [0, C'), C' = len(proxies) / K, any integer dtype.
             proxies: optional (C'K, D) proxy matrix to score against; defaults to `self.proxies`.
             epoch: ignored; accepted so that the loss is called as MemVir is.
+            check: False for a caller that has checked the values already (MemVir's concatenation of a checked
+                batch and the memory): shapes and dtypes only, no device read.
         """
         proxies = self.proxies if proxies is None else proxies
-        labels = self._check(emb, labels, proxies)  # (B,) int64
+        labels = self._check(emb, labels, proxies, check)  # (B,) int64
         return F.cross_entropy(self.margin_targets(self.logits(emb, proxies), labels), labels)
 
-    def _check(self, emb, labels, proxies):
-        """Check the batch against the classes of `proxies`, count what the call uses; return int64 labels."""
+    def _check(self, emb, labels, proxies, check=True):
+        """Check the batch against the classes of `proxies` (its values too, if `check`), count what the call
+        uses; return int64 labels."""
         if proxies.dim() != 2 or proxies.shape[0] % self.proxies_per_class:
             raise ValueError(f"proxies: expected ({self.proxies_per_class}*C', {self.embedding_size}) rows, "
                              f"got shape {tuple(proxies.shape)}")
         classes = proxies.shape[0] // self.proxies_per_class
-        labels = check_batch(emb, labels, classes, self.embedding_size)
+        labels = check_batch(emb, labels, classes, self.embedding_size, "read" if check else None)
         self.num_classes_in_use, self.num_embeddings_in_use = classes, emb.shape[0]
         return labels
 
@@ -383,12 +386,13 @@ class ProxyAnchor(ProxyLoss):
     def similarity(self, x, p):
         return x @ p.T  # (B, C') cosines
 
-    def forward(self, emb, labels, proxies=None, *, epoch=None):
+    def forward(self, emb, labels, proxies=None, *, epoch=None, check=True):
         """Return the Proxy-Anchor loss of a batch; arguments as ProxyLoss.forward."""
         proxies = self.proxies if proxies is None else proxies
-        labels = self._check(emb, labels, proxies)  # (B,) int64
+        labels = self._check(emb, labels, proxies, check)  # (B,) int64
         cos = self.logits(emb, proxies)  # (B, C')
-        pos = F.one_hot(labels, cos.shape[1]).bool()  # (B, C')
+        # (B, C') positives; F.one_hot would read the labels' range from the device (a sync on CUDA) every call.
+        pos = labels[:, None] == torch.arange(cos.shape[1], device=labels.device)
         # log(1 + sum exp) as a logsumexp with a zero row: finite gradients for a proxy with no positive.
         one = cos.new_zeros(1, cos.shape[1])  # (1, C')
         pos_exp = torch.where(pos, -self.alpha * (cos - self.margin), -math.inf)  # (B, C')

@@ -81,6 +81,8 @@ class MemVir(nn.Module):
         storage: "device" keeps the memory beside the proxies (the default, as the official code); "host" keeps it
             in host memory (pinned when CUDA is present) and moves to the device only the K taken steps a step
             needs: for SOP with N=5, M=100 the proxy snapshots alone are 505 x 11,318 x 512 floats (11.7 GB).
+            On a GPU the pushes to the host and the copies back are queued on the stream, so a step does not wait;
+            `state_dict()` waits for them first (read `mem_emb` on the host only after a synchronisation).
         storage_dtype: dtype of the stored embeddings and proxies; None keeps the proxies' dtype (exact fp32).
             torch.float16 or torch.bfloat16 halve the memory; both paths then read the same rounded values.
         fill: "curriculum" (the official rule 2: pushes from epoch U on, the taken steps grow 0..N) or "full"
@@ -90,7 +92,8 @@ class MemVir(nn.Module):
             always take the plain path (simple and exact; `fast` is for rule 4).
         steps_per_epoch: the training steps of one epoch (the loader's batches); needed by fill="full" only.
         check: how a step that takes past steps checks the batch's values (labels in [0, C), finite embeddings;
-            the wrapped loss checks what it is handed: the warm-up's batch, the plain path's concatenation).
+            the wrapped loss checks the warm-up's batch itself; the plain path hands it the concatenation with
+            `check=False`, its values known good).
             True: one device->host read (a synchronisation on CUDA) and a one-line ValueError. False: asserted on
             the device, reading nothing (`check_batch(values="assert")`): a bad batch is then a RuntimeError on
             the CPU and a device-side assert on CUDA, which ends the process's CUDA context. Shapes and dtypes are
@@ -234,7 +237,8 @@ class MemVir(nn.Module):
         embedded = None  # (emb_hat, proxies_hat) when the fast path has them: the push reuses them
         # With no step taken the loss is handed this very batch and checks its values (one read, the same message);
         # a PMLLoss with native=True runs PML's own forward, which does not. Otherwise they are checked here: the
-        # plain path's loss sees the concatenation (labels up to (1+K)C), the fast path no loss call at all.
+        # plain path's loss sees the concatenation (labels up to (1+K)C: checking it would be a second read), the
+        # fast path no loss call at all.
         if steps or getattr(self.loss, "native", False):  # with `check`, the step's one device read
             check_batch(emb, labels, self.num_classes, self.loss.embedding_size, "read" if self.check else "assert")
         if not steps:
@@ -262,7 +266,8 @@ class MemVir(nn.Module):
                 labs.append(past.labels + k * C if self.virtual == "both" else past.labels)  # virtual or seen class
             if self.virtual != "embeddings":
                 proxies.append(past.proxies)  # (C, D), no gradient
-        return self.loss(torch.cat(embs), torch.cat(labs), torch.cat(proxies))
+        # The values are checked (forward's one read; the memory holds checked rows): the loss checks shapes only.
+        return self.loss(torch.cat(embs), torch.cat(labs), torch.cat(proxies), check=False)
 
     def _fast_loss(self, emb, labels, steps, slots):
         """Rule 4 with the constant past x past logits cached: same value and gradients, O(N) per step."""
@@ -272,11 +277,9 @@ class MemVir(nn.Module):
         # Index tensors are views of tables kept on the device (`_tables`): no host-to-device copy, no sync.
         tables = self._tables(emb.device)
         slot_idx = tables.slots[slots[0], :K]  # (K,) = slots: the k-th taken step is M+1 slots before the (k-1)-th
-        stored_idx = slot_idx if self.mem_emb.device == emb.device else self._tables(self.mem_emb.device).slots[
-            slots[0], :K]
-        past_emb = self._fetch(self.mem_emb[stored_idx])  # (K, Bmax, D) copies (advanced indexing)
-        past_labels = self._fetch(self.mem_labels[stored_idx])  # (K, Bmax)
-        past_proxies = self._fetch(self.mem_proxies[stored_idx])  # (K, P, D)
+        past_emb, past_labels, past_proxies = (self._gather(self.mem_emb, slots, slot_idx),  # (K, Bmax, D)
+                                               self._gather(self.mem_labels, slots, slot_idx),  # (K, Bmax)
+                                               self._gather(self.mem_proxies, slots, slot_idx))  # (K, P, D)
         if self.mem_emb.dtype != proxies.dtype:  # rounded on storage: embed again, as the plain path does
             past_emb, past_proxies = self.loss.embed(past_emb.flatten(0, 1)).view_as(past_emb), \
                 self.loss.embed_proxies(past_proxies.flatten(0, 1)).view_as(past_proxies)
@@ -297,9 +300,13 @@ class MemVir(nn.Module):
         frozen_lse = torch.logsumexp(self.lse_cache[slot_idx[:, None], d], dim=1)  # (K, Bmax)
         live = self.loss.similarity(past_emb.reshape(K * Bmax, D), proxies_hat)  # (K*Bmax, C)
         lse = torch.logaddexp(torch.logsumexp(live, dim=1).view(K, Bmax), frozen_lse)  # (K, Bmax)
-        past = lse - self.target_cache[slot_idx]  # (K, Bmax)
+        past = lse - self.target_cache.index_select(0, slot_idx)  # (K, Bmax)
         if not full:  # padding rows of smaller batches count zero (torch.where of an all-true mask is `past` itself)
-            sizes = self._fetch(self.mem_sizes[stored_idx])  # (K,) on the device: no host list to copy
+            if self.mem_sizes.device == proxies.device:  # (K,) on the device: no copy of a host list
+                sizes = self._gather(self.mem_sizes, slots, slot_idx)
+            else:  # host storage: this step's push writes mem_sizes on the host, maybe under a queued copy of it
+                sizes = torch.tensor([self._sizes[s] for s in slots], pin_memory=True).to(proxies.device,
+                                                                                          non_blocking=True)
             past = torch.where(tables.rows[None, :Bmax] < sizes[:, None], past, torch.zeros_like(past))
         loss = (current + past.sum()) / self.num_embeddings_in_use  # B + the taken rows, counted on the host
         return loss, (emb_hat.detach(), proxies_hat.detach())
@@ -311,11 +318,12 @@ class MemVir(nn.Module):
         Bmax = past_emb.shape[1]
         tables = self._tables(self.lse_cache.device)
         d = tables.offsets_np[:K, :K]  # (K, K): d[k, j] = k - j + N - 1
-        q = np.asarray(steps)
-        missing = self._lse_owner[np.asarray(slots)[:, None], d] != q[:, None]  # (K, K): pair (k, j) not cached
+        q, slots_np = np.asarray(steps), np.asarray(slots)
+        lse_owner, target_owner = self._lse_owner, self._target_owner  # numpy views, taken once per step
+        missing = lse_owner[slots_np[:, None], d] != q[:, None]  # (K, K): pair (k, j) not cached
         # A step whose target is not cached is new to the cache: compute its whole row of pairs at once.
         for kk in range(K):
-            if self._target_owner[slots[kk]] == steps[kk]:
+            if target_owner[slots[kk]] == steps[kk]:
                 continue
             logits = self.loss.similarity(past_emb[kk], past_proxies.flatten(0, 1)).view(Bmax, K, C)  # (Bmax, K, C)
             if self.loss.target_logit is not None:  # the margin on each row's target, in its own step's block
@@ -325,8 +333,8 @@ class MemVir(nn.Module):
             self.lse_cache[slots[kk], kk + N - K:kk + N] = torch.logsumexp(logits, dim=2).T.flip(0)  # (K, Bmax)
             own = logits[:, kk]  # (Bmax, C): against its own proxies
             self.target_cache[slots[kk]] = own.gather(1, past_labels[kk][:, None]).squeeze(1)
-            self._target_owner[slots[kk]] = steps[kk]
-            self._lse_owner[slots[kk], d[kk]] = steps[kk]
+            target_owner[slots[kk]] = steps[kk]
+            lse_owner[slots[kk], d[kk]] = steps[kk]
             missing[kk] = False
         # Remaining gaps, one proxy step at a time (normally the newest taken step's column). All K rows are
         # scored and the missing ones kept: one matmul, no second copy of the past embeddings. A row's own step is
@@ -342,7 +350,7 @@ class MemVir(nn.Module):
             else:  # scattered rows (rare): one at a time, by host integers (an index tensor from the host would
                 for r in rows.tolist():  # be a copy that waits for the device on CUDA)
                     self.lse_cache[slots[r], int(d[r, jj])] = lse[r]
-            self._lse_owner[np.asarray(slots)[rows], d[rows, jj]] = q[rows]
+            lse_owner[slots_np[rows], d[rows, jj]] = q[rows]
 
     # ---- the ring buffers ------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -357,13 +365,14 @@ class MemVir(nn.Module):
         slot = self._num_pushed % self.capacity
         # Stored as the loss compares them (`loss.embed` for embeddings, `loss.embed_proxies` for proxies), so that
         # no step has to map the N(M+1) snapshots again; every logit is the same as with the raw rows, up to rounding.
-        store = dict(device=self.mem_emb.device, dtype=self.mem_emb.dtype)
+        # copy_ rounds to the storage dtype; non_blocking: from a GPU into pinned host storage the copy is queued on
+        # the stream (no wait), and the taken steps' copies back to the device come after it on the same stream.
         emb_hat, proxies_hat = embedded or (self.loss.embed(emb.detach()),
                                             self.loss.embed_proxies(self.loss.proxies.detach()))
-        self.mem_emb[slot, :B] = emb_hat.to(**store)
-        self.mem_labels[slot, :B] = labels.to(self.mem_labels.device)
+        self.mem_emb[slot, :B].copy_(emb_hat, non_blocking=True)
+        self.mem_labels[slot, :B].copy_(labels, non_blocking=True)
         self.mem_sizes[slot].fill_(B)  # B as a kernel argument: no tensor made from a host value to copy
-        self.mem_proxies[slot] = proxies_hat.to(**store)
+        self.mem_proxies[slot].copy_(proxies_hat, non_blocking=True)
         self.num_pushed += 1
         self._sizes[slot] = B
         self._num_pushed += 1
@@ -374,6 +383,7 @@ class MemVir(nn.Module):
         """(Re)allocate the buffers for batches of up to `batch` rows, keeping what is stored."""
         S, old = self.capacity, self.mem_emb.shape[1]
         C, D = self.loss.proxies.shape
+        self._wait_for_pushes()  # what is kept is read on the host
 
         def widen(t, shape):
             new = self._alloc(shape, t.dtype)
@@ -391,6 +401,19 @@ class MemVir(nn.Module):
         if self.storage == "device":
             return torch.zeros(shape, dtype=dtype, device=self.loss.proxies.device)
         return torch.zeros(shape, dtype=dtype, pin_memory=torch.cuda.is_available())
+
+    def _gather(self, stored, slots, slot_idx):
+        """The K taken slots of a stored buffer (S, ...) as a (K, ...) copy on the proxies' device and dtype.
+
+        Stored beside the proxies: one index_select by `slot_idx`, a view of a device table (`_tables`), not
+        `buffer[index]` (the same rows, ~5x faster on the CPU). Stored on the host for a GPU: one copy per slot,
+        each from pinned memory and so asynchronous; a gather on the host would read slots whose pushes may still
+        be in flight, into pageable memory, whose copy to the device waits for the stream.
+        """
+        p = self.loss.proxies
+        if stored.device == p.device:
+            return self._fetch(stored.index_select(0, slot_idx))
+        return torch.stack([self._fetch(stored[s]) for s in slots])
 
     def _fetch(self, stored, copy=False):
         """Bring stored memory to the proxies' device and dtype (a no-op for default storage, unless `copy`)."""
@@ -442,13 +465,23 @@ class MemVir(nn.Module):
         self.lse_owner.fill_(-1)
         self.target_owner.fill_(-1)
 
+    def _wait_for_pushes(self):
+        """Host storage for a GPU: wait for the pushes' queued copies, before the host reads the memory."""
+        if self.storage == "host" and self.loss.proxies.is_cuda:
+            torch.cuda.current_stream(self.loss.proxies.device).synchronize()
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        self._wait_for_pushes()  # the saved tensors are read on the host
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, *args, **kwargs):
-        # The saved memory may hold a different batch width (or be allocated when ours is not): take its shapes.
+        # The saved memory may hold a different batch width (or be allocated when ours is not): take its shapes,
+        # the memory where the storage option says (pinned on the host), the cache where it is.
         for name in ("mem_emb", "mem_labels", "mem_proxies", "lse_cache", "target_cache"):
-            saved = state_dict.get(prefix + name)
-            if saved is not None and saved.shape != getattr(self, name).shape:
-                setattr(self, name, torch.zeros(saved.shape, dtype=getattr(self, name).dtype,
-                                                device=getattr(self, name).device))
+            saved, ours = state_dict.get(prefix + name), getattr(self, name)
+            if saved is not None and saved.shape != ours.shape:
+                setattr(self, name, self._alloc(saved.shape, ours.dtype) if name in self.STORED else
+                        torch.zeros(saved.shape, dtype=ours.dtype, device=ours.device))
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, *args, **kwargs)
         cache = [prefix + n for n in self.CACHE]
         has_cache = all(k in state_dict for k in cache)

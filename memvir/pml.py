@@ -139,13 +139,13 @@ class PMLLoss(nn.Module):
     def logits(self, emb, proxies):
         return self.formula.logits(emb, proxies)
 
-    def forward(self, emb, labels, proxies=None, *, epoch=None):
+    def forward(self, emb, labels, proxies=None, *, epoch=None, check=True):
         """Return the loss of a batch, as ProxyLoss.forward (PML's miners and indices_tuple are not taken)."""
         if self.native and proxies is None:
             value = self.pml(emb, labels.long())
             self.formula.num_embeddings_in_use = emb.shape[0]  # the counters a training loop reads
             return value
-        return self.formula(emb, labels, self.proxies if proxies is None else proxies)
+        return self.formula(emb, labels, self.proxies if proxies is None else proxies, check=check)
 
     def extra_repr(self):
         return f"formula={self.formula!r}, weight={self.weight_name!r}{' (D, C*K)' if self.transposed else ''}"

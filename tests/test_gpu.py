@@ -100,6 +100,36 @@ def test_memvir_on_cuda_matches_the_cpu(storage):
         assert all(t.device.type == "cuda" for t in memory)
 
 
+@gpu
+@needs_cuda
+@pytest.mark.parametrize("storage", ["device", "host"])
+@pytest.mark.parametrize("fast", [True, False])
+def test_memvir_step_on_cuda_never_waits_for_the_device(storage, fast):
+    """With check=False a MemVir step (forward, backward, push) makes no host-device synchronisation: the sync
+    debug mode turns any into an error. Host storage too: pushes into pinned memory and the taken steps' copies
+    back are queued on the stream. Then the saved memory equals the pushed rows (state_dict waits for them)."""
+    from memvir.losses import NormSoftmax
+    from memvir.memory import MemVir
+
+    torch.manual_seed(0)
+    C, D, B = 10, 16, 24
+    mv = MemVir(NormSoftmax(C, D), 3, 1, 0, storage=storage, fast=fast, check=False).to("cuda")
+    batches = [(F.normalize(torch.randn(B, D), dim=1).cuda().requires_grad_(), torch.randint(0, C, (B,)).cuda())
+               for _ in range(mv.capacity + 3)]
+    for emb, labels in batches[:-1]:
+        mv(emb, labels, 0).backward()
+    torch.cuda.synchronize()
+    emb, labels = batches[-1]
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        mv(emb, labels, 0).backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert mv.num_taken == 3
+    saved = mv.state_dict()["mem_emb"][(mv._num_pushed - 1) % mv.capacity, :B]  # the last push
+    torch.testing.assert_close(saved.cpu(), F.normalize(emb.detach(), dim=1).cpu(), rtol=0, atol=0)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # AMP fp16 + GradScaler: the training loop on CUDA
 

@@ -244,6 +244,25 @@ def test_called_as_memvir(cls):
         loss(emb, labels, None, 4)
 
 
+@pytest.mark.parametrize("cls", [NormSoftmax, ProxyNCA, ProxyAnchor, SoftTriple])
+def test_check_false_reads_nothing_and_still_checks_shapes(cls):
+    """check=False (MemVir's plain path, whose concatenation is known good): the same value, no device read, and
+    a wrong shape is still the one-line error."""
+    from device_reads import device_reads
+
+    torch.manual_seed(0)
+    loss = cls(5, 3)
+    emb, labels = torch.randn(8, 3), torch.randint(0, 5, (8,))
+    with device_reads() as seen:
+        value = loss(emb, labels, check=False)
+    assert seen == [] and torch.equal(value, loss(emb, labels))
+    with device_reads() as seen:
+        loss(emb, labels)
+    assert [kind for kind, _, _ in seen] == ["read"]  # the default checks the values: one read
+    with pytest.raises(ValueError, match="expected 3 columns"):
+        loss(torch.randn(8, 4), labels, check=False)
+
+
 # ---------------------------------------------------------------- label dtypes
 
 @pytest.mark.parametrize("dtype", [torch.int32, torch.int16, torch.int8, torch.uint8, torch.uint16])

@@ -485,16 +485,21 @@ def test_device_reads_counts_each_kind(code, expected):
     ("fast, check=False", []),
     ("fast, a short batch", ["memvir/losses.py check_batch"]),  # padding rows: the sizes stay on the device
     ("warm-up", ["memvir/losses.py check_batch"]),  # the loss's check of this very batch, not MemVir's too
-    ("plain", ["memvir/losses.py check_batch"] * 2),  # MemVir's, then the loss's of the concatenation
+    ("plain", ["memvir/losses.py check_batch"]),  # MemVir's; the loss checks the concatenation's shapes only
+    ("plain, check=False", []),
+    ("plain, embeddings only", ["memvir/losses.py check_batch"]),  # the ablations take the plain path
+    ("plain, proxies only, check=False", []),
 ])
 def test_one_step_reads_the_device_at_most_once(case, reads):
     """One training step (forward + backward), memory full, Norm-SoftMax: before issue 14 the fast path read the
-    device three times (check_batch) and made seven index tensors from host lists; now one read, none with
-    check=False. The owner tables are host bookkeeping by design (numpy views), not reads."""
+    device three times (check_batch) and made seven index tensors from host lists, the plain path twice (MemVir's
+    check, then the loss's of the concatenation); now one read, none with check=False. The owner tables are host
+    bookkeeping by design (numpy views), not reads."""
     from device_reads import device_reads
 
-    mv, emb, labels = filled_memvir(fast=case != "plain", check=case != "fast, check=False",
-                                    U=1 if case == "warm-up" else 0)
+    virtual = "embeddings" if "embeddings only" in case else "proxies" if "proxies only" in case else "both"
+    mv, emb, labels = filled_memvir(fast=not case.startswith("plain"), check="check=False" not in case,
+                                    U=1 if case == "warm-up" else 0, virtual=virtual)
     epoch = 0 if case == "warm-up" else mv.warmup_epochs
     if case == "fast, a short batch":
         emb, labels = emb[:4].detach().requires_grad_(), labels[:4]
@@ -504,6 +509,31 @@ def test_one_step_reads_the_device_at_most_once(case, reads):
     assert mv.num_taken == (0 if case == "warm-up" else 4)
     assert [f"{where.split(':')[0]} {where.split()[-1]}" for _, _, where in seen] == reads, seen
     assert all(kind == "read" for kind, _, _ in seen), seen
+
+
+@pytest.mark.parametrize("name", ["normsoftmax", "proxynca", "softmax", "cosface", "arcface", "proxyanchor",
+                                  "softtriple", "pml cosface"])
+@pytest.mark.parametrize("fast", [True, False])
+def test_no_loss_reads_the_device_with_check_false(name, fast):
+    """Every proxy loss under MemVir(check=False), memory full: a step (forward + backward) reads nothing; with the
+    default check exactly once (MemVir's). A read hidden inside a loss (F.one_hot reads the labels' range) would
+    be a wait on every CUDA step."""
+    import pytorch_metric_learning.losses as pml_losses
+
+    from device_reads import device_reads
+    from memvir.losses import build_loss
+
+    C, D, B = 5, 4, 6
+    for check, expected in ((False, 0), (True, 1)):
+        torch.manual_seed(0)
+        loss = pml_losses.CosFaceLoss(C, D) if name.startswith("pml") else build_loss(name, C, D, None)
+        mv = MemVir(loss, 3, 1, fast=fast, check=check)
+        for _ in range(mv.capacity + 1):
+            mv(torch.randn(B, D), torch.randint(0, C, (B,)), 0)
+        emb = torch.randn(B, D, requires_grad=True)
+        with device_reads(host=[mv.lse_owner, mv.target_owner]) as seen:
+            mv(emb, torch.randint(0, C, (B,)), 0).backward()
+        assert mv.num_taken == 3 and len(seen) == expected, seen
 
 
 @pytest.mark.parametrize("fast", [True, False])
