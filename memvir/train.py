@@ -260,9 +260,6 @@ def train_one_epoch(cfg, epoch, loader, train_net, net, criterion, optimizer, sc
             emb, labels = distributed.gather_batch(emb, labels, dist_info)  # (B, D), (B,): the global batch
             _check_embeddings(emb, cfg, progress.step, epoch)
             loss = criterion(emb, labels, epoch=epoch - 1)  # MemVir counts epochs from 0
-        loss_value = loss.item()
-        if not math.isfinite(loss_value):
-            raise TrainingError(_diverged(f"the loss is {loss_value}", progress.step, epoch, cfg))
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         try:
@@ -271,8 +268,14 @@ def train_one_epoch(cfg, epoch, loader, train_net, net, criterion, optimizer, sc
             raise TrainingError(_diverged(f"the optimiser step failed ({_one_line(exc)[:80]})", progress.step,
                                           epoch, cfg)) from None
         scaler.update()
-        # One reduction over every parameter and one host sync: a few percent of a glyph step (bench below).
-        if not bool(torch.isfinite(torch.stack(torch._foreach_norm(params))).all()):
+        # The loss and the parameters' finiteness in one device->host read, after the step (one host sync per
+        # step, not two): a non-finite loss is still reported as such, and the run stops before anything of this
+        # step is written (the optimiser may have applied it; the last checkpoint is untouched).
+        params_finite = torch.isfinite(torch.stack(torch._foreach_norm(params))).all()  # () one reduction
+        loss_value, params_finite = torch.stack([loss.detach().float(), params_finite.float()]).tolist()
+        if not math.isfinite(loss_value):
+            raise TrainingError(_diverged(f"the loss is {loss_value}", progress.step, epoch, cfg))
+        if not params_finite:
             raise TrainingError(_diverged("a parameter is not finite after the step", progress.step, epoch, cfg))
 
         if dist_info.is_main:
