@@ -329,10 +329,10 @@ class MemVir(nn.Module):
             if self.loss.target_logit is not None:  # the margin on each row's target, in its own step's block
                 logits[:, kk] = self.loss.margin_targets(logits[:, kk], past_labels[kk])
             logits = logits.to(self.lse_cache.dtype)
-            # Row kk's offsets d[kk, j] = kk - j + N - 1, j = 0..K-1, are the slice [kk+N-K, kk+N) backwards.
-            self.lse_cache[slots[kk], kk + N - K:kk + N] = torch.logsumexp(logits, dim=2).T.flip(0)  # (K, Bmax)
-            own = logits[:, kk]  # (Bmax, C): against its own proxies
-            self.target_cache[slots[kk]] = own.gather(1, past_labels[kk][:, None]).squeeze(1)
+            # Step j's log-sum-exp goes to row kk's offset d[kk, j] = kk - j + N - 1 (j = 0..K-1), a device table.
+            self.lse_cache[slots[kk]].index_copy_(0, tables.offsets[kk, :K], torch.logsumexp(logits, dim=2).T)
+            own = logits[:, kk]  # (Bmax, C): against its own proxies; the target written in place, (Bmax, 1)
+            torch.gather(own, 1, past_labels[kk][:, None], out=self.target_cache[slots[kk], :, None])
             target_owner[slots[kk]] = steps[kk]
             lse_owner[slots[kk], d[kk]] = steps[kk]
             missing[kk] = False
