@@ -123,6 +123,25 @@ def test_bad_input(emb, labels, match):
         NormSoftmax(5, 3)(emb, labels)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("values", ["read", "assert"])
+def test_check_batch_finiteness_every_float_dtype(dtype, values):
+    """One non-finite entry among finite ones is refused in every float dtype, whichever way the values are
+    checked; the largest finite values of the dtype are not (no overflow inside the check); labels far beyond
+    float32's exact integers are named exactly."""
+    error = ValueError if values == "read" else RuntimeError
+    big = torch.finfo(dtype).max
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        emb = torch.ones(6, 3, dtype=dtype)
+        emb[4, 1] = bad
+        with pytest.raises(error, match="finite"):
+            check_batch(emb, torch.zeros(6, dtype=torch.long), 5, 3, values)
+    assert check_batch(torch.full((6, 3), big, dtype=dtype), torch.arange(6) % 5, 5, 3, values).tolist() == \
+        [0, 1, 2, 3, 4, 0]
+    with pytest.raises(ValueError, match=r"got min 0, max 16777217$"):
+        check_batch(torch.ones(2, 3, dtype=dtype), torch.tensor([0, 2 ** 24 + 1]), 5, 3)
+
+
 @pytest.mark.parametrize("kwargs", [dict(num_classes=0, embedding_size=3), dict(num_classes=3, embedding_size=0),
                                     dict(num_classes=3, embedding_size=3, scale=-1.0),
                                     dict(num_classes=3, embedding_size=3, normalize_embeddings="no")])
