@@ -90,6 +90,27 @@ def count_syncs(criterion, memvir, B=B, D=D, C=C):
     return sum("synchroniz" in str(w.message) for w in caught)
 
 
+def count_ops(criterion, memvir, B=B, D=D, C=C):
+    """ATen ops one step dispatches on the CPU (forward + backward): (all, kernels), kernels = the ops that are not
+    views. A kernel is a launch on a GPU, so this is the fixed cost in a unit no machine's load changes; on CUDA
+    the backward runs on another thread, out of the mode's sight, so the count is taken on the CPU only."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            counts[func.is_view] += 1
+            return func(*args, **(kwargs or {}))
+
+    if DEVICE.type != "cpu":
+        return None
+    counts = {True: 0, False: 0}
+    emb, labels = batch(B, D, C)
+    with Count():
+        value = criterion(emb, labels, 0) if memvir else criterion(emb, labels)
+        value.backward()
+    return {"ops": counts[True] + counts[False], "kernels": counts[False]}
+
+
 def compare(variants, repeats, **shape):
     """Median seconds per variant, the variants interleaved within each repetition; on CUDA also syncs per step."""
     times = {name: [] for name in variants}
@@ -113,7 +134,8 @@ FIXED = dict(B=64, C=98, D=256, M=2, Ns=(1, 2, 5, 10, 20))
 
 
 def memory_before():
-    """Import memvir/memory.py and memvir/losses.py as they were at commit BEFORE; None without git history."""
+    """Import memvir/memory.py and memvir/losses.py as they were at commit BEFORE: (MemVir, NormSoftmax) of then;
+    None without git history."""
     folder = Path(tempfile.mkdtemp())
     for name in ("losses", "memory"):
         try:
@@ -129,23 +151,27 @@ def memory_before():
         module = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = module  # memory's `from memvir_losses_before import check_batch` finds it
         spec.loader.exec_module(module)
-    return module.MemVir
+    return module.MemVir, sys.modules["memvir_losses_before"].NormSoftmax
 
 
 def fixed_cost(repeats, rounds):
     """Time ours, ours before issue 14 and plain at B64 C98 D256 M2 over N; fit ms = intercept + slope x N.
 
-    Also the loss alone (no memory, the same B x C step): the floor under any intercept, since every MemVir step
-    scores its current batch against the current proxies and back-propagates that first.
+    Also the loss alone (no memory, the same B x C step), now and at BEFORE: the floor under any intercept, since
+    every MemVir step scores its current batch against the current proxies and back-propagates that first. What
+    MemVir adds is the intercept minus the loss alone of the same code.
     """
     B_, C_, D_, M = FIXED["B"], FIXED["C"], FIXED["D"], FIXED["M"]
     shape = dict(B=B_, C=C_, D=D_)
     before = memory_before()
-    kinds = {"ours": (MemVir, True), "before": (before, True), "plain": (MemVir, False)}
+    kinds = {"ours": (MemVir, NormSoftmax, True), "plain": (MemVir, NormSoftmax, False)}
+    losses = {"loss": NormSoftmax}
     if before is None:
         print(f"no git history here: 'before' ({BEFORE[:7]}) is not timed")
-        del kinds["before"]
-    fitted = [k for k in ("ours", "before") if k in kinds]
+    else:
+        kinds["before"] = (*before, True)
+        losses["loss_before"] = before[1]
+    fitted = {k: loss for k, loss in (("ours", "loss"), ("before", "loss_before")) if k in kinds}
 
     print(f"MemVir fixed cost: Norm-SoftMax B={B_} C={C_} D={D_} M={M} on {DEVICE}; median of {repeats}, "
           f"{rounds} rounds, {torch.get_num_threads()} torch threads; 'before' = memvir/memory.py at {BEFORE[:7]}")
@@ -153,34 +179,41 @@ def fixed_cost(repeats, rounds):
     for r in range(rounds):
         rows = []
         for N in FIXED["Ns"]:
-            variants = {k: (filled(NormSoftmax, N, M, fast, memvir_cls=cls, **shape), True)
-                        for k, (cls, fast) in kinds.items()}
-            variants["loss"] = (NormSoftmax(C_, D_).to(DEVICE), False)
+            variants = {k: (filled(loss_cls, N, M, fast, memvir_cls=cls, **shape), True)
+                        for k, (cls, loss_cls, fast) in kinds.items()}
+            variants.update({k: (loss_cls(C_, D_).to(DEVICE), False) for k, loss_cls in losses.items()})
             t, syncs = compare(variants, repeats, **shape)
             rows.append({"N": N, **{k: v * 1e3 for k, v in t.items()}})
             if DEVICE.type == "cuda":
                 rows[-1]["syncs_per_step"] = syncs
+            else:  # the same in ops: deterministic, so one round's count is every round's
+                rows[-1]["kernels_per_step"] = {k: count_ops(*v, **shape)["kernels"] for k, v in variants.items()}
         fit = {}
         for k in fitted:
             slope, intercept = statistics.linear_regression([x["N"] for x in rows], [x[k] for x in rows])
             fit[k] = {"intercept_ms": intercept, "ms_per_step": slope}
         at20 = rows[-1]
-        summary = {"ours_over_plain_N20": at20["ours"] / at20["plain"],
-                   "loss_alone_ms": statistics.median(x["loss"] for x in rows)}
+        alone = {k: statistics.median(x[k] for x in rows) for k in losses}
+        for k, loss in fitted.items():  # what MemVir adds to the loss's own step, whatever N
+            fit[k]["added_ms"] = fit[k]["intercept_ms"] - alone[loss]
+        summary = {"ours_over_plain_N20": at20["ours"] / at20["plain"], "loss_alone_ms": alone["loss"]}
         if "before" in kinds:
+            summary["loss_alone_before_ms"] = alone["loss_before"]
             summary.update(before_over_plain_N20=at20["before"] / at20["plain"],
-                           intercept_after_over_before=fit["ours"]["intercept_ms"] / fit["before"]["intercept_ms"])
+                           intercept_after_over_before=fit["ours"]["intercept_ms"] / fit["before"]["intercept_ms"],
+                           added_after_over_before=fit["ours"]["added_ms"] / fit["before"]["added_ms"])
         out["rounds"].append({"rows": rows, "fit": fit, **summary})
-        print(f"round {r + 1}:  {'N':>3}" + "".join(f"{k + ' ms':>11}" for k in (*kinds, "loss"))
-              + ("   syncs per step" if DEVICE.type == "cuda" else ""))
+        print(f"round {r + 1}:  {'N':>3}" + "".join(f"{k + ' ms':>15}" for k in (*kinds, *losses))
+              + ("   syncs per step" if DEVICE.type == "cuda" else "   kernels per step"))
         for x in rows:
-            print(f"{'':10}{x['N']:>3}" + "".join(f"{x[k]:>11.2f}" for k in (*kinds, "loss"))
-                  + (f"   {x['syncs_per_step']}" if "syncs_per_step" in x else ""))
-        print("  fit: " + "; ".join(f"{k} {fit[k]['intercept_ms']:.2f} ms + {fit[k]['ms_per_step']:.3f} ms x N"
-                                    for k in fitted)
+            print(f"{'':10}{x['N']:>3}" + "".join(f"{x[k]:>15.2f}" for k in (*kinds, *losses))
+                  + f"   {x.get('syncs_per_step') or x.get('kernels_per_step')}")
+        print("  fit: " + "; ".join(f"{k} {fit[k]['intercept_ms']:.2f} ms + {fit[k]['ms_per_step']:.3f} ms x N "
+                                    f"(adds {fit[k]['added_ms']:.2f} ms to the loss)" for k in fitted)
               + f"; loss alone {summary['loss_alone_ms']:.2f} ms; N=20 ours/plain {summary['ours_over_plain_N20']:.3f}"
               + (f" (before {summary['before_over_plain_N20']:.3f}); intercept ours/before "
-                 f"{summary['intercept_after_over_before']:.2f}" if "before" in kinds else ""))
+                 f"{summary['intercept_after_over_before']:.2f}, added ours/before "
+                 f"{summary['added_after_over_before']:.2f}" if "before" in kinds else ""))
     return out
 
 
@@ -251,21 +284,31 @@ def main(argv=None):
               f"{row['plain_over_ours']:>12.1f}{row['ours_over_baseline']:>11.1f}"
               + (f"   syncs per step {syncs}" if DEVICE.type == "cuda" else ""))
 
-    print("\nN sweep (Norm-SoftMax, M=10): ours should grow linearly in N, plain quadratically")
-    print(f"{'N':>4}{'plain ms':>10}{'ours ms':>9}{'plain/ours':>12}")
+    print("\nN sweep (Norm-SoftMax, M=10): ours should grow linearly in N, plain quadratically; 'before' is ours at "
+          f"{BEFORE[:7]} (before issue 14), timed in the same run")
+    before = memory_before()
+    print(f"{'N':>4}{'plain ms':>10}{'ours ms':>9}{'before ms':>11}{'plain/ours':>12}")
     for N in (5, 10, 20, 45):
-        t, _ = compare({"plain": (filled(NormSoftmax, N, 10, fast=False), True),
-                        "ours": (filled(NormSoftmax, N, 10, fast=True), True)}, repeats)
-        row = {"N": N, "plain": t["plain"] * 1e3, "ours": t["ours"] * 1e3, "plain_over_ours": t["plain"] / t["ours"]}
+        variants = {"plain": (filled(NormSoftmax, N, 10, fast=False), True),
+                    "ours": (filled(NormSoftmax, N, 10, fast=True), True)}
+        if before is not None:
+            variants["before"] = (filled(before[1], N, 10, fast=True, memvir_cls=before[0]), True)
+        t, _ = compare(variants, repeats)
+        row = {"N": N, **{k: v * 1e3 for k, v in t.items()}, "plain_over_ours": t["plain"] / t["ours"]}
         result["sweep"].append(row)
-        print(f"{N:>4}{row['plain']:>10.1f}{row['ours']:>9.1f}{row['plain_over_ours']:>12.1f}")
-    # Linear fit of ours against N: the slope per extra step, and how well a line explains it.
+        print(f"{N:>4}{row['plain']:>10.1f}{row['ours']:>9.1f}{row.get('before', float('nan')):>11.1f}"
+              f"{row['plain_over_ours']:>12.1f}")
+    # Linear fit against N: the slope per extra step, the intercept (what a step costs whatever N), and how well a
+    # line explains it.
     ns = [r["N"] for r in result["sweep"]]
-    ts = [r["ours"] for r in result["sweep"]]
-    slope, intercept = statistics.linear_regression(ns, ts)
-    r2 = statistics.correlation(ns, ts) ** 2
-    result["sweep_fit"] = {"ms_per_step": slope, "intercept_ms": intercept, "r2_linear": r2}
-    print(f"ours ~ {intercept:.1f} ms + {slope:.2f} ms x N  (R^2 of a line: {r2:.4f})")
+    for key, name in (("ours", "sweep_fit"), ("before", "sweep_fit_before")):
+        if key not in result["sweep"][0]:
+            continue
+        ts = [r[key] for r in result["sweep"]]
+        slope, intercept = statistics.linear_regression(ns, ts)
+        r2 = statistics.correlation(ns, ts) ** 2
+        result[name] = {"ms_per_step": slope, "intercept_ms": intercept, "r2_linear": r2}
+        print(f"{key} ~ {intercept:.1f} ms + {slope:.2f} ms x N  (R^2 of a line: {r2:.4f})")
 
     if not (args.quick or args.no_backbone):
         bb = backbone_step(max(1, min(repeats, 3)))
