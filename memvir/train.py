@@ -60,8 +60,8 @@ import torch
 import torch.nn as nn
 
 from . import distributed
-from .config import (FIELDS, RESUME_MAY_DIFFER, TrainConfig, build_parser, config_from_argv,
-                     parse_k_list, resolve_config)
+from .config import (FIELDS, MEM_FILLS, MEM_VIRTUALS, RESUME_MAY_DIFFER, TrainConfig, build_parser,
+                     config_from_argv, parse_k_list, resolve_config)
 from .evaluation import evaluate, evaluate_checkpoint
 from .experiment import build
 from .rundir import (CHECKPOINT_FORMAT, RunFolderBusy, RunLock, RunOutputs, atomic_json, check_same_run,
@@ -329,6 +329,10 @@ def _describe(cfg, device, dist_info, splits, steps_per_epoch):
             f"{cfg.data_name}: {len(splits.train)} train images in {splits.num_classes} classes, {len(splits.test)}"
             f" test images | {cfg.backbone} -> {cfg.dim}-d | {cfg.loss} (scale {cfg.scale:g})"
             + (f" + MemVir N={cfg.mem_num_step} M={cfg.mem_step_gap} U={cfg.warm_epoch}" if cfg.memvir else "")
+            # the ablations and XBM, only when set: a default run's line stays the official one
+            + "".join(f" --{flag}={value}" for flag, value, default in (
+                ("mem_fill", cfg.mem_fill, MEM_FILLS[0]), ("mem_virtual", cfg.mem_virtual, MEM_VIRTUALS[0]),
+                ("xbm_size", cfg.xbm_size, 0)) if value != default)
             + f" | {steps_per_epoch} steps per epoch")
 
 

@@ -185,9 +185,12 @@ def steps_csv(run):
 
 @pytest.mark.parametrize("fill,virtual", [("full", "both"), ("curriculum", "embeddings"), ("curriculum", "proxies"),
                                           ("full", "proxies")])
-def test_train_runs_each_mode(tmp_path, fill, virtual):
+def test_train_runs_each_mode(tmp_path, capsys, fill, virtual):
     res = train({**TINY, "mem_fill": fill, "mem_virtual": virtual, "save_path": str(tmp_path)})
     assert res["finished"] and math.isfinite(res["last"]["recall@1"])
+    first = capsys.readouterr().out.splitlines()[0]  # the run's first line names the ablation (only when set)
+    assert ("--mem_fill=full" in first) == (fill == "full") and "--mem_fill=curriculum" not in first, first
+    assert (f"--mem_virtual={virtual}" in first) == (virtual != "both") and "xbm_size" not in first, first
     rows = steps_csv(str(tmp_path))
     assert len(rows) == 4 * STEPS_PER_EPOCH
     by_epoch = {e: [r for r in rows if int(r["epoch"]) == e] for e in range(1, 5)}
