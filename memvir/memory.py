@@ -92,10 +92,11 @@ class MemVir(nn.Module):
             always take the plain path (simple and exact; `fast` is for rule 4).
         steps_per_epoch: the training steps of one epoch (the loader's batches); needed by fill="full" only.
         check: how a step that takes past steps checks the batch's values (labels in [0, C), finite embeddings;
-            the wrapped loss checks the warm-up's batch itself; the plain path hands it the concatenation with
-            `check=False`, its values known good).
+            with `check` the wrapped loss checks the warm-up's batch itself; the plain path hands it the
+            concatenation with `check=False`, its values known good).
             True: one device->host read (a synchronisation on CUDA) and a one-line ValueError. False: asserted on
-            the device, reading nothing (`check_batch(values="assert")`): a bad batch is then a RuntimeError on
+            the device, reading nothing, in the warm-up too (`check_batch(values="assert")`, the loss called with
+            `check=False`): a bad batch is then a RuntimeError on
             the CPU and a device-side assert on CUDA, which ends the process's CUDA context. Shapes and dtypes are
             checked on the host either way.
     """
@@ -235,14 +236,15 @@ class MemVir(nn.Module):
         past_rows = sum(self._sizes[s] for s in slots) if self.virtual != "proxies" else 0
         self.num_embeddings_in_use = emb.shape[0] + past_rows
         embedded = None  # (emb_hat, proxies_hat) when the fast path has them: the push reuses them
-        # With no step taken the loss is handed this very batch and checks its values (one read, the same message);
-        # a PMLLoss with native=True runs PML's own forward, which does not. Otherwise they are checked here: the
-        # plain path's loss sees the concatenation (labels up to (1+K)C: checking it would be a second read), the
-        # fast path no loss call at all.
-        if steps or getattr(self.loss, "native", False):  # with `check`, the step's one device read
+        # The values are checked once. With no step taken and `check` the loss is handed this very batch and checks
+        # them itself (one read, the same message). Otherwise here: a PMLLoss with native=True runs PML's own
+        # forward, which does not check; the plain path's loss sees the concatenation (labels up to (1+K)C:
+        # checking it would be a second read); the fast path calls no loss; check=False asserts on the device.
+        here = bool(steps) or getattr(self.loss, "native", False) or not self.check
+        if here:  # with `check`, the step's one device read
             check_batch(emb, labels, self.num_classes, self.loss.embedding_size, "read" if self.check else "assert")
         if not steps:
-            loss = self.loss(emb, labels)
+            loss = self.loss(emb, labels, check=not here)
         elif self.fast and self.virtual == "both" and getattr(self.loss, "decomposable", False):
             loss, embedded = self._fast_loss(emb, labels, steps, slots)
         else:  # also the two ablations (virtual="embeddings", "proxies"): plain only, the cache is rule 4's

@@ -485,6 +485,7 @@ def test_device_reads_counts_each_kind(code, expected):
     ("fast, check=False", []),
     ("fast, a short batch", ["memvir/losses.py check_batch"]),  # padding rows: the sizes stay on the device
     ("warm-up", ["memvir/losses.py check_batch"]),  # the loss's check of this very batch, not MemVir's too
+    ("warm-up, check=False", []),  # asserted by MemVir, the loss told not to read
     ("plain", ["memvir/losses.py check_batch"]),  # MemVir's; the loss checks the concatenation's shapes only
     ("plain, check=False", []),
     ("plain, embeddings only", ["memvir/losses.py check_batch"]),  # the ablations take the plain path
@@ -499,14 +500,14 @@ def test_one_step_reads_the_device_at_most_once(case, reads):
 
     virtual = "embeddings" if "embeddings only" in case else "proxies" if "proxies only" in case else "both"
     mv, emb, labels = filled_memvir(fast=not case.startswith("plain"), check="check=False" not in case,
-                                    U=1 if case == "warm-up" else 0, virtual=virtual)
-    epoch = 0 if case == "warm-up" else mv.warmup_epochs
+                                    U=1 if case.startswith("warm-up") else 0, virtual=virtual)
+    epoch = 0 if case.startswith("warm-up") else mv.warmup_epochs
     if case == "fast, a short batch":
         emb, labels = emb[:4].detach().requires_grad_(), labels[:4]
         mv(emb, labels, epoch)  # the short batch pushed: the next step takes it with padding rows
     with device_reads(host=[mv.lse_owner, mv.target_owner]) as seen:
         mv(emb, labels, epoch).backward()
-    assert mv.num_taken == (0 if case == "warm-up" else 4)
+    assert mv.num_taken == (0 if case.startswith("warm-up") else 4)
     assert [f"{where.split(':')[0]} {where.split()[-1]}" for _, _, where in seen] == reads, seen
     assert all(kind == "read" for kind, _, _ in seen), seen
 
@@ -562,6 +563,9 @@ def test_check_false_asserts_on_the_device():
     with pytest.raises(RuntimeError, match="finite embeddings"):
         mv(torch.full_like(emb, float("nan")), labels, 0)
     assert int(mv.num_pushed) == pushed
+    warm, _, _ = filled_memvir(check=False, U=1)  # in the warm-up the loss is told not to read: MemVir asserts
+    with pytest.raises(RuntimeError, match=r"labels: expected values in \[0, 5\) and finite embeddings"):
+        warm(emb.detach(), torch.tensor([0, 5, 1, 1, 1, 1]), 0)
 
 
 def test_native_pml_loss_still_checked_in_the_warmup():
