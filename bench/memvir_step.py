@@ -19,11 +19,8 @@ import argparse
 import json
 import os
 import platform
-import importlib.util
 import statistics
 import subprocess
-import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -31,6 +28,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from bench.at_commit import modules_at
 from memvir.losses import NormSoftmax, ProxyNCA
 from memvir.memory import MemVir
 
@@ -134,24 +132,12 @@ FIXED = dict(B=64, C=98, D=256, M=2, Ns=(1, 2, 5, 10, 20))
 
 
 def memory_before():
-    """Import memvir/memory.py and memvir/losses.py as they were at commit BEFORE: (MemVir, NormSoftmax) of then;
-    None without git history."""
-    folder = Path(tempfile.mkdtemp())
-    for name in ("losses", "memory"):
-        try:
-            source = subprocess.run(["git", "show", f"{BEFORE}:memvir/{name}.py"], capture_output=True, text=True,
-                                    check=True).stdout
-        except (OSError, subprocess.CalledProcessError):  # a copy of the working tree without .git (a GPU machine)
-            return None
-        source = source.replace("from .losses import", "from memvir_losses_before import").replace(
-            "from .pml import", "from memvir.pml import")
-        path = folder / f"memvir_{name}_before.py"
-        path.write_text(source)
-        spec = importlib.util.spec_from_file_location(f"memvir_{name}_before", path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # memory's `from memvir_losses_before import check_batch` finds it
-        spec.loader.exec_module(module)
-    return module.MemVir, sys.modules["memvir_losses_before"].NormSoftmax
+    """(MemVir, NormSoftmax) of memvir/memory.py and losses.py at commit BEFORE; None without git history."""
+    try:
+        losses, memory = modules_at(BEFORE, tag="before")
+    except (OSError, subprocess.CalledProcessError):  # a copy of the working tree without .git (a GPU machine)
+        return None
+    return memory.MemVir, losses.NormSoftmax
 
 
 def fixed_cost(repeats, rounds):

@@ -3,43 +3,22 @@
     python -m bench.same_floats                   # against eaace4d, memory.py before issue 14's fixed-cost work
     python -m bench.same_floats --commit HEAD~3
 
-Imports memvir/memory.py and memvir/losses.py of the commit from git (as bench/memvir_step.py does) and runs the
-same 25 steps through both: every proxy loss, the cached and the plain path, device and host storage, a short
-batch every seventh step (padding rows). Compares each step's loss, the embeddings' and the proxies' gradients
-with torch.equal. Exits 1 if any differ; needs git history. The committed runs were trained before; equal floats
-mean `make reproduce` still gives their tables.
+Imports memvir/memory.py and memvir/losses.py of the commit from git (bench/at_commit.py, as bench/memvir_step.py
+does) and runs the same 25 steps through both: every proxy loss, the cached and the plain path, device and host
+storage, a short batch every seventh step (padding rows). Compares each step's loss, the embeddings' and the
+proxies' gradients with torch.equal. Exits 1 if any differ; needs git history. The committed runs were trained
+before; equal floats mean `make reproduce` still gives their tables.
 """
 import argparse
-import importlib.util
 import subprocess
-import sys
-import tempfile
-from pathlib import Path
 
 import torch
 
+from bench.at_commit import modules_at
 from memvir import losses as losses_now
 from memvir import memory as memory_now
 
 LOSSES = ("normsoftmax", "proxynca", "cosface", "arcface", "proxyanchor", "softtriple")
-
-
-def modules_at(commit):
-    """(losses, memory) modules of memvir at `commit`, imported under other names."""
-    folder = Path(tempfile.mkdtemp())
-    for name in ("losses", "memory"):
-        source = subprocess.run(["git", "show", f"{commit}:memvir/{name}.py"], capture_output=True, text=True,
-                                check=True).stdout
-        source = source.replace("from .losses import", "from memvir_losses_then import")
-        for rel in (".pml", ".config"):  # the rest of the package as it is now
-            source = source.replace(f"from {rel} import", f"from memvir{rel} import")
-        path = folder / f"memvir_{name}_then.py"
-        path.write_text(source)
-        spec = importlib.util.spec_from_file_location(f"memvir_{name}_then", path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # memory's import of the losses finds this one
-        spec.loader.exec_module(module)
-    return sys.modules["memvir_losses_then"], sys.modules["memvir_memory_then"]
 
 
 def run(losses, memory, name, fast, storage, steps=25, C=7, D=8):

@@ -22,7 +22,6 @@ import contextlib
 import http.client
 import os
 import pickle
-import re
 import socket
 import warnings
 from collections import OrderedDict

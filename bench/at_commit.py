@@ -1,0 +1,31 @@
+"""memvir's losses.py and memory.py as they were at a git commit, imported beside today's (for before/after runs).
+
+    losses, memory = modules_at("eaace4d")   # memory.MemVir, losses.NormSoftmax of then
+
+The two files are read with `git show`, written to a temporary folder and imported under other names
+(memvir_losses_<tag>, memvir_memory_<tag>); the rest of the package (pml, config) is today's. Raises OSError or
+subprocess.CalledProcessError without git history (a copy of the working tree, as on a GPU machine).
+"""
+import importlib.util
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+
+def modules_at(commit, tag="then"):
+    """Return (losses, memory): the modules of memvir/losses.py and memvir/memory.py at `commit`."""
+    folder = Path(tempfile.mkdtemp())
+    for name in ("losses", "memory"):
+        source = subprocess.run(["git", "show", f"{commit}:memvir/{name}.py"], capture_output=True, text=True,
+                                check=True).stdout
+        source = source.replace("from .losses import", f"from memvir_losses_{tag} import")
+        for rel in (".pml", ".config"):  # the rest of the package as it is now
+            source = source.replace(f"from {rel} import", f"from memvir{rel} import")
+        path = folder / f"memvir_{name}_{tag}.py"
+        path.write_text(source)
+        spec = importlib.util.spec_from_file_location(f"memvir_{name}_{tag}", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # memory's import of the losses finds this one
+        spec.loader.exec_module(module)
+    return sys.modules[f"memvir_losses_{tag}"], sys.modules[f"memvir_memory_{tag}"]
