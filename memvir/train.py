@@ -271,8 +271,8 @@ def train_one_epoch(cfg, epoch, loader, train_net, net, criterion, optimizer, sc
         # The loss and the parameters' finiteness in one device->host read, after the step (one host sync per
         # step, not two): a non-finite loss is still reported as such, and the run stops before anything of this
         # step is written (the optimiser may have applied it; the last checkpoint is untouched).
-        params_finite = torch.isfinite(torch.stack(torch._foreach_norm(params))).all()  # () one reduction
-        loss_value, params_finite = torch.stack([loss.detach().float(), params_finite.float()]).tolist()
+        finite = torch.isfinite(torch.stack(torch._foreach_norm(params))).all()  # () one reduction
+        loss_value, params_finite = torch.stack([loss.detach().float(), finite.float()]).tolist()
         if not math.isfinite(loss_value):
             raise TrainingError(_diverged(f"the loss is {loss_value}", progress.step, epoch, cfg))
         if not params_finite:
