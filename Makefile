@@ -15,6 +15,7 @@ setup: $(VENV)/.installed browser
 # jupytext's Lab extension comes with jupytext; the overrides make a chapter's .py open as a notebook in Lab.
 LAB_SETTINGS := $(VENV)/share/jupyter/lab/settings/overrides.d
 $(VENV)/.installed: pyproject.toml tools/jupyterlab-overrides.json
+	@$(SHELL) tools/check_disk.sh . 7000 "the set-up (.venv is 6.3 GB)"
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[book,dev]'
@@ -31,6 +32,7 @@ browser:
 # notebooks (their default parameters) and checks the outputs marked NBVAL_CHECK_OUTPUT. --dist loadfile keeps a
 # notebook's cells on one worker; python3 is the kernel of the interpreter running pytest (.venv's).
 test: setup
+	@$(SHELL) tools/check_disk.sh "$${TMPDIR:-/tmp}" 500 "the test suite's temporary files"
 	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile --nbval-lax --nbval-kernel-name python3 tests notebooks
 
 # JupyterLab on notebooks/ with the `memvir` kernel (re-registered here, so that it is this checkout's .venv); no

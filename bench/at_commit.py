@@ -7,6 +7,7 @@ The two files are read with `git show`, written to a temporary folder and import
 subprocess.CalledProcessError without git history (a copy of the working tree, as on a GPU machine).
 """
 import importlib.util
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -15,7 +16,15 @@ from pathlib import Path
 
 def modules_at(commit, tag="then"):
     """Return (losses, memory): the modules of memvir/losses.py and memvir/memory.py at `commit`."""
-    folder = Path(tempfile.mkdtemp())
+    folder = Path(tempfile.mkdtemp(prefix="memvir_at_commit_"))
+    try:
+        _import_both(commit, tag, folder)
+    finally:
+        shutil.rmtree(folder)  # the modules are loaded; their files are no longer read
+    return sys.modules[f"memvir_losses_{tag}"], sys.modules[f"memvir_memory_{tag}"]
+
+
+def _import_both(commit, tag, folder):
     for name in ("losses", "memory"):
         source = subprocess.run(["git", "show", f"{commit}:memvir/{name}.py"], capture_output=True, text=True,
                                 check=True).stdout
@@ -28,4 +37,3 @@ def modules_at(commit, tag="then"):
         module = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = module  # memory's import of the losses finds this one
         spec.loader.exec_module(module)
-    return sys.modules[f"memvir_losses_{tag}"], sys.modules[f"memvir_memory_{tag}"]

@@ -1,9 +1,11 @@
-"""The set-up installs what the tests need: headless Chromium (tools/ensure_browser.sh, run by `make setup`).
+"""The set-up installs what the tests need: headless Chromium (tools/ensure_browser.sh, run by `make setup`); it
+warns when the disk is too full (tools/check_disk.sh); the suite deletes a passing test's temporary folder.
 
 No real apt-get here: the script runs with a PATH of stubs only, so no browser of this machine is found; the
 stub `apt-get` writes down its arguments and "installs" a stub chromium, the stub `id` says who we are.
 """
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -92,3 +94,56 @@ def test_make_setup_goes_on_without_a_browser(machine):
 def test_browser_tests_fail_not_skip(machine):
     with pytest.raises(pytest.fail.Exception, match="apt-get install -y chromium"):
         chromium(env=machine.env(1000))
+
+
+# --- the disk: tools/check_disk.sh warns in one line, never stops the set-up ---
+
+@pytest.mark.parametrize("free_mb, warned", [(1000, True), (6999, True), (7000, False), (50000, False)])
+def test_check_disk_warns_in_one_line_below_the_need(tmp_path, free_mb, warned):
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    # POSIX `df -Pk` output with `free_mb` MB available, whatever folder is asked.
+    stub(bin_ / "df", f'echo "Filesystem 1024-blocks Used Available Capacity Mounted on"\n'
+                      f'echo "/dev/x 99999999 1 {free_mb * 1024} 1% /"')
+    done = subprocess.run([BASH, "tools/check_disk.sh", str(tmp_path), "7000", "the set-up"], cwd=ROOT,
+                          env={"PATH": f"{bin_}:/usr/bin:/bin"}, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout == ""
+    if warned:
+        assert done.stderr.count("\n") == 1, done.stderr
+        assert f"only {free_mb} MB free" in done.stderr and str(tmp_path) in done.stderr
+        assert "the set-up needs about 7000 MB" in done.stderr
+    else:
+        assert done.stderr == ""
+
+
+def test_check_disk_goes_on_when_df_fails(tmp_path):
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    stub(bin_ / "df", "exit 1")
+    done = subprocess.run([BASH, "tools/check_disk.sh", str(tmp_path), "7000", "the set-up"], cwd=ROOT,
+                          env={"PATH": f"{bin_}:/usr/bin:/bin"}, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stderr.count("\n") == 1 and "could not read" in done.stderr
+
+
+def test_a_passing_tests_temporary_folder_is_deleted_when_it_ends(tmp_path):
+    # An inner pytest session under this project's configuration: each test writes 1 MB into its tmp_path and
+    # records where; the passing test's folder must be gone when it ends, the failing test's kept for a look.
+    (tmp_path / "test_inner.py").write_text(
+        "import os\n"
+        "def write(tmp_path, name):\n"
+        "    (tmp_path / 'blob').write_bytes(os.urandom(1 << 20))\n"
+        f"    open({str(tmp_path / 'where')!r} + name, 'w').write(str(tmp_path))\n"
+        "def test_passes(tmp_path):\n"
+        "    write(tmp_path, 'passes')\n"
+        "def test_fails(tmp_path):\n"
+        "    write(tmp_path, 'fails')\n"
+        "    assert False\n")
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-c",
+                           str(ROOT / "pyproject.toml"), "--rootdir", str(ROOT), "--basetemp",
+                           str(tmp_path / "base"), str(tmp_path / "test_inner.py")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert "1 failed, 1 passed" in done.stdout, done.stdout + done.stderr
+    passed = Path((tmp_path / "wherepasses").read_text())
+    failed = Path((tmp_path / "wherefails").read_text())
+    assert not passed.exists()
+    assert (failed / "blob").stat().st_size == 1 << 20
