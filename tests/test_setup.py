@@ -98,15 +98,20 @@ def test_browser_tests_fail_not_skip(machine):
 
 # --- the disk: tools/check_disk.sh warns in one line, never stops the set-up ---
 
-@pytest.mark.parametrize("free_mb, warned", [(1000, True), (6999, True), (7000, False), (50000, False)])
-def test_check_disk_warns_in_one_line_below_the_need(tmp_path, free_mb, warned):
+def check_disk(tmp_path, df_body):
+    """Run tools/check_disk.sh on tmp_path, needing 7000 MB for "the set-up", with a stub `df` running df_body."""
     bin_ = tmp_path / "bin"
     bin_.mkdir()
-    # POSIX `df -Pk` output with `free_mb` MB available, whatever folder is asked.
-    stub(bin_ / "df", f'echo "Filesystem 1024-blocks Used Available Capacity Mounted on"\n'
-                      f'echo "/dev/x 99999999 1 {free_mb * 1024} 1% /"')
-    done = subprocess.run([BASH, "tools/check_disk.sh", str(tmp_path), "7000", "the set-up"], cwd=ROOT,
+    stub(bin_ / "df", df_body)
+    return subprocess.run([BASH, "tools/check_disk.sh", str(tmp_path), "7000", "the set-up"], cwd=ROOT,
                           env={"PATH": f"{bin_}:/usr/bin:/bin"}, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("free_mb, warned", [(1000, True), (6999, True), (7000, False), (50000, False)])
+def test_check_disk_warns_in_one_line_below_the_need(tmp_path, free_mb, warned):
+    # POSIX `df -Pk` output with `free_mb` MB available, whatever folder is asked.
+    done = check_disk(tmp_path, f'echo "Filesystem 1024-blocks Used Available Capacity Mounted on"\n'
+                                f'echo "/dev/x 99999999 1 {free_mb * 1024} 1% /"')
     assert done.returncode == 0 and done.stdout == ""
     if warned:
         assert done.stderr.count("\n") == 1, done.stderr
@@ -117,11 +122,7 @@ def test_check_disk_warns_in_one_line_below_the_need(tmp_path, free_mb, warned):
 
 
 def test_check_disk_goes_on_when_df_fails(tmp_path):
-    bin_ = tmp_path / "bin"
-    bin_.mkdir()
-    stub(bin_ / "df", "exit 1")
-    done = subprocess.run([BASH, "tools/check_disk.sh", str(tmp_path), "7000", "the set-up"], cwd=ROOT,
-                          env={"PATH": f"{bin_}:/usr/bin:/bin"}, capture_output=True, text=True, timeout=60)
+    done = check_disk(tmp_path, "exit 1")
     assert done.returncode == 0 and done.stderr.count("\n") == 1 and "could not read" in done.stderr
 
 
