@@ -1,10 +1,14 @@
 """`python -m memvir <command>`: prepare a data set, train a model, build the report, drive the pipeline.
 
 Each command's module owns its own argument parser; this file only dispatches, so that
-`python -m memvir train --help` costs no import of the data-preparation code and vice versa.
+`python -m memvir train --help` costs no import of the data-preparation code and vice versa. It first caps the
+CPU kernels (memvir/portable.py; MEMVIR_PORTABLE=0 turns that off), before any command imports torch or numpy, so
+that every run, evaluation and report gives the same floats on every x86-64 machine.
 """
 import importlib
 import sys
+
+from . import portable
 
 COMMANDS = {
     "prepare": ("memvir.data.prepare", "prepare a paper benchmark (cars196, cub200, sop, inshop) from its archives"),
@@ -15,6 +19,7 @@ COMMANDS = {
 
 
 def main(argv=None):
+    portable.apply()  # before torch, numpy or faiss loads; papermill's kernels and torchrun's workers inherit it
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         lines = [f"  {name:<8} {help_}" for name, (_, help_) in COMMANDS.items()]

@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import portable
 from .rundir import run_name, run_state
 
 __all__ = ["ROOT", "Row", "Run", "Profile", "load_profile", "notebook_complete", "run_finished", "execute_run",
@@ -362,6 +363,8 @@ def execute_run(profile, name, kernel="python3", log=print):
 def run_command(profile, run):
     """One self-contained shell line that trains `run` (for xargs -P, a Slurm array, any scheduler)."""
     env = {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    if portable.SWITCH in os.environ:  # the job keeps the kernels' mode it was printed with (memvir/portable.py)
+        env[portable.SWITCH] = os.environ[portable.SWITCH]
     env.update({k: os.environ[k] for k in sorted(set(_VAR.findall(profile.path.read_text()))) if k in os.environ})
     assign = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
     return (f"cd {shlex.quote(str(profile.root))} && {assign} {shlex.quote(sys.executable)} -m memvir pipeline "

@@ -1,7 +1,8 @@
 """The run folder: both sides of its format (memvir.train writes it, memvir.report and memvir.pipeline read it).
 
     <save_path>/
-      config.json          the resolved config (memvir.config.TrainConfig as a dict)
+      config.json          the resolved config (memvir.config.TrainConfig as a dict), and under "kernels" the CPU
+                           kernels it trained with (memvir.portable.describe: mode, capability, caps)
       metrics.json         every evaluation, the best per metric, the last, finished / stopped_early
       steps.csv            one row per step (StepLog.COLUMNS)
       events.out.tfevents* TensorBoard, the official scalar names
@@ -27,7 +28,7 @@ __all__ = ["atomic_write", "atomic_json", "run_name", "RunLock", "RunFolderBusy"
            "CHECKPOINT_FORMAT", "BEST_METRICS", "CheckpointError", "checkpoint_path", "best_path",
            "epoch_checkpoints", "save_checkpoint", "link_best", "load_checkpoint", "latest_checkpoint",
            "new_history", "record_evaluation", "StepLog", "get_rng_state", "set_rng_state", "run_state",
-           "read_run", "RunOutputs", "write_eval_scalars", "check_same_run"]
+           "read_run", "RunOutputs", "write_eval_scalars", "check_same_run", "KERNELS_KEY"]
 
 
 def atomic_write(path, write, mode="wb"):
@@ -159,6 +160,7 @@ def remove_stale_temporaries(folder):
 # Checkpoints: checkpoints/epoch_NNNNN.pt and best_<metric>.pt
 
 CHECKPOINT_FORMAT = 1
+KERNELS_KEY = "kernels"  # config.json's one key that is not a flag: the CPU kernels of the run
 BEST_METRICS = ("recall@1", "r_precision", "map_at_r")
 
 
@@ -310,15 +312,19 @@ def record_evaluation(history: dict, ev: dict) -> list[str]:
 class RunOutputs:
     """The files rank 0 writes while training: config.json, steps.csv and TensorBoard events (closed on exit)."""
 
-    def __init__(self, cfg, step, is_main):
-        self.cfg, self.step, self.is_main = cfg, step, is_main
+    def __init__(self, cfg, step, is_main, kernels=None):
+        self.cfg, self.step, self.is_main, self.kernels = cfg, step, is_main, kernels
         self.steps = self.writer = None
 
     def __enter__(self):
         if self.is_main:
             from torch.utils.tensorboard import SummaryWriter
 
-            atomic_json(dataclasses.asdict(self.cfg), os.path.join(self.cfg.save_path, "config.json"))
+            # The flags, and the CPU kernels the run trained with (memvir.portable.describe): not a flag, a fact.
+            config = dataclasses.asdict(self.cfg)
+            if self.kernels is not None:
+                config[KERNELS_KEY] = self.kernels
+            atomic_json(config, os.path.join(self.cfg.save_path, "config.json"))
             self.steps = StepLog(os.path.join(self.cfg.save_path, "steps.csv"), keep_below=self.step)
             # purge_step hides the events a killed run wrote after its last checkpoint (all of them when none).
             self.writer = SummaryWriter(self.cfg.save_path, purge_step=self.step)

@@ -59,14 +59,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from . import distributed
+from . import distributed, portable
 from .config import (FIELDS, MEM_FILLS, MEM_VIRTUALS, RESUME_MAY_DIFFER, TrainConfig, build_parser,
                      config_from_argv, parse_k_list, resolve_config)
 from .evaluation import evaluate, evaluate_checkpoint
 from .experiment import build
-from .rundir import (CHECKPOINT_FORMAT, RunFolderBusy, RunLock, RunOutputs, atomic_json, check_same_run,
-                     get_rng_state, latest_checkpoint, link_best, new_history, record_evaluation, save_checkpoint,
-                     set_rng_state, write_eval_scalars)
+from .rundir import (CHECKPOINT_FORMAT, KERNELS_KEY, RunFolderBusy, RunLock, RunOutputs, atomic_json,
+                     check_same_run, get_rng_state, latest_checkpoint, link_best, new_history, record_evaluation,
+                     save_checkpoint, set_rng_state, write_eval_scalars)
 
 __all__ = ["TrainConfig", "train", "main", "resolve_config", "learning_rates", "TrainingError", "build_parser",
            "config_from_argv"]
@@ -201,9 +201,12 @@ def _train(cfg, dist_info, device, log, on_step, on_epoch_end):
         for tensor in loss_fn.parameters():
             torch.distributed.broadcast(tensor.data, src=0)
 
-    log(_describe(cfg, device, dist_info, splits, len(loader)))
+    kernels = portable.describe()
+    if resume is not None:  # a run resumed on other kernels is a mix of two machines' floats: say so
+        _check_same_kernels(cfg, kernels, log)
+    log(_describe(cfg, device, dist_info, splits, len(loader), kernels))
     # ====== epochs ======
-    with RunOutputs(cfg, progress.step, dist_info.is_main) as out:
+    with RunOutputs(cfg, progress.step, dist_info.is_main, kernels) as out:
         t0 = time.time() - progress.elapsed  # wall time counts the time before a resume, not the time lost after
         for epoch in range(progress.epoch + 1, cfg.epochs + 1):  # 1-based, as the official code
             sampler.set_epoch(epoch - 1)
@@ -323,9 +326,26 @@ def _evaluate_epoch(cfg, epoch, net, splits, progress, out, device, workers, dis
     return improved, stop
 
 
-def _describe(cfg, device, dist_info, splits, steps_per_epoch):
-    """The run's first line: where it trains, on what, with which loss."""
-    return (f"device {device}{f' x {dist_info.world_size} processes' if dist_info.enabled else ''} | "
+def _check_same_kernels(cfg, kernels, log):
+    """Warn in one line when the run's config.json says it trained so far with other CPU kernels than now."""
+    import json
+
+    try:
+        with open(os.path.join(cfg.save_path, "config.json")) as fh:
+            then = json.load(fh).get(KERNELS_KEY)
+    except (OSError, ValueError, AttributeError):
+        return
+    now = {k: kernels[k] for k in ("mode", "cpu_capability")}
+    if isinstance(then, dict) and {k: then.get(k) for k in now} != now:
+        log(f"warning: {cfg.save_path} trained so far with {then.get('mode')} kernels at "
+            f"{then.get('cpu_capability')} and goes on with {now['mode']} ones at {now['cpu_capability']}: its "
+            f"floats will match neither a run made wholly here nor one made there")
+
+
+def _describe(cfg, device, dist_info, splits, steps_per_epoch, kernels):
+    """The run's first line: where it trains (on a CPU, with which kernels), on what, with which loss."""
+    where = f" ({kernels['mode']} kernels, {kernels['cpu_capability']})" if device.type == "cpu" else ""
+    return (f"device {device}{where}{f' x {dist_info.world_size} processes' if dist_info.enabled else ''} | "
             f"{cfg.data_name}: {len(splits.train)} train images in {splits.num_classes} classes, {len(splits.test)}"
             f" test images | {cfg.backbone} -> {cfg.dim}-d | {cfg.loss} (scale {cfg.scale:g})"
             + (f" + MemVir N={cfg.mem_num_step} M={cfg.mem_step_gap} U={cfg.warm_epoch}" if cfg.memvir else "")

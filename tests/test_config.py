@@ -52,6 +52,7 @@ def test_config_json_holds_every_flag_and_rebuilds_the_config(tmp_path):
     train(dict(data_name="glyphs", num_classes=20, instances_per_class=10, input_size=16, batch_size=32, dim=16,
                epochs=1, progress=False, save_path=str(tmp_path)))
     saved = json.loads((tmp_path / "config.json").read_text())
+    assert set(saved.pop("kernels")) == {"mode", "cpu_capability", "machine", "why_native", "caps"}  # not a flag
     assert set(saved) == set(FIELDS)
     again = C.config_from_parameters(**{k: ("" if v is None else v) for k, v in saved.items()})
     assert dataclasses.asdict(again) == saved
