@@ -54,7 +54,9 @@ clean-venv:
 # ---- The book: runs -> report -> chapters -> HTML. Results flow one way (memvir/pipeline.py, memvir/report.py) --
 # `make -j2 reproduce` runs every experiment of configs/$(PROFILE).yml through papermill (one folder per run in
 # results/runs/$(PROFILE)/; finished runs are skipped, a killed one resumes from its checkpoint), builds the tables
-# and figures (results/report/$(PROFILE)/), executes the chapters on them (book/_build/chapters/$(PROFILE)/) and
+# and figures (results/report/$(PROFILE)/, not in git: the committed results/reference/$(PROFILE)/ is never written
+# over, and `make report` says whether yours equals it bit for bit), executes the chapters on them
+# (book/_build/chapters/$(PROFILE)/; the results chapter lays yours beside ours) and
 # builds the book from exactly those chapters (book/_build/html).
 # PROFILE=paper (CARS196, a GPU) also needs DATA=<prepared folder> and PRETRAINED=<BN-Inception weights>.
 # On a cluster: `python -m memvir pipeline --profile P --print-commands` prints one shell line per unfinished run.
@@ -66,7 +68,7 @@ PIPELINE = OMP_NUM_THREADS=1 $(PY) -m memvir pipeline --profile $(PROFILE)
 CHAPTERS := $(basename $(notdir $(wildcard notebooks/[0-9][0-9]_*.py)))
 export DATA PRETRAINED
 
-.PHONY: reproduce runs data-ready report chapters book sync
+.PHONY: reproduce runs data-ready report reference chapters book sync
 
 # The steps run as sub-makes (each reads the run list it needs); -o setup: the set-up is done once, here.
 reproduce: setup
@@ -93,9 +95,14 @@ run/%: data-ready
 data-ready: setup
 	@$(PIPELINE) --warm-data
 
-# Tables (CSV, Markdown) and figures (PNG, SVG) from the run folders only.
+# Tables (CSV, Markdown) and figures (PNG, SVG) from the run folders only. Every `python -m memvir` command caps the
+# CPU kernels first (memvir/portable.py; MEMVIR_PORTABLE=0 turns it off). Maintainers: `make reference` copies the
+# checked report over the committed reference.
 report: setup
 	OMP_NUM_THREADS=1 $(PY) -m memvir report --profile $(PROFILE)
+
+reference: setup
+	OMP_NUM_THREADS=1 $(PY) -m memvir report --profile $(PROFILE) --promote
 
 # The chapters, executed with papermill on this profile's runs and report.
 chapters: $(addprefix chapter/,$(CHAPTERS))

@@ -82,7 +82,8 @@ class Profile:
     compare: str = ""  # "table4": the report lays the paper's Table 4 beside the profile's rows
     book: dict = field(default_factory=dict)  # {"curriculum": row, "training": row, "tsne": row}
     runs_dir: Path = None
-    report_dir: Path = None
+    report_dir: Path = None  # the report of the runs made here (results/report/<name>, not in git)
+    reference_dir: Path = None  # the committed report the book compares it with (results/reference/<name>)
 
     @property
     def runs(self):
@@ -136,6 +137,8 @@ def load_profile(profile, runs_root=None, report_root=None):
             is read as it is. The repository of a profile is the folder above its configs/.
         runs_root: folder of run folders (default <repository>/results/runs); runs go to runs_root/<profile>/.
         report_root: folder of reports (default <repository>/results/report); the report: report_root/<profile>/.
+            The committed reference a report is compared with is always <repository>/results/reference/<profile>/:
+            `make reproduce` never writes there (`python -m memvir report --promote` does, on purpose).
     """
     import yaml
 
@@ -228,7 +231,8 @@ def load_profile(profile, runs_root=None, report_root=None):
         raise ValueError(f"{path}: runs must name another profile (its run folders are shared), got {shares!r}")
     prof = Profile(path.stem, path, str(spec.get("description", "")).strip(), notebook, root, list(seeds), rows,
                    table_value=table_value, book=book, runs_dir=runs_root / (shares or path.stem),
-                   report_dir=report_root / path.stem, select=select, compare=compare,
+                   report_dir=report_root / path.stem, reference_dir=root / "results" / "reference" / path.stem,
+                   select=select, compare=compare,
                    calibrate=tuple(float(v) for v in calibrate), groups=groups, shares=shares)
     names = [r.name for r in prof.runs]
     dup = sorted({n for n in names if names.count(n) > 1})
@@ -379,7 +383,8 @@ def run_command(profile, run):
 
 def known_values(profile):
     """Every value the pipeline can give a chapter, by parameter name (paths absolute; made relative later)."""
-    values = {"profile": profile.path, "report_dir": profile.report_dir, "figure_dir": profile.report_dir / "figures"}
+    values = {"profile": profile.path, "report_dir": profile.report_dir, "figure_dir": profile.report_dir / "figures",
+              "reference_dir": profile.reference_dir}
     if profile.compare == "table4":  # the Table-4 chapter reads this profile's report
         values["table4_dir"] = profile.report_dir
     if len(profile.groups) > 1:  # a study (several groups of comparisons): the study chapter reads its report

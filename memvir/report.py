@@ -3,8 +3,13 @@
 Results flow one way:
 
     results/runs/<profile>/<run>/     one folder per run (memvir/rundir.py), trained by memvir/pipeline.py
-    results/report/<profile>/         runs.csv, evaluations.csv, tables (CSV and Markdown), figures (PNG and SVG)
+    results/report/<profile>/         runs.csv, evaluations.csv, tables (CSV and Markdown), figures (PNG and SVG);
+                                      machine.csv: each run's wall time and CPU kernels, which no comparison reads
+    results/reference/<profile>/      the same, committed: the report we made, that yours is compared with
     the book's chapters               read those tables and figures; they never write here
+
+A report is never written over the reference (`--promote` does that, on purpose): `against_reference` says
+whether they are equal bit for bit and, when not, how far apart next to the seeds' spread.
 
 Everything here reads only the files of the run folder's format; nothing scrapes notebooks. The tables have the
 layout of the official README (Loss | 1 | 2 | 3 | 4 | 5 | Mean | Diff. | Std.), values in percent: `Mean` over the
@@ -33,7 +38,7 @@ import pandas as pd
 
 from .config import parse_bool
 from .pipeline import Profile, load_profile
-from .rundir import epoch_checkpoints, load_checkpoint, read_run, run_state
+from .rundir import KERNELS_KEY, epoch_checkpoints, load_checkpoint, read_run, run_state
 
 __all__ = ["METRICS", "SELECTIONS", "SELECTION_NAMES", "verdict", "describe", "collect", "selections", "runs_table",
            "paired_comparison", "holm",
@@ -41,10 +46,15 @@ __all__ = ["METRICS", "SELECTIONS", "SELECTION_NAMES", "verdict", "describe", "c
            "study_table", "calibration_choice", "paper_table", "paper_results", "formatted", "markdown_table",
            "load_trained", "save_figure", "bar_figure", "learning_curves_figure", "curves_figure",
            "curriculum_figure", "mechanism_diagnostics", "mechanism_comparisons", "tsne_figures",
-           "tsne_epoch_choice", "tsne_epochs_figure", "validation_choice", "build_report", "main"]
+           "tsne_epoch_choice", "tsne_epochs_figure", "validation_choice", "build_report", "main",
+           "MACHINE_COLUMNS", "MACHINE_FILE", "kernels_summary", "against_reference", "against_reference_text"]
 
 METRICS = {"recall@1": "Recall@1", "r_precision": "RP", "map_at_r": "MAP@R"}  # key in metrics.json -> column name
 SELECTIONS = ("best", "val", "last")  # which evaluation gives a run's value: best test, best validation, last
+# What the machine did, per run: its clock and its CPU kernels (memvir.portable). Never a result: the report writes
+# them to MACHINE_FILE, which no comparison of two reports reads, so that a bitwise reproduction is one.
+MACHINE_COLUMNS = ["wall_time", "kernels", "cpu_capability", "machine"]
+MACHINE_FILE = "machine.csv"
 
 
 def _val_selected(evaluations, key):
@@ -74,10 +84,11 @@ def collect(profile, partial=False):
         partial: False: every run must be finished (else ValueError naming the first one that is not);
             True: leave out runs that are not finished.
     Returns:
-        (runs, evaluations): runs has columns row, baseline, seed, name, epochs_evaluated, wall_time and
-        best_<metric>, best_<metric>_epoch, last_<metric>, val_<metric>, val_<metric>_epoch for every metric of
-        METRICS (fractions, test classes); evaluations has row, seed, name, epoch, step, wall_time, the test
-        metrics and the validation ones as val_<metric> (NaN when absent), one line per evaluation.
+        (runs, evaluations): runs has columns row, baseline, seed, name, epochs_evaluated and best_<metric>,
+        best_<metric>_epoch, last_<metric>, val_<metric>, val_<metric>_epoch for every metric of METRICS
+        (fractions, test classes), then MACHINE_COLUMNS (what the machine did: never a result); evaluations has
+        row, seed, name, epoch, step, the test metrics and the validation ones as val_<metric> (NaN when absent),
+        one line per evaluation.
     """
     profile = load_profile(profile) if not isinstance(profile, Profile) else profile
     baselines = profile.baselines
@@ -94,8 +105,11 @@ def collect(profile, partial=False):
         if int(config.get("seed", run.seed)) != run.seed:
             raise ValueError(f"{folder / 'config.json'}: seed {config.get('seed')} but the folder is for seed "
                              f"{run.seed}")
+        kernels = config.get(KERNELS_KEY) or {}  # a run made before kernels were recorded: unknown
         line = {"row": run.row, "baseline": baselines.get(run.row, ""), "seed": run.seed, "name": run.name,
-                "epochs_evaluated": metrics["last"].get("epoch"), "wall_time": metrics["last"].get("wall_time")}
+                "epochs_evaluated": metrics["last"].get("epoch"), "wall_time": metrics["last"].get("wall_time"),
+                "kernels": kernels.get("mode", "unrecorded"), "cpu_capability": kernels.get("cpu_capability", ""),
+                "machine": kernels.get("machine", "")}
         for key in METRICS:
             best = metrics["best"].get(key)
             if best is None or key not in metrics["last"]:
@@ -108,14 +122,14 @@ def collect(profile, partial=False):
         for e in metrics["evaluations"]:
             val = e.get("val") or {}
             evals.append({"row": run.row, "seed": run.seed, "name": run.name, "epoch": e["epoch"],
-                          "step": e.get("step"), "wall_time": e.get("wall_time"),
+                          "step": e.get("step"),
                           **{k: e[k] for k in e if k.startswith("recall@") or k in METRICS},
                           **{f"val_{k}": np.nan for k in METRICS},
                           **{f"val_{k}": float(val[k]) for k in val if k.startswith("recall@") or k in METRICS}})
-    columns = ["row", "baseline", "seed", "name", "epochs_evaluated", "wall_time"]
+    columns = ["row", "baseline", "seed", "name", "epochs_evaluated"]
     for key in METRICS:
         columns += [f"best_{key}", f"best_{key}_epoch", f"last_{key}", f"val_{key}", f"val_{key}_epoch"]
-    return pd.DataFrame(rows, columns=columns), pd.DataFrame(evals)
+    return pd.DataFrame(rows, columns=columns + MACHINE_COLUMNS), pd.DataFrame(evals)
 
 
 def selections(runs):
@@ -782,12 +796,14 @@ def _tsne_steps_panel(ax, net, criterion, splits, cfg, epoch, perplexity=30.0, s
     import torch
     from sklearn.manifold import TSNE
 
-    from .data.samplers import BatchSampler
+    from .data.samplers import BatchSampler, EpochSeeded
 
     sampler = BatchSampler(splits.train.labels, cfg["batch_size"], cfg["n_instance"], seed=cfg["seed"])
     sampler.set_epoch(epoch)  # the first batch of the epoch after the checkpoint
+    train = EpochSeeded(splits.train, cfg["seed"])  # augmented as training would: the same figure every time
+    train.set_epoch(epoch)
     with torch.no_grad():
-        images = torch.stack([splits.train[i][0] for i in next(iter(sampler))])  # (B, channels, H, W)
+        images = torch.stack([train[i][0] for i in next(iter(sampler))])  # (B, channels, H, W)
         groups = {"current step": net(images, l2_norm=True).numpy()}  # (B, D)
     for k, step in enumerate(criterion.taken(), start=1):
         groups[f"t-{k * (cfg['mem_step_gap'] + 1)} (k={k})"] = step.embeddings.numpy()  # (n, D)
@@ -910,6 +926,108 @@ def tsne_epochs_figure(run_dir, out_dir, perplexity=30.0, seed=0):
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Your run against ours: a report beside the committed reference of the same profile
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _result_files(folder):
+    """{relative path: bytes} of a report's result files: everything but MACHINE_FILE."""
+    folder = Path(folder)
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != MACHINE_FILE}
+
+
+def kernels_summary(folder):
+    """How a report's runs computed, in words: "portable kernels at AVX2 (x86_64), 20 runs" (MACHINE_FILE)."""
+    path = Path(folder) / MACHINE_FILE
+    if not path.is_file():
+        return "kernels not recorded"
+    m = pd.read_csv(path, dtype=str, keep_default_na=False)
+    kinds = m.groupby(["kernels", "cpu_capability", "machine"], sort=False).size()
+    return "; ".join(("kernels not recorded" if mode == "unrecorded" else
+                      f"{mode} kernels at {cap} ({machine})") + f", {n} run{'s' * (n != 1)}"
+                     for (mode, cap, machine), n in kinds.items())
+
+
+def against_reference(yours, ours):
+    """Compare a report (your runs) with the committed reference of its profile: bit for bit, then by the seeds.
+
+    Args:
+        yours: a report folder (results/report/<profile>); ours: the reference (results/reference/<profile>).
+    Returns:
+        dict: same_folder (one folder given twice), equal (every result file of ours is in yours, byte for byte;
+        MACHINE_FILE is not compared), files {same, different, missing, extra: [relative paths]}, kernels
+        {yours, ours: kernels_summary}, selection (the tables' value), rows and verdicts (None when equal):
+        rows: a line per row and metric: ours and yours (mean over the seeds, percent), diff (yours - ours),
+        spread (ours' seed-to-seed standard deviation, ddof=1), within (|diff| <= spread);
+        verdicts: a line per comparison (row against its baseline) and metric: the paired difference and Holm
+        significance in ours and in yours (study_comparisons, one family over the profile's comparisons),
+        same_sign, same_significance.
+    """
+    yours, ours = Path(yours), Path(ours)
+    a, b = _result_files(ours), _result_files(yours)
+    files = {"same": [f for f in a if f in b and a[f] == b[f]], "different": [f for f in a if f in b and a[f] != b[f]],
+             "missing": [f for f in a if f not in b], "extra": [f for f in b if f not in a]}
+    out = {"same_folder": yours.resolve() == ours.resolve(), "files": files,
+           "equal": not (files["different"] or files["missing"] or files["extra"]),
+           "kernels": {"yours": kernels_summary(yours), "ours": kernels_summary(ours)}, "rows": None,
+           "verdicts": None}
+    summary = json.loads((ours / "report.json").read_text())
+    out["selection"] = value = summary["table_value"]
+    if out["equal"]:
+        return out
+    runs = {who: pd.read_csv(folder / "runs.csv") for who, folder in (("ours", ours), ("yours", yours))}
+    rows = []
+    for metric, title in METRICS.items():
+        per = {who: _per_row(r, metric, value) for who, r in runs.items()}
+        for row, seeds in per["ours"].items():
+            o = np.array(list(seeds.values()))
+            y = np.array(list(per["yours"].get(row, {}).values()) or [np.nan])
+            spread = float(o.std(ddof=1)) if o.size > 1 else np.nan
+            diff = float(y.mean() - o.mean())
+            rows.append({"row": row, "metric": title, "ours": float(o.mean()), "yours": float(y.mean()),
+                         "diff": diff, "spread": spread, "within": bool(abs(diff) <= spread)})
+    out["rows"] = pd.DataFrame(rows)
+    baselines = {r: b for r, b in summary["baselines"].items()}
+    if baselines:
+        both = [study_comparisons(r, {"all": list(baselines)}, baselines) for r in (runs["ours"], runs["yours"])]
+        keep = ["row", "baseline", "metric", "selection"]
+        merged = both[0][keep + ["diff_mean", "p_holm", "significant"]].merge(
+            both[1][keep + ["diff_mean", "p_holm", "significant"]], on=keep, how="left", suffixes=("_ours", "_yours"))
+        merged = merged[merged["selection"] == value].reset_index(drop=True)
+        merged["same_sign"] = np.sign(merged["diff_mean_ours"]) == np.sign(merged["diff_mean_yours"])
+        merged["same_significance"] = merged["significant_ours"] == merged["significant_yours"]
+        out["verdicts"] = merged
+    return out
+
+
+def against_reference_text(result):
+    """`against_reference`'s outcome as the results chapter says it: a line when equal, else a short paragraph."""
+    k, files = result["kernels"], result["files"]
+    if result["same_folder"]:
+        return ("This page was built from the committed reference itself. `make reproduce` builds it from your "
+                "own runs and compares them with ours here.")
+    if result["equal"]:
+        return (f"**Your run equals ours bit for bit**: all {len(files['same'])} result files (runs, evaluations, "
+                f"tables, figures) are byte-identical. Yours: {k['yours']}; ours: {k['ours']}.")
+    changed = len(files["different"]) + len(files["missing"]) + len(files["extra"])
+    rows = result["rows"]
+    text = (f"**Your run differs from ours** in {changed} of {len(files['same']) + changed} result files "
+            f"(yours: {k['yours']}; ours: {k['ours']}). Row means ({SELECTION_NAMES[result['selection']]}) move by "
+            f"at most {rows['diff'].abs().max():.2f} points; {int(rows['within'].sum())} of {len(rows)} moves are "
+            f"within our seed-to-seed standard deviation.")
+    v = result["verdicts"]
+    if v is not None and len(v):
+        same = v["same_sign"] & v["same_significance"]
+        if same.all():
+            text += f" Every one of the {len(v)} paired verdicts (sign and Holm significance) is the same."
+        else:
+            moved = "; ".join(f"{r.row} {METRICS[r.metric]}" for r in v[~same].itertuples())
+            text += f" {int((~same).sum())} of {len(v)} paired verdicts changed (sign or significance): {moved}."
+    return text
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # The report
 # ----------------------------------------------------------------------------------------------------------------
 
@@ -1010,6 +1128,8 @@ def build_report(profile, out=None, partial=False, log=print):
         raise ValueError(f"no finished run in {profile.runs_dir}: nothing to report")
     out.mkdir(parents=True, exist_ok=True)
     (out / "figures").mkdir(exist_ok=True)
+    runs[["row", "seed", "name", *MACHINE_COLUMNS]].to_csv(out / MACHINE_FILE, index=False, float_format="%.1f")
+    runs = runs.drop(columns=MACHINE_COLUMNS)
     runs.to_csv(out / "runs.csv", index=False, float_format="%.6f")
     evaluations.to_csv(out / "evaluations.csv", index=False, float_format="%.6f")
     chosen = selections(runs)
@@ -1118,20 +1238,40 @@ def build_report(profile, out=None, partial=False, log=print):
 def main(argv=None):
     """`python -m memvir report --profile P`: write the tables and figures of a profile's finished runs."""
     parser = argparse.ArgumentParser(prog="python -m memvir report", description=__doc__.split("\n", 1)[0],
-                                     epilog="Writes results/report/<profile>/: runs.csv, tables, figures. The runs "
-                                            "themselves: python -m memvir pipeline.")
+                                     epilog="Writes results/report/<profile>/: runs.csv, tables, figures, and says "
+                                            "whether it equals the committed results/reference/<profile>/. The "
+                                            "runs themselves: python -m memvir pipeline.")
     parser.add_argument("--profile", default="cpu", help="configs/<name>.yml or a path to a profile (default cpu)")
     parser.add_argument("--runs-root", default=None, help="folder of run folders (default results/runs)")
     parser.add_argument("--report-root", default=None, help="folder of reports (default results/report)")
     parser.add_argument("--out", default=None, help="report folder (default <report-root>/<profile>)")
     parser.add_argument("--partial", action="store_true", help="report the finished runs only")
+    parser.add_argument("--promote", action="store_true",
+                        help="then copy the report over the committed reference (results/reference/<profile>): "
+                             "for the maintainers, after checking it; `make reproduce` never does this")
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0)
     try:
         profile = load_profile(args.profile, args.runs_root, args.report_root)
-        build_report(profile, args.out, partial=args.partial, log=lambda s: print(s, flush=True))
+        out = build_report(profile, args.out, partial=args.partial, log=lambda s: print(s, flush=True))
+        reference = profile.reference_dir
+        if args.promote:
+            import shutil
+
+            if reference.exists():
+                shutil.rmtree(reference)
+            shutil.copytree(out, reference)
+            print(f"report: promoted to the reference {reference}")
+        elif (reference / "report.json").is_file():  # say, never silently, whether the reference was reproduced
+            result = against_reference(out, reference)
+            changed = [*result["files"]["different"], *result["files"]["missing"], *result["files"]["extra"]]
+            print(f"report: equal to the committed reference {reference} bit for bit ({len(result['files']['same'])}"
+                  f" files; {result['kernels']['yours']})" if result["equal"] else
+                  f"report: differs from the committed reference {reference} in {len(changed)} files ({changed[0]}"
+                  f"{', ...' if len(changed) > 1 else ''}); yours: {result['kernels']['yours']}, the reference: "
+                  f"{result['kernels']['ours']}. The results chapter's 'Your run against ours' compares them")
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

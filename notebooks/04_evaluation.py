@@ -34,7 +34,7 @@
 # MAP@R separates models that Recall@1 calls equal, and shows how the query itself must be left out.
 
 # %% tags=["parameters"]
-report_dir = "../results/report/cpu"  # the report: runs.csv and evaluations.csv
+report_dir = "../results/reference/cpu"  # the report: runs.csv and evaluations.csv
 noise = 0.9  # spread (radians) of the small example's classes on the circle ...
 seed = 0  # ... and the seed of its embeddings
 recall_tolerance = 0.1  # Recall@1 points within which two runs count as equal

@@ -28,8 +28,8 @@
 # same selection rule). A difference is called a gain or a loss only when that corrected p is below 0.05.
 
 # %% tags=["parameters"]
-study_dir = "../results/report/study"  # the study profile's report (committed)
-calibrate_dir = "../results/report/calibrate"  # the calibration (committed)
+study_dir = "../results/reference/study"  # the study profile's report (committed)
+calibrate_dir = "../results/reference/calibrate"  # the calibration (committed)
 
 # %% tags=["hide-input"]
 import json
@@ -398,7 +398,7 @@ display(
 # trained:
 
 # %% tags=["hide-input"]
-train_minutes = runs["wall_time"].sum() / 60
+train_minutes = pd.read_csv(out / report.MACHINE_FILE)["wall_time"].sum() / 60
 display(
     Markdown(
         f"{len(runs)} runs; their training times (each run's wall time, as its"

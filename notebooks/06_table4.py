@@ -24,8 +24,8 @@
 # (`PROFILE=table4_search`): the test classes never took part in the choice. This chapter reads the two reports.
 
 # %% tags=["parameters"]
-table4_dir = "../results/report/table4"  # the report of the table4 profile (committed)
-search_dir = "../results/report/table4_search"  # the report of its validation search
+table4_dir = "../results/reference/table4"  # the report of the table4 profile (committed)
+search_dir = "../results/reference/table4_search"  # the report of its validation search
 
 # %% tags=["hide-input"]
 import json

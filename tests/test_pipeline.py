@@ -317,7 +317,7 @@ def test_table4_profile_uses_the_validation_choice():
 
     from memvir.losses import canonical_loss_name
 
-    selection = pd.read_csv(ROOT / "results" / "report" / "table4_search" / "selection.csv")
+    selection = pd.read_csv(ROOT / "results" / "reference" / "table4_search" / "selection.csv")
     chosen = selection[selection["chosen"]].set_index("loss")
     prof = pipeline.load_profile("table4")
     assert prof.compare == "table4"
@@ -349,7 +349,7 @@ def test_the_default_benchmark_is_the_calibration_choice():
     """configs/cpu.yml trains on the benchmark configs/calibrate.yml's rule chose (the committed calibration)."""
     import pandas as pd
 
-    calibration = pd.read_csv(ROOT / "results" / "report" / "calibrate" / "calibration.csv")
+    calibration = pd.read_csv(ROOT / "results" / "reference" / "calibrate" / "calibration.csv")
     (chosen,) = calibration.loc[calibration["chosen"], "row"]
     calibrate = pipeline.load_profile("calibrate")
     low, high = calibrate.calibrate

@@ -1,4 +1,4 @@
-"""The README's numbers are the committed report's: its results table equals results/report/cpu/tables.md (the
+"""The README's numbers are the committed report's: its results table equals results/reference/cpu/tables.md (the
 Mean ± Std. of each row and metric), and its paired sentence the paired tables beside it."""
 import re
 from pathlib import Path
@@ -37,7 +37,7 @@ def readme_results():
 def test_readme_results_table_is_the_committed_report():
     quoted = readme_results()
     assert len(quoted) == 12  # four rows x three metrics
-    tables = markdown_tables((ROOT / "results" / "report" / "cpu" / "tables.md").read_text())
+    tables = markdown_tables((ROOT / "results" / "reference" / "cpu" / "tables.md").read_text())
     for title in TITLES:
         header, *rows = tables[f"{title} (best)"]
         mean, std = header.index("Mean"), header.index("Std.")
@@ -49,7 +49,7 @@ def test_readme_results_table_is_the_committed_report():
 def test_readme_paired_differences_are_the_committed_report(metric, title):
     import pandas as pd
 
-    paired = pd.read_csv(ROOT / "results" / "report" / "cpu" / f"paired_{metric}_best.csv")
+    paired = pd.read_csv(ROOT / "results" / "reference" / "cpu" / f"paired_{metric}_best.csv")
     sentence = " ".join(README[README.index("Paired by seed, MemVir minus its baseline"):].split("\n\n")[0].split())
     for _, row in paired.iterrows():
         text = f"{row['Mean']:+.2f} ± {row['Std.']:.2f}".replace("-", "−")

@@ -177,3 +177,88 @@ def test_verdict_reads_the_corrected_p(p, p_holm, diff, words):
     if np.isfinite(p):
         assert report.describe(c) == (f"{diff:+.2f} points [95% CI {diff - 1:+.2f}, {diff + 1:+.2f}], ahead in 3/5 "
                                       f"seeds (Holm p = {p_holm:.3f}): {report.verdict(c)}")
+
+
+# ---- your run against ours: a report beside the committed reference -------------------------------------------
+
+
+def _set_value(run, metric, values):
+    """Rewrite a fake run's metric (fractions per evaluation) in its metrics.json, as a rerun elsewhere would."""
+    m = json.loads((run.folder / "metrics.json").read_text())
+    for e, v in zip(m["evaluations"], values):
+        e[metric] = v
+    m["best"][metric] = {"epoch": 0, "step": 0, "value": max(values)}
+    m["last"] = m["evaluations"][-1]
+    (run.folder / "metrics.json").write_text(json.dumps(m))
+
+
+def test_machine_facts_leave_the_compared_files(finished_profile):
+    run = finished_profile.runs[0]
+    config = json.loads((run.folder / "config.json").read_text())
+    config["kernels"] = {"mode": "portable", "cpu_capability": "AVX2", "machine": "x86_64"}
+    (run.folder / "config.json").write_text(json.dumps(config))
+    out = report.build_report(finished_profile, log=lambda s: None)
+    assert "wall_time" not in pd.read_csv(out / "runs.csv") and "wall_time" not in pd.read_csv(out / "evaluations.csv")
+    machine = pd.read_csv(out / "machine.csv", keep_default_na=False)
+    assert list(machine["wall_time"]) == [1.0] * 4  # fake_run's last evaluation has wall_time 1.0
+    assert list(machine["kernels"]) == ["portable", "unrecorded", "unrecorded", "unrecorded"]
+    assert report.kernels_summary(out) == ("portable kernels at AVX2 (x86_64), 1 run; kernels not recorded, "
+                                           "3 runs")
+
+
+def test_against_reference_equal_bit_for_bit(finished_profile, capsys):
+    import shutil
+
+    out = report.build_report(finished_profile, log=lambda s: None)
+    shutil.copytree(out, finished_profile.reference_dir)
+    # A slower machine: other wall times, the same results.
+    m = json.loads((finished_profile.runs[0].folder / "metrics.json").read_text())
+    m["last"]["wall_time"] = 999.0
+    (finished_profile.runs[0].folder / "metrics.json").write_text(json.dumps(m))
+    assert report.main(["--profile", str(finished_profile.path)]) == 0
+    said = capsys.readouterr().out
+    assert "equal to the committed reference" in said and "bit for bit" in said
+    result = report.against_reference(out, finished_profile.reference_dir)
+    assert result["equal"] and result["rows"] is None and not result["same_folder"]
+    n = len([p for p in out.rglob("*") if p.is_file()]) - 1  # every file but machine.csv
+    assert sorted(result["files"]["same"]) == sorted(p.relative_to(out).as_posix() for p in out.rglob("*")
+                                                      if p.is_file() and p.name != "machine.csv")
+    assert report.against_reference_text(result).startswith(f"**Your run equals ours bit for bit**: all {n} ")
+    same = report.against_reference(finished_profile.reference_dir, finished_profile.reference_dir)
+    assert same["same_folder"] and "committed reference itself" in report.against_reference_text(same)
+
+
+def test_against_reference_differences_and_verdicts(finished_profile, capsys):
+    import shutil
+
+    out = report.build_report(finished_profile, log=lambda s: None)
+    shutil.copytree(out, finished_profile.reference_dir)
+    # Yours: MemVir + A at seed 1 falls from 0.63 to 0.40 best Recall@1 (below its baseline's 0.61).
+    run = finished_profile.run("MemVir + A", 1)
+    _set_value(run, "recall@1", [0.30, 0.40])
+    assert report.main(["--profile", str(finished_profile.path)]) == 0
+    said = capsys.readouterr().out
+    assert "differs from the committed reference" in said and "Your run against ours" in said
+    result = report.against_reference(out, finished_profile.reference_dir)
+    assert not result["equal"] and "runs.csv" in result["files"]["different"]
+    rows = result["rows"].set_index(["row", "metric"])
+    ours = [62.0, 63.0]  # best Recall@1 of MemVir + A, seeds 0 and 1 (values_for: 0.52 + 0.1, 0.53 + 0.1)
+    assert rows.loc[("MemVir + A", "Recall@1"), "diff"] == pytest.approx((62.0 + 40.0) / 2 - sum(ours) / 2)
+    assert rows.loc[("MemVir + A", "Recall@1"), "spread"] == pytest.approx(statistics.stdev(ours))
+    assert not rows.loc[("MemVir + A", "Recall@1"), "within"] and rows.loc[("A", "Recall@1"), "within"]
+    assert rows.loc[("A", "MAP@R"), "diff"] == 0
+    v = result["verdicts"].set_index("metric")
+    # Ours: MemVir + A is +2 points at both seeds; yours: +2 at seed 0, 40 - 61 at seed 1: the mean's sign flips.
+    assert v.loc["recall@1", "diff_mean_ours"] == pytest.approx(2.0)
+    assert v.loc["recall@1", "diff_mean_yours"] == pytest.approx((2.0 - 21.0) / 2)
+    assert not v.loc["recall@1", "same_sign"] and v.loc["map_at_r", "same_sign"]
+    text = report.against_reference_text(result)
+    assert "Your run differs from ours" in text and "MemVir + A Recall@1" in text
+
+
+def test_promote_writes_the_reference_and_reproduce_never_does(finished_profile):
+    assert report.main(["--profile", str(finished_profile.path)]) == 0
+    assert not finished_profile.reference_dir.exists()
+    assert report.main(["--profile", str(finished_profile.path), "--promote"]) == 0
+    assert (finished_profile.reference_dir / "runs.csv").read_bytes() == \
+        (finished_profile.report_dir / "runs.csv").read_bytes()
