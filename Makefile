@@ -51,7 +51,7 @@ bench: setup
 clean-venv:
 	rm -rf $(VENV)
 
-# ---- The book: runs -> report -> chapters -> HTML. Results flow one way (memvir/pipeline.py, memvir/report.py) --
+# ---- The book: runs -> report -> chapters -> HTML. Results flow one way (memvir/pipeline.py, memvir/report/) ------
 # `make -j2 reproduce` runs every experiment of configs/$(PROFILE).yml through papermill (one folder per run in
 # results/runs/$(PROFILE)/; finished runs are skipped, a killed one resumes from its checkpoint), builds the tables
 # and figures (results/report/$(PROFILE)/, not in git: the committed results/reference/$(PROFILE)/ is never written

@@ -29,6 +29,9 @@ def _import_both(commit, tag, folder):
         source = subprocess.run(["git", "show", f"{commit}:memvir/{name}.py"], capture_output=True, text=True,
                                 check=True).stdout
         source = source.replace("from .losses import", f"from memvir_losses_{tag} import")
+        # The memory's option names lived in config.py before they moved into memory.py (today's are the same).
+        source = source.replace("from .config import MEM_FILLS, MEM_VIRTUALS", "from memvir.memory import MEM_FILLS, "
+                                "MEM_VIRTUALS")
         for rel in (".pml", ".config"):  # the rest of the package as it is now
             source = source.replace(f"from {rel} import", f"from memvir{rel} import")
         path = folder / f"memvir_{name}_{tag}.py"

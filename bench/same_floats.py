@@ -17,6 +17,7 @@ import torch
 from bench.at_commit import modules_at
 from memvir import losses as losses_now
 from memvir import memory as memory_now
+from memvir.registry import loss_class
 
 LOSSES = ("normsoftmax", "proxynca", "cosface", "arcface", "proxyanchor", "softtriple")
 
@@ -24,7 +25,8 @@ LOSSES = ("normsoftmax", "proxynca", "cosface", "arcface", "proxyanchor", "softt
 def run(losses, memory, name, fast, storage, steps=25, C=7, D=8):
     """Each step's (loss, embedding gradient (B, D), proxy gradient (C', D)) for a fixed stream of batches."""
     torch.manual_seed(0)
-    mv = memory.MemVir(losses.build_loss(name, C, D, None), 3, 1, fast=fast, storage=storage)
+    loss = getattr(losses, loss_class(name).__name__)(C, D)  # that module's class, its default hyper-parameters
+    mv = memory.MemVir(loss, 3, 1, fast=fast, storage=storage)
     g = torch.Generator().manual_seed(1)
     out = []
     for t in range(steps):

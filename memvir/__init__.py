@@ -17,10 +17,10 @@ import importlib
 
 __version__ = "0.1.0"
 _SUBMODULES = {"losses", "memory", "metrics", "data", "models", "config", "experiment", "train", "evaluation",
-               "rundir", "report", "pipeline", "distributed", "pml"}
+               "rundir", "report", "pipeline", "distributed", "pml", "registry", "profile", "files", "portable"}
 _NAMES = {"MemVir": "memory", "TakenStep": "memory", "NormSoftmax": "losses", "ProxyNCA": "losses",
           "Softmax": "losses", "CosFace": "losses", "ArcFace": "losses", "ProxyAnchor": "losses",
-          "SoftTriple": "losses", "build_loss": "losses", "retrieval_metrics": "metrics",
+          "SoftTriple": "losses", "build_loss": "registry", "retrieval_metrics": "metrics",
           "query_gallery_metrics": "metrics"}
 __all__ = sorted(_NAMES) + sorted(_SUBMODULES)
 

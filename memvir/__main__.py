@@ -13,7 +13,7 @@ from . import portable
 COMMANDS = {
     "prepare": ("memvir.data.prepare", "prepare a paper benchmark (cars196, cub200, sop, inshop) from its archives"),
     "train": ("memvir.train", "train (and periodically evaluate) a model; accepts the official main.py flags"),
-    "report": ("memvir.report", "build the result tables and figures from run folders"),
+    "report": ("memvir.report.build", "build the result tables and figures from run folders"),
     "pipeline": ("memvir.pipeline", "the runs, chapters and book of a profile (what `make reproduce` drives)"),
 }
 

@@ -19,6 +19,8 @@ import math
 import os
 from dataclasses import dataclass, field
 
+from .files import parse_bool
+
 __all__ = ["TrainConfig", "FLAG_NAMES", "PROFILE_DEFAULTS", "K_LISTS", "OPTIMIZERS", "RESUME_MAY_DIFFER",
            "resolve_config", "config_from_argv", "config_from_parameters", "build_parser", "parse_k_list",
            "parse_bool", "profile_of", "ArgumentError"]
@@ -164,8 +166,6 @@ PROFILE_DEFAULTS = {p: {n: f.metadata["profile"][p] for n, f in FIELDS.items() i
                     for p in PROFILES}
 K_LISTS = {"cars196": "1,2,4,8", "cub200": "1,2,4,8", "sop": "1,10,100,1000", "inshop": "1,10,20,40",
            "glyphs": "1,2,4,8", "custom": "1,2,4,8"}
-MEM_FILLS = ("curriculum", "full")  # --mem_fill, the official first
-MEM_VIRTUALS = ("both", "embeddings", "proxies")  # --mem_virtual, MemVir's first
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
 LOSS_HYPER = ("margin", "centers_per_class", "gamma")  # constructor arguments of some losses (memvir.losses)
 # Flags that may differ when a run resumes: they do not change the numbers it produces (epochs may only grow).
@@ -181,18 +181,6 @@ class ArgumentError(ValueError):
 def profile_of(data_name: str) -> str:
     """The default profile of a (canonical) data-set name."""
     return "glyphs" if data_name == "glyphs" else "official"
-
-
-def parse_bool(text):
-    """Parse a boolean as the official code (true, t, yes, 1), and reject what is neither true nor false."""
-    if isinstance(text, bool):
-        return text
-    s = str(text).strip().lower()
-    if s in ("true", "t", "yes", "y", "1"):
-        return True
-    if s in ("false", "f", "no", "n", "0"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false (or 1/0), got {text!r}")
 
 
 def parse_k_list(k_list) -> list[int]:
@@ -218,7 +206,7 @@ def resolve_config(config=None) -> TrainConfig:
             or None for all defaults (a glyph run).
     """
     from .data import canonical_data_name  # the official aliases (car, cub, ...) -> canonical names
-    from .losses import LOSSES, canonical_loss_name, default_scale, loss_class
+    from .registry import LOSSES, canonical_loss_name, default_scale, loss_class
 
     if config is None:
         values = {}
@@ -276,21 +264,28 @@ def resolve_config(config=None) -> TrainConfig:
 
 def _check_config(cfg: TrainConfig) -> None:
     """Raise a ValueError naming the flag and what it expects for the first bad value."""
+    _check_numbers(cfg)
+    _check_memory(cfg)
+    _check_choices(cfg)
 
-    def need_int(name, low):
-        value = getattr(cfg, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"--{name}={value!r}: expected an integer >= {low}")
 
+def _need_int(cfg, name, low):
+    value = getattr(cfg, name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"--{name}={value!r}: expected an integer >= {low}")
+
+
+def _check_numbers(cfg):
+    """Counts are integers, rates and scales finite numbers, the batch a multiple of n_instance."""
     for name in ("epochs", "batch_size", "n_instance", "dim", "input_size", "check_epoch", "decay_step"):
-        need_int(name, 1)
+        _need_int(cfg, name, 1)
     for name in ("decay_stop", "max_to_keep", "early_stop_epoch", "seed", "workers", "num_classes",
                  "instances_per_class", "min_fonts", "val_classes", "glyph_seed", "start_epoch"):
-        need_int(name, 0)
+        _need_int(cfg, name, 0)
     if cfg.C is not None:
-        need_int("C", 1)
+        _need_int(cfg, "C", 1)
     if cfg.centers_per_class is not None:
-        need_int("centers_per_class", 1)
+        _need_int(cfg, "centers_per_class", 1)
     for name in ("margin", "gamma"):
         value = getattr(cfg, name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
@@ -306,6 +301,10 @@ def _check_config(cfg: TrainConfig) -> None:
         raise ValueError(f"--batch_size={cfg.batch_size} with --n_instance={cfg.n_instance}: expected a batch "
                          f"size that is a multiple of n_instance (classes per batch x images per class); raise "
                          f"--batch_size or lower --n_instance")
+
+
+def _check_memory(cfg):
+    """MemVir's N, M, U and options, XBM's memory, and the flags a pair loss cannot take."""
     if cfg.memvir:
         for name, symbol in (("mem_num_step", "N, past steps taken as virtual classes"),
                              ("mem_step_gap", "M, steps skipped between two taken steps"),
@@ -313,6 +312,8 @@ def _check_config(cfg: TrainConfig) -> None:
             value = getattr(cfg, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"--{name}={value!r}: expected an integer >= 0 ({symbol}) with --memvir")
+    from .memory import MEM_FILLS, MEM_VIRTUALS  # the memory's own option names (memvir/memory.py)
+
     if cfg.mem_fill not in MEM_FILLS:
         raise ValueError(f"--mem_fill={cfg.mem_fill!r}: expected one of {', '.join(MEM_FILLS)}")
     if cfg.mem_virtual not in MEM_VIRTUALS:
@@ -320,7 +321,7 @@ def _check_config(cfg: TrainConfig) -> None:
     if not cfg.memvir and (cfg.mem_fill, cfg.mem_virtual) != (MEM_FILLS[0], MEM_VIRTUALS[0]):
         raise ValueError(f"--mem_fill={cfg.mem_fill} --mem_virtual={cfg.mem_virtual}: these change MemVir; "
                          f"expected them with --memvir 1")
-    need_int("xbm_size", 0)
+    _need_int(cfg, "xbm_size", 0)
     if cfg.xbm_size and (cfg.loss != "Contrastive" or cfg.memvir):
         raise ValueError(f"--xbm_size={cfg.xbm_size} with --loss {cfg.loss}{' --memvir 1' if cfg.memvir else ''}: "
                          f"XBM remembers embeddings for a pair loss; expected --loss Contrastive without --memvir "
@@ -343,6 +344,10 @@ def _check_config(cfg: TrainConfig) -> None:
     if cfg.pml and not cfg.train_with_l2norm:
         raise ValueError("--pml with --train_with_l2norm=False: pytorch-metric-learning's losses normalise the "
                          "embeddings themselves; train with our losses (--pml 0) for raw embeddings")
+
+
+def _check_choices(cfg):
+    """Names chosen from a list (optimizer, initialisation, backbone, decoder) and the data they need."""
     if str(cfg.optimizer).lower() not in OPTIMIZERS:
         raise ValueError(f"--optimizer={cfg.optimizer!r}: expected one of {', '.join(OPTIMIZERS)}")
     cfg.optimizer = str(cfg.optimizer).lower()

@@ -1,4 +1,5 @@
-"""From a config to the objects of a run: the data splits, the network, the loss and the criterion.
+"""From a config to the objects of a run: the data splits, the network, the loss and the criterion; and back from a
+trained run's checkpoint (`load_trained`: the report's diagnostics and figures).
 
     exp = build(resolve_config({"data_name": "glyphs", "memvir": True}))
     exp.net(images)                      # (B, D) embeddings
@@ -12,10 +13,11 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch.nn as nn
 
-__all__ = ["Experiment", "build", "build_splits", "build_criterion", "train_steps_per_epoch"]
+__all__ = ["Experiment", "build", "build_splits", "build_criterion", "train_steps_per_epoch", "load_trained"]
 
 
 @dataclass
@@ -53,8 +55,9 @@ def build_criterion(cfg, num_classes, steps_per_epoch=None):
     needed by --mem_fill full only.
     """
     from .config import LOSS_HYPER
-    from .losses import ProxyNCA, build_loss
+    from .losses import ProxyNCA
     from .memory import MemVir
+    from .registry import build_loss
 
     hyper = {k: getattr(cfg, k) for k in LOSS_HYPER if getattr(cfg, k) is not None}  # resolve_config set them
     if cfg.loss == "Contrastive":  # a pair loss, PML's whatever --pml says; XBM's memory with --xbm_size
@@ -63,7 +66,8 @@ def build_criterion(cfg, num_classes, steps_per_epoch=None):
         loss = Contrastive(num_classes, cfg.dim, memory_size=cfg.xbm_size, warmup_epochs=cfg.warm_epoch,
                            normalize_embeddings=cfg.train_with_l2norm, **hyper)
     elif cfg.pml:
-        from .pml import PMLLoss, build_pml_loss
+        from .pml import PMLLoss
+        from .registry import build_pml_loss
 
         pml_loss = build_pml_loss(cfg.loss, num_classes, cfg.dim, cfg.scale, **hyper)
         loss = PMLLoss(pml_loss, native=not cfg.memvir)
@@ -109,3 +113,35 @@ def build(cfg, device="cpu", pretrained=True) -> Experiment:
     loss, criterion = build_criterion(cfg, C, spe)
     criterion.to(device)
     return Experiment(splits, net, loss, criterion)
+
+
+def load_trained(run_dir, checkpoint="last", device="cpu"):
+    """Load a trained run from its folder: network, criterion (MemVir with its memory, or the bare loss), data.
+
+    Args:
+        run_dir: a run folder written by memvir.train.
+        checkpoint: "last" (the newest checkpoints/epoch_*.pt: the memory as training left it) or a file name in
+            checkpoints/ such as "best_recall_1.pt".
+    Returns:
+        (net in eval mode, criterion, Splits, config dict, checkpoint epoch).
+    """
+    from .config import resolve_config
+    from .rundir import epoch_checkpoints, load_checkpoint
+
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    if checkpoint == "last":
+        paths = epoch_checkpoints(ckpt_dir)
+        if not paths:
+            raise FileNotFoundError(f"{ckpt_dir}: no epoch_*.pt checkpoint; train the run first")
+        path = paths[-1]
+    else:
+        path = ckpt_dir / checkpoint
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist; checkpoints there: "
+                                    f"{sorted(p.name for p in ckpt_dir.glob('*.pt'))}")
+    ckpt = load_checkpoint(path, device)
+    exp = build(resolve_config(ckpt["config"]), device, pretrained=False)  # rebuilt exactly as trained
+    exp.net.load_state_dict(ckpt["model"])
+    exp.net.eval()
+    exp.criterion.load_state_dict(ckpt["criterion"])
+    return exp.net, exp.criterion, exp.splits, ckpt["config"], int(ckpt["epoch"])

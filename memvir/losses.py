@@ -28,9 +28,9 @@ all normalise, unless `normalize_embeddings=False`: the official `--train_with_l
 losses take the head's output as it comes (their comment "input is already l2_normalized" holds only with the
 flag on) and MemVir stores it raw.
 
+The losses by name (the official spellings, default scales, `build_loss`): memvir/registry.py.
 Chapter: notebooks/03_losses.py.
 """
-import inspect
 import math
 
 import torch
@@ -38,7 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 __all__ = ["ProxyLoss", "NormSoftmax", "ProxyNCA", "Softmax", "CosFace", "ArcFace", "ProxyAnchor", "SoftTriple",
-           "LOSSES", "PAIR_LOSSES", "build_loss", "canonical_loss_name", "loss_class", "default_scale", "check_batch"]
+           "check_batch", "check_margin"]
 
 
 def check_batch(emb, labels, num_classes, dim, values="read"):
@@ -454,65 +454,3 @@ class SoftTriple(ProxyLoss):
         return (f"num_classes={self.num_classes}, embedding_size={self.embedding_size}, "
                 f"centers_per_class={self.proxies_per_class}, la={self.la}, gamma={self.gamma}, "
                 f"margin={self.margin}, normalize_embeddings={self.normalize_embeddings}")
-
-
-# Keyed by the name without case, "_" and "-": the official spellings and the ones people use.
-LOSSES = {"normsoftmax": NormSoftmax, "proxynca": ProxyNCA, "softmaxvanilla": Softmax, "softmax": Softmax,
-          "cosface": CosFace, "arcface": ArcFace, "proxyanchor": ProxyAnchor, "softtriple": SoftTriple}
-# Pair losses, keyed as LOSSES: no proxies, and pytorch-metric-learning computes them (memvir/pml.py, imported when
-# named, so that the proxy losses above do not need PML).
-PAIR_LOSSES = {"contrastive": "Contrastive"}
-
-
-def loss_class(name):
-    """Return the loss class of a name as the official README or code writes it: Norm_SoftMax, ArcFace, ...
-
-    Args:
-        name: loss name, case-insensitive, underscores and dashes ignored.
-    """
-    key = str(name).lower().replace("_", "").replace("-", "")
-    if key in PAIR_LOSSES:
-        from . import pml
-
-        return getattr(pml, PAIR_LOSSES[key])
-    if key not in LOSSES:
-        known = ", ".join(f"{cls.name} ({cls.__name__})" for cls in dict.fromkeys(LOSSES.values()))
-        pairs = ", ".join(PAIR_LOSSES.values())
-        raise ValueError(f"loss: unknown name {name!r}; known losses: {known}, {pairs} (a pair loss), in any case")
-    return LOSSES[key]
-
-
-def canonical_loss_name(name):
-    """Return the official spelling of a loss name ("Norm_SoftMax", "Proxy_Anchor", ...), or raise ValueError."""
-    return loss_class(name).name
-
-
-def default_scale(name):
-    """Return a loss's default logit scale: the default of its `scale_arg` (scale, ArcFace's too; alpha; la)."""
-    cls = loss_class(name)
-    return inspect.signature(cls).parameters[cls.scale_arg].default
-
-
-def build_loss(name, num_classes, embedding_size, scale=None, normalize_embeddings=True, **hyper):
-    """Build a loss by name, matched as the paper's README writes it: Norm_SoftMax, NormSoftmax, Proxy_NCA, ...
-
-    Args:
-        name: loss name, case-insensitive, underscores and dashes ignored.
-        num_classes: C, the number of classes (the training classes; more adds proxies that are only negatives).
-        embedding_size: D.
-        scale: the logit scale (the loss's `scale_arg`: Proxy-Anchor's alpha, SoftTriple's la); None keeps the
-            loss's default (default_scale).
-        normalize_embeddings: False scores the embeddings as they come (official `--train_with_l2norm=False`).
-        **hyper: the loss's other constructor arguments (margin, centers_per_class, gamma, ...).
-    """
-    cls = loss_class(name)
-    fixed = ("num_classes", "embedding_size", "normalize_embeddings")  # given by name above
-    known = [p for p in inspect.signature(cls).parameters if p not in fixed]
-    unknown = sorted(set(hyper) - set(known))
-    if unknown:
-        raise ValueError(f"loss {cls.name}: unknown hyper-parameters {unknown}; expected some of {known}")
-    if scale is not None:
-        if cls.scale_arg in hyper:
-            raise ValueError(f"loss {cls.name}: scale and {cls.scale_arg} both given; they are the same parameter")
-        hyper[cls.scale_arg] = scale
-    return cls(num_classes, embedding_size, normalize_embeddings=normalize_embeddings, **hyper)

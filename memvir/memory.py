@@ -54,9 +54,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import MEM_FILLS, MEM_VIRTUALS
 from .losses import check_batch
 from .pml import adapt
+
+MEM_FILLS = ("curriculum", "full")  # how the memory fills: the paper's curriculum first (--mem_fill)
+MEM_VIRTUALS = ("both", "embeddings", "proxies")  # what a taken past step brings: MemVir's both first (--mem_virtual)
 
 __all__ = ["MemVir", "TakenStep"]
 

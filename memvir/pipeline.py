@@ -11,235 +11,27 @@ A run folder (memvir/rundir.py) counts as finished when its metrics.json says so
 notebook in it is complete: a pipeline killed between the two is run again (the training resumes as finished).
 A chapter declares what it takes in its `parameters` cell; the pipeline offers every value it knows of a profile
 (`known_values`) to the chapters that declare it, as paths relative to the chapter, so no page shows where it
-was built. The library names no chapter. Tables and figures are memvir/report.py.
+was built. The library names no chapter. What a profile says: memvir/profile.py; tables and figures:
+memvir/report/.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import re
 import shlex
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import portable
-from .rundir import run_name, run_state
+from .profile import ROOT, Profile, load_profile, variables
+from .rundir import run_state
 
-__all__ = ["ROOT", "Row", "Run", "Profile", "load_profile", "notebook_complete", "run_finished", "execute_run",
+__all__ = ["notebook_complete", "run_finished", "execute_run",
            "run_command", "known_values", "chapters", "execute_chapters", "stage_book", "execute_defaults",
            "warm_data", "main"]
-
-ROOT = Path(__file__).resolve().parents[1]  # the repository memvir was installed from (editable install)
-TABLE_VALUES = ("best", "last")  # which value of a run the tables use: best over training (official) or last
-PROFILE_KEYS = ("description", "notebook", "seeds", "common", "rows", "table_value", "book", "select", "compare",
-                "calibrate", "groups", "runs")  # the keys of configs/<profile>.yml
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Profiles: which runs make up a table
-# ----------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Row:
-    """One row of the result tables: a loss with or without MemVir, run once per seed."""
-    label: str  # e.g. "MemVir + Norm-SoftMax", as the official README names its rows
-    params: dict  # parameters of notebooks/05_training.py (the train flags), common ones included
-    baseline: str = ""  # the row this one is compared with ("" for a baseline)
-    tag: str = ""  # appended to the run names when two rows would otherwise share them
-
-
-@dataclass
-class Run:
-    """One run: a row at one seed, in its own folder named after its parameters."""
-    name: str
-    row: str
-    seed: int
-    params: dict  # the training notebook's parameters (train flags) but save_path, which is the folder's
-    folder: Path  # <runs root>/<profile>/<name>
-
-
-@dataclass
-class Profile:
-    """A list of runs (configs/<name>.yml) and what the book shows of them."""
-    name: str
-    path: Path
-    description: str
-    notebook: Path  # executed once per run with papermill
-    root: Path  # the repository the profile belongs to (configs/..): notebooks/ and results/ are there
-    seeds: list
-    rows: list  # [Row]
-    table_value: str = "best"  # which value the three main tables use: "best" or "last"
-    select: str = ""  # a search profile: the metric (on the validation classes) that picks each loss's row
-    calibrate: tuple = ()  # a calibration profile: the target range (percent) of the baseline's test Recall@1
-    groups: dict = field(default_factory=dict)  # {name: [row, ...]}: a study's questions, a table (figure) each
-    shares: str = ""  # another profile whose run folders this one uses (identical rows are the same runs)
-    compare: str = ""  # "table4": the report lays the paper's Table 4 beside the profile's rows
-    book: dict = field(default_factory=dict)  # {"curriculum": row, "training": row, "tsne": row}
-    runs_dir: Path = None
-    report_dir: Path = None  # the report of the runs made here (results/report/<name>, not in git)
-    reference_dir: Path = None  # the committed report the book compares it with (results/reference/<name>)
-
-    @property
-    def runs(self):
-        """Every run, row by row, seed by seed."""
-        out = []
-        for row in self.rows:
-            for seed in self.seeds:
-                params = dict(row.params, seed=int(seed))
-                name = run_name(params, row.tag)
-                out.append(Run(name, row.label, int(seed), params, self.runs_dir / name))
-        return out
-
-    def run(self, row, seed=None):
-        """Return the run of `row` at `seed` (default: the first seed)."""
-        seed = self.seeds[0] if seed is None else seed
-        for r in self.runs:
-            if r.row == row and r.seed == seed:
-                return r
-        raise ValueError(f"{self.path}: no run for row {row!r} and seed {seed}; rows: {[r.label for r in self.rows]}")
-
-    @property
-    def baselines(self):
-        """{MemVir row: its baseline row}."""
-        return {r.label: r.baseline for r in self.rows if r.baseline}
-
-
-def _expand(value, where):
-    """Replace ${NAME} in a string with the environment variable NAME; a missing one is an error."""
-    if not isinstance(value, str):
-        return value
-
-    def sub(m):
-        if not os.environ.get(m.group(1)):
-            raise ValueError(f"{where}: needs the variable {m.group(1)} (e.g. `make reproduce PROFILE=... "
-                             f"{m.group(1)}=/path/...`), which is not set")
-        return os.environ[m.group(1)]
-
-    return _VAR.sub(sub, value)
-
-
-def _check_scalar(key, value, where):
-    if isinstance(value, (dict, list, tuple)) or value is None:
-        raise ValueError(f"{where}: parameter {key!r} must be a flat scalar (str, int, float, bool), got {value!r}")
-
-
-def load_profile(profile, runs_root=None, report_root=None):
-    """Read a profile: a name in configs/ (cpu, paper, ...) or a path to a YAML file.
-
-    Args:
-        profile: "cpu" reads configs/cpu.yml (of the current folder, else of ROOT); a path ending in .yml/.yaml
-            is read as it is. The repository of a profile is the folder above its configs/.
-        runs_root: folder of run folders (default <repository>/results/runs); runs go to runs_root/<profile>/.
-        report_root: folder of reports (default <repository>/results/report); the report: report_root/<profile>/.
-            The committed reference a report is compared with is always <repository>/results/reference/<profile>/:
-            `make reproduce` never writes there (`python -m memvir report --promote` does, on purpose).
-    """
-    import yaml
-
-    path = Path(profile)
-    if path.suffix not in (".yml", ".yaml"):
-        # A name: configs/<name>.yml of the repository we are in (the Makefile runs from its root), else of the
-        # repository memvir was installed from.
-        here = Path.cwd() / "configs" / f"{profile}.yml"
-        path = here if here.is_file() else ROOT / "configs" / f"{profile}.yml"
-    if not path.is_file():
-        known = sorted(p.stem for p in path.parent.glob("*.yml"))
-        raise FileNotFoundError(f"profile {profile!r}: no file {path}; known profiles: {', '.join(known)}")
-    path = path.resolve()
-    root = path.parent.parent  # configs/<name>.yml -> the repository
-    spec = yaml.safe_load(path.read_text())
-    if not isinstance(spec, dict):
-        raise ValueError(f"{path}: expected a mapping with keys description, notebook, seeds, common, rows")
-    unknown = set(spec) - set(PROFILE_KEYS)
-    if unknown:
-        raise ValueError(f"{path}: unknown keys {sorted(unknown)}; expected {', '.join(PROFILE_KEYS)}")
-    for key in ("notebook", "seeds", "rows"):
-        if key not in spec:
-            raise ValueError(f"{path}: missing key {key!r}")
-    seeds = spec["seeds"]
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
-        raise ValueError(f"{path}: seeds must be a non-empty list of integers >= 0, got {seeds!r}")
-    if len(set(seeds)) != len(seeds):
-        raise ValueError(f"{path}: seeds must be distinct, got {seeds}")
-    if not isinstance(spec["rows"], list) or not spec["rows"]:
-        raise ValueError(f"{path}: rows must be a non-empty list of {{label, params, baseline}}")
-    common = spec.get("common") or {}
-    if not isinstance(common, dict):
-        raise ValueError(f"{path}: common must be a mapping of parameters")
-    for k, v in common.items():
-        _check_scalar(k, v, f"{path} common")
-    rows, labels = [], set()
-    for i, r in enumerate(spec["rows"]):
-        if not isinstance(r, dict) or "label" not in r:
-            raise ValueError(f"{path}: rows[{i}] must be a mapping with a label and params")
-        extra = set(r) - {"label", "params", "baseline", "tag"}
-        if extra:
-            raise ValueError(f"{path}: rows[{i}] has unknown keys {sorted(extra)}; expected label, params, "
-                             f"baseline, tag")
-        if r["label"] in labels:
-            raise ValueError(f"{path}: two rows are labelled {r['label']!r}")
-        labels.add(r["label"])
-        params = dict(common, **(r.get("params") or {}))
-        for k, v in params.items():
-            _check_scalar(k, v, f"{path} rows[{i}]")
-        params = {k: _expand(v, f"{path} rows[{i}] {k}") for k, v in params.items()}
-        for k in ("seed", "save_path"):
-            if k in params:
-                raise ValueError(f"{path}: rows[{i}] sets {k!r}; the pipeline sets it per run")
-        rows.append(Row(r["label"], params, r.get("baseline") or "", str(r.get("tag") or "")))
-    for r in rows:
-        if r.baseline and r.baseline not in labels:
-            raise ValueError(f"{path}: row {r.label!r} has baseline {r.baseline!r}, which is not a row label")
-    table_value = spec.get("table_value", "best")
-    if table_value not in TABLE_VALUES:
-        raise ValueError(f"{path}: table_value must be one of {TABLE_VALUES}, got {table_value!r}")
-    book = spec.get("book") or {}
-    for k, v in book.items():
-        if k not in ("curriculum", "training", "tsne") or v not in labels:
-            raise ValueError(f"{path}: book.{k} must name a row (keys curriculum, training, tsne), got {v!r}")
-    notebook = root / spec["notebook"]
-    if not notebook.is_file():
-        raise FileNotFoundError(f"{path}: notebook {notebook} does not exist")
-    runs_root = Path(runs_root).resolve() if runs_root else root / "results" / "runs"
-    report_root = Path(report_root).resolve() if report_root else root / "results" / "report"
-    select, compare = str(spec.get("select") or ""), str(spec.get("compare") or "")
-    if compare not in ("", "table4"):
-        raise ValueError(f"{path}: compare must be table4 (the paper's Table 4), got {compare!r}")
-    if select and select not in ("recall@1", "r_precision", "map_at_r"):
-        raise ValueError(f"{path}: select must be recall@1, r_precision or map_at_r, got {select!r}")
-    if select and not all(int(r.params.get("val_classes", 0)) > 0 for r in rows):
-        raise ValueError(f"{path}: select needs validation classes: set val_classes > 0 for every row")
-    calibrate = spec.get("calibrate") or ()
-    if calibrate and not (isinstance(calibrate, list) and len(calibrate) == 2
-                          and all(isinstance(v, (int, float)) for v in calibrate) and calibrate[0] < calibrate[1]):
-        raise ValueError(f"{path}: calibrate must be a range [low, high] of Recall@1 in percent, got {calibrate!r}")
-    groups = spec.get("groups") or {}
-    if not isinstance(groups, dict) or not all(isinstance(g, list) and g for g in groups.values()):
-        raise ValueError(f"{path}: groups must map a name to a non-empty list of row labels")
-    for name, members in groups.items():
-        for label in members:
-            if label not in labels:
-                raise ValueError(f"{path}: groups.{name} names {label!r}, which is not a row label")
-    shares = str(spec.get("runs") or "")
-    if shares and not re.fullmatch(r"[A-Za-z0-9_-]+", shares):
-        raise ValueError(f"{path}: runs must name another profile (its run folders are shared), got {shares!r}")
-    prof = Profile(path.stem, path, str(spec.get("description", "")).strip(), notebook, root, list(seeds), rows,
-                   table_value=table_value, book=book, runs_dir=runs_root / (shares or path.stem),
-                   report_dir=report_root / path.stem, reference_dir=root / "results" / "reference" / path.stem,
-                   select=select, compare=compare,
-                   calibrate=tuple(float(v) for v in calibrate), groups=groups, shares=shares)
-    names = [r.name for r in prof.runs]
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise ValueError(f"{path}: rows give the same run name {dup[0]!r}; give one of them a `tag`")
-    return prof
-
 
 
 
@@ -369,7 +161,7 @@ def run_command(profile, run):
     env = {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
     if portable.SWITCH in os.environ:  # the job keeps the kernels' mode it was printed with (memvir/portable.py)
         env[portable.SWITCH] = os.environ[portable.SWITCH]
-    env.update({k: os.environ[k] for k in sorted(set(_VAR.findall(profile.path.read_text()))) if k in os.environ})
+    env.update({k: os.environ[k] for k in variables(profile.path) if k in os.environ})
     assign = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
     return (f"cd {shlex.quote(str(profile.root))} && {assign} {shlex.quote(sys.executable)} -m memvir pipeline "
             f"--profile {shlex.quote(str(profile.path))} --runs-root {shlex.quote(str(profile.runs_dir.parent))} "

@@ -29,7 +29,7 @@ import torch.nn as nn
 
 from .losses import ArcFace, CosFace, NormSoftmax, ProxyAnchor, ProxyNCA, SoftTriple, check_batch, check_margin
 
-__all__ = ["PMLLoss", "adapt", "is_pml_loss", "build_pml_loss", "Contrastive"]
+__all__ = ["PMLLoss", "adapt", "is_pml_loss", "Contrastive"]
 
 SUPPORTED = ("NormalizedSoftmaxLoss", "ProxyNCALoss", "CosFaceLoss", "ArcFaceLoss", "ProxyAnchorLoss",
              "SoftTripleLoss")
@@ -154,37 +154,6 @@ class PMLLoss(nn.Module):
 def adapt(loss):
     """Return `loss` as MemVir takes it: a PMLLoss for a PML proxy loss, the loss itself otherwise."""
     return PMLLoss(loss) if is_pml_loss(loss) else loss
-
-
-def build_pml_loss(name, num_classes, embedding_size, scale, margin=None, centers_per_class=None, gamma=None):
-    """Build pytorch-metric-learning's implementation of one of our losses, with our hyper-parameters and units.
-
-    Args:
-        name: a loss name memvir.losses knows (Norm_SoftMax, Proxy_NCA, CosFace, ArcFace, Proxy_Anchor, Soft_Triple).
-        scale: our scale (Norm-SoftMax: 1 / PML's temperature; Proxy-Anchor: alpha; SoftTriple: la).
-        margin: ours (ArcFace in radians: PML takes degrees).
-    """
-    import math
-
-    import pytorch_metric_learning.losses as L
-
-    from .losses import canonical_loss_name
-
-    loss, C, D = canonical_loss_name(name), num_classes, embedding_size
-    if loss == "Norm_SoftMax":
-        return L.NormalizedSoftmaxLoss(C, D, temperature=1.0 / scale)
-    if loss == "Proxy_NCA":
-        return L.ProxyNCALoss(C, D, softmax_scale=scale)
-    if loss == "CosFace":
-        return L.CosFaceLoss(C, D, margin=margin, scale=scale)
-    if loss == "ArcFace":
-        return L.ArcFaceLoss(C, D, margin=math.degrees(margin), scale=scale)
-    if loss == "Proxy_Anchor":
-        return L.ProxyAnchorLoss(C, D, margin=margin, alpha=scale)
-    if loss == "Soft_Triple":
-        return L.SoftTripleLoss(C, D, centers_per_class=centers_per_class, la=scale, gamma=gamma, margin=margin)
-    raise ValueError(f"--pml: pytorch-metric-learning has no {loss} loss; it has Norm_SoftMax, Proxy_NCA, CosFace, "
-                     f"ArcFace, Proxy_Anchor and Soft_Triple")
 
 
 class Contrastive(nn.Module):

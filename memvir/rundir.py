@@ -9,9 +9,8 @@
       checkpoints/         epoch_NNNNN.pt (the newest max_to_keep) and best_<metric>.pt
       .lock                held (flock) by the one process training here
 
-Every file is written by `atomic_write`: a temporary file in the same folder, fsync, then os.replace, so a reader
-(or a resume after a kill) sees the old file or the new one, never half of one. The project's other writers (the
-glyph cache, `prepare`'s manifest) use it too.
+Every file is written by memvir.files.atomic_write (the old file or the new one, never half of one), as every other
+file the project writes.
 """
 from __future__ import annotations
 
@@ -24,49 +23,13 @@ import math
 import os
 import re
 
-__all__ = ["atomic_write", "atomic_json", "run_name", "RunLock", "RunFolderBusy", "remove_stale_temporaries",
+from .files import atomic_json, atomic_write, parse_bool
+
+__all__ = ["run_name", "RunLock", "RunFolderBusy", "remove_stale_temporaries",
            "CHECKPOINT_FORMAT", "BEST_METRICS", "CheckpointError", "checkpoint_path", "best_path",
            "epoch_checkpoints", "save_checkpoint", "link_best", "load_checkpoint", "latest_checkpoint",
            "new_history", "record_evaluation", "StepLog", "get_rng_state", "set_rng_state", "run_state",
            "read_run", "RunOutputs", "write_eval_scalars", "check_same_run", "KERNELS_KEY"]
-
-
-def atomic_write(path, write, mode="wb"):
-    """Write a file through `write(fh)` on a temporary file beside it, then os.replace it into place.
-
-    Args:
-        path: the file to write (its folder must exist).
-        write: callable(file object) that writes the content.
-        mode: "wb" or "w".
-    """
-    path = os.fspath(path)
-    tmp = f"{path}.tmp{os.getpid()}"  # the pid: two writers never share a temporary file; stale ones are named
-    try:
-        with open(tmp, mode) as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
-
-
-def atomic_json(obj, path):
-    """Write `obj` as JSON (NaN and inf written as null), atomically."""
-    atomic_write(path, lambda fh: json.dump(_finite(obj), fh, indent=1), mode="w")
-
-
-def _finite(obj):
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -86,8 +49,6 @@ def run_name(params, tag=""):
     for key in ("data_name", "loss", "epochs", "seed"):
         if key not in params:
             raise ValueError(f"run parameters: missing {key!r} (needed to name the run folder)")
-    from .config import parse_bool
-
     loss = str(params["loss"]).lower().replace("_", "").replace("-", "")
     parts = [str(params["data_name"]).lower(), loss]
     if parse_bool(params.get("memvir", False)):

@@ -60,12 +60,14 @@ import torch
 import torch.nn as nn
 
 from . import distributed, portable
-from .config import (FIELDS, MEM_FILLS, MEM_VIRTUALS, RESUME_MAY_DIFFER, TrainConfig, build_parser,
-                     config_from_argv, parse_k_list, resolve_config)
+from .config import (FIELDS, RESUME_MAY_DIFFER, TrainConfig, build_parser, config_from_argv, parse_k_list,
+                     resolve_config)
 from .evaluation import evaluate, evaluate_checkpoint
 from .experiment import build
-from .rundir import (CHECKPOINT_FORMAT, KERNELS_KEY, RunFolderBusy, RunLock, RunOutputs, atomic_json,
-                     check_same_run, get_rng_state, latest_checkpoint, link_best, new_history, record_evaluation,
+from .files import atomic_json
+from .memory import MEM_FILLS, MEM_VIRTUALS
+from .rundir import (CHECKPOINT_FORMAT, KERNELS_KEY, RunFolderBusy, RunLock, RunOutputs, check_same_run,
+                     get_rng_state, latest_checkpoint, link_best, new_history, record_evaluation,
                      save_checkpoint, set_rng_state, write_eval_scalars)
 
 __all__ = ["TrainConfig", "train", "main", "resolve_config", "learning_rates", "TrainingError", "build_parser",

@@ -46,7 +46,7 @@ from matplotlib.patches import FancyArrowPatch, Rectangle
 
 import memvir
 import memvir.config
-import memvir.pipeline
+import memvir.profile
 import memvir.report
 
 # %% [markdown]
@@ -131,7 +131,7 @@ memvir.report.formatted(paper)
 # These are the runs of the profile this book was built from:
 
 # %% tags=["hide-input"]
-prof = memvir.pipeline.load_profile(profile)
+prof = memvir.profile.load_profile(profile)
 display(Markdown(f"**Profile `{prof.name}`** ({prof.path.name}): {prof.description}"))
 rows = []
 for r in prof.rows:

@@ -43,34 +43,18 @@ import memvir.report as report
 out = Path(study_dir)
 summary = json.loads((out / "report.json").read_text())
 runs = pd.read_csv(out / "runs.csv")
-comparisons = pd.read_csv(out / "comparisons.csv")
+comparisons = report.comparisons(out)
 have = set(comparisons["group"])
-STYLE = (
-    "<style>.study td, .study th {padding: 0.15em 0.6em; text-align: right}"
-    " .study td:first-child {text-align: left}</style>"
-)
 
 
 def show(table):
     """A table as compact HTML."""
-    display(
-        HTML(
-            STYLE
-            + report.formatted(table).to_html(index=False, classes="study", border=0)
-        )
-    )
+    display(HTML(report.html_table(table, "study")))
 
 
 def pick(row, metric, selection="val", group=None):
     """The comparison of `row` with its baseline, one metric and selection (a dict)."""
-    c = comparisons[
-        (comparisons["row"] == row)
-        & (comparisons["metric"] == metric)
-        & (comparisons["selection"] == selection)
-    ]
-    if group is not None:
-        c = c[c["group"] == group]
-    return c.iloc[0].to_dict()
+    return report.pick(comparisons, row, metric, selection, group)
 
 
 def rows_of(group):

@@ -45,23 +45,13 @@ runs = pd.read_csv(out / "runs.csv")
 value = summary["table_value"]
 chosen = summary.get("selections", ["best", "last"])
 honest = "val" if "val" in chosen else "last"  # the selection the verdict trusts
-what = {
-    "best": (
-        "the best value over the run's evaluations on the test classes "
-        "(what the official code records and the paper reports)"
-    ),
-    "val": (
-        "the test value at the evaluation with the best score on the validation classes"
-    ),
-    "last": "the value at the last evaluation",
-}
 display(
     Markdown(
         f"**Profile `{summary['profile']}`** ({summary['config']}): "
         f"{summary['description']}\n\n"
         f"{summary['runs']} runs of {summary['expected_runs']}"
         + (" (**partial**: some runs have not finished)" if summary["partial"] else "")
-        + f". The raw tables use **{value}**: {what[value]}."
+        + f". The raw tables use **{value}**: {report.SELECTION_MEANING[value]}."
     )
 )
 
@@ -69,21 +59,11 @@ display(
 # ## The verdict
 
 # %% tags=["hide-input"]
-if (out / "comparisons.csv").exists():
-    comparisons = pd.read_csv(out / "comparisons.csv")
-else:  # a profile without groups: every MemVir row against its baseline
-    comparisons = report.study_comparisons(
-        runs, {"main": list(summary["baselines"])}, summary["baselines"]
-    )
+comparisons = report.comparisons(out)  # every MemVir row against its baseline
 
 
 def said(row, metric, selection):
-    c = comparisons[
-        (comparisons["row"] == row)
-        & (comparisons["metric"] == metric)
-        & (comparisons["selection"] == selection)
-    ]
-    return report.describe(c.iloc[0].to_dict())
+    return report.said(comparisons, row, metric, selection)
 
 
 verdict_lines = []
@@ -116,8 +96,7 @@ against = report.against_reference(report_dir, reference_dir)
 display(Markdown(report.against_reference_text(against)))
 for table in (against["rows"], against["verdicts"]):  # None when the two are equal
     if table is not None:
-        table = report.formatted(table)
-        display(HTML(table.to_html(index=False, classes="results", border=0)))
+        display(HTML(report.html_table(table)))
 
 # %% [markdown]
 # ## MemVir minus baseline, paired by seed
@@ -129,16 +108,6 @@ for table in (against["rows"], against["verdicts"]):  # None when the two are eq
 # picks a run's value: the best test epoch (official), the best validation epoch, the last epoch.
 
 # %% tags=["hide-input"]
-STYLE = (
-    "<style>.results td, .results th {padding: 0.15em 0.6em; text-align: right}</style>"
-)
-
-
-def html(table):
-    """A table as HTML in the README's number format."""
-    return report.formatted(table).to_html(index=False, classes="results", border=0)
-
-
 columns = [
     "row",
     "metric",
@@ -153,7 +122,7 @@ columns = [
 ]
 paired = comparisons[[c for c in columns if c in comparisons.columns]].copy()
 paired["metric"] = paired["metric"].map(report.METRICS)
-display(HTML(STYLE + html(paired.rename(columns={"diff_mean": "Δ (points)"}))))
+display(HTML(report.html_table(paired.rename(columns={"diff_mean": "Δ (points)"}))))
 
 # %% [markdown]
 # ## The tables, as the official README lays them out
@@ -163,10 +132,11 @@ display(HTML(STYLE + html(paired.rename(columns={"diff_mean": "Δ (points)"}))))
 def side_by_side(*tables):
     """Show HTML tables next to each other, each with a caption."""
     cells = "".join(
-        f"<div><p><b>{caption}</b></p>{html(t)}</div>" for caption, t in tables
+        f"<div><p><b>{caption}</b></p>{report.html_table(t, style=False)}</div>"
+        for caption, t in tables
     )
     flex = "display:flex;flex-wrap:wrap;gap:2em"
-    display(HTML(f'{STYLE}<div style="{flex}">{cells}</div>'))
+    display(HTML(f'{report.STYLES["results"]}<div style="{flex}">{cells}</div>'))
 
 
 ours = "ours" if summary["data_name"] != "cars196" else "ours (CARS196)"
@@ -215,7 +185,7 @@ if (out / "figures" / "curriculum.png").exists():
 for other in (v for v in chosen if v != value):
     for metric, name in report.METRICS.items():
         display(Markdown(f"**{name}, {report.SELECTION_NAMES[other]}**"))
-        display(HTML(STYLE + html(report.table_from_runs(runs, metric, other))))
+        display(HTML(report.html_table(report.table_from_runs(runs, metric, other))))
 
 # %% [markdown]
 # ## The first benchmark, and a longer recipe
@@ -228,9 +198,7 @@ for other in (v for v in chosen if v != value):
 # %% tags=["hide-input"]
 def paired_rows(folder):
     """MemVir minus baseline of a committed report (best test epoch, Holm)."""
-    other_runs = pd.read_csv(Path(folder) / "runs.csv")
-    pairs = json.loads((Path(folder) / "report.json").read_text())["baselines"]
-    c = report.study_comparisons(other_runs, {"main": list(pairs)}, pairs)
+    c = report.comparisons(folder)
     c = c[c["selection"] == "best"].assign(
         metric=lambda d: d["metric"].map(report.METRICS)
     )
@@ -259,7 +227,7 @@ for title, folder in (
     if (Path(folder) / "runs.csv").exists():
         earlier[title] = paired_rows(folder)
         display(Markdown(f"**{title}**"))
-        display(HTML(STYLE + html(earlier[title])))
+        display(HTML(report.html_table(earlier[title])))
 
 # %% [markdown]
 # ## The paper's numbers

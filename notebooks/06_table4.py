@@ -39,40 +39,41 @@ import memvir.report as report
 out, search = Path(table4_dir), Path(search_dir)
 summary = json.loads((out / "report.json").read_text())
 table4 = pd.read_csv(out / "table4.csv")
-paired = {m: pd.read_csv(out / f"paired_{m}_{summary['table_value']}.csv")
-          for m in ("recall_at_1", "r_precision", "map_at_r")}
+runs = pd.read_csv(out / "runs.csv")
+value = summary["table_value"]
+# Every MemVir row against its loss, paired by seed, Holm-corrected as everywhere in the book
+family = report.comparisons(out)
+family = family[family["selection"] == value]
+family = family.assign(metric=family["metric"].map(report.METRICS)).sort_values(
+    "metric", key=lambda m: m.map({"Recall@1": 0, "RP": 1, "MAP@R": 2}), kind="stable")
 
 # %% [markdown]
 # ## The verdict
 #
 # Each loss gives three paired comparisons (Recall@1, RP, MAP@R; MemVir minus its baseline, seed by seed), 18 in
 # all. With that many, some will look significant by chance, so the p-values of the paired t-tests are corrected
-# with Holm's method (the family: all 18) before anything is called a difference.
+# with Holm's method before anything is called a difference. The family is the book's everywhere
+# (`memvir.report.HOLM_FAMILY`): the comparisons of one metric under one selection, here the six losses.
 
 # %%
-names = {"recall_at_1": "Recall@1", "r_precision": "RP", "map_at_r": "MAP@R"}
-family = pd.concat([df.assign(metric=names[k]) for k, df in paired.items()],
-                   ignore_index=True)
 m = len(family)
-# Holm: the k-th smallest p times (m - k + 1), made monotone (memvir.report.holm)
-family["p (Holm)"] = report.holm(family["p"]).round(3)
-significant = family[family["p (Holm)"] < 0.05]
+significant = family[family["significant"]]  # Holm-corrected p < 0.05 (the report's p_holm)
 
 # %% tags=["hide-input"]
-wins = significant[significant["Mean"] > 0]
-losses = significant[significant["Mean"] < 0]
+wins = significant[significant["diff_mean"] > 0]
+losses = significant[significant["diff_mean"] < 0]
 
 
 def listing(df):
-    parts = [f"{r.Baseline} {r.metric} ({r.Mean:+.2f})" for r in df.itertuples()]
+    parts = [f"{r.baseline} {r.metric} ({r.diff_mean:+.2f})" for r in df.itertuples()]
     return ", ".join(parts) or "none"
 
 
-n_seeds = int(family["Pairs"].min())
+n_seeds = int(family["pairs"].min())
 uncorrected = int((family["p"] < 0.05).sum())
 display(Markdown(
     f"**On the glyph benchmark, MemVir changed {len(significant)} of the {m} comparisons "
-    f"beyond chance** (paired t-test over {n_seeds} seeds, Holm-corrected p < 0.05): "
+    f"beyond chance** (paired t-test over {n_seeds} seeds, Holm-corrected per metric, p < 0.05): "
     f"better in {listing(wins)}; worse in {listing(losses)}. Every other difference is "
     f"within the seed-to-seed noise. Uncorrected, {uncorrected} comparisons would have "
     "passed p < 0.05."))
@@ -92,9 +93,11 @@ display(HTML(table4.to_html(index=False, border=0)))
 # ## Every paired comparison
 
 # %% tags=["hide-input"]
-columns = ["Baseline", "metric", "Pairs", "Mean", "Std.", "Positive", "p", "p (Holm)"]
-display(HTML(family[columns].rename(columns={"Baseline": "Loss"})
-             .to_html(index=False, border=0)))
+columns = {"baseline": "Loss", "metric": "metric", "pairs": "Pairs", "diff_mean": "Mean",
+           "diff_sd": "Std.", "positive": "Positive", "p": "p", "p_holm": "p (Holm)"}
+shown = family[list(columns)].rename(columns=columns).round(
+    {"Mean": 2, "Std.": 2, "p": 3, "p (Holm)": 3})
+display(HTML(shown.to_html(index=False, border=0)))
 
 # %% [markdown]
 # ## How the hyper-parameters were chosen
@@ -116,14 +119,16 @@ display(HTML(choice.to_html(index=False, border=0)))
 paper = report.paper_results("table4_recall_at_1")
 gain = (paper[paper["memvir"] == 1].set_index("method")["CARS196"]
         - paper[paper["memvir"] == 0].set_index("method")["CARS196"]).dropna()
-paired_rows = table4[table4["Δ MAP@R [95% CI]"] != "-"]  # the losses with a MemVir row
-def first_number(column):
-    return pd.Series([float(v.split()[0]) for v in paired_rows[column]],
-                     index=paired_rows["Loss"])
+def deltas(metric):
+    """MemVir minus its loss, paired mean (points), by loss."""
+    rows = family[family["metric"] == metric]
+    return pd.Series(rows["diff_mean"].to_numpy(), index=rows["baseline"])
 
 
-ours, maps = first_number("Δ Recall@1 [95% CI]"), first_number("Δ MAP@R [95% CI]")
-base_r1 = table4["Recall@1"].str.split().str[0].astype(float)
+ours, maps = deltas("Recall@1"), deltas("MAP@R")
+baselines = [r for r in dict.fromkeys(runs["row"]) if r not in summary["baselines"]]
+base_r1 = pd.Series({r: 100 * runs.loc[runs["row"] == r, f"{value}_recall@1"].mean()
+                     for r in baselines})
 paper_r1 = paper[paper["memvir"] == 0][["CUB200", "CARS196", "SOP"]].to_numpy()
 display(Markdown(
     f"The paper reports a CARS196 Recall@1 gain for each of its {len(gain)} losses, from "

@@ -64,7 +64,7 @@ def values_for(row, seed):
 
 
 def finished_profile(tmp_path):
-    from memvir.pipeline import load_profile
+    from memvir.profile import load_profile
 
     prof = load_profile(make_repo(tmp_path, GOOD))
     for run in prof.runs:

@@ -1,6 +1,5 @@
 """The project's own files agree with each other: set-up files, README commands, CI."""
 import re
-import sys
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
@@ -50,5 +49,12 @@ def test_ci_runs_the_readme_test_command():
     assert not re.search(r"\b(apt-get|pip|conda)\b", ci), ci
 
 
-def test_python_version_supported():
-    assert sys.version_info[:2] >= (3, 10)
+def test_one_python_minimum_everywhere():
+    # pyproject's requires-python, the README's set-up line and environment.yml's python say the same minimum.
+    minimum = re.fullmatch(r">=(3\.\d+)", pyproject()["project"]["requires-python"]).group(1)
+    assert f"Python >= {minimum}" in (ROOT / "README.md").read_text()
+    env = (ROOT / "environment.yml").read_text()
+    pinned = re.search(r"^\s*-\s*python\s*([<>=]=?)\s*(3\.\d+)", env, re.M)
+    assert pinned, env
+    version = tuple(int(x) for x in pinned.group(2).split("."))
+    assert version >= tuple(int(x) for x in minimum.split(".")), (pinned.group(0), minimum)

@@ -522,7 +522,7 @@ def test_no_loss_reads_the_device_with_check_false(name, fast):
     import pytorch_metric_learning.losses as pml_losses
 
     from device_reads import device_reads
-    from memvir.losses import build_loss
+    from memvir.registry import build_loss
 
     C, D, B = 5, 4, 6
     for check, expected in ((False, 0), (True, 1)):

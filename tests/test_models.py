@@ -5,7 +5,6 @@ import os
 import pickle
 import socket
 import struct
-import time
 import types
 import urllib.error
 import warnings
@@ -397,14 +396,14 @@ def test_imagenet_offline_fails_fast_with_a_clear_error(monkeypatch, backbone, f
 
     def offline(url, **kwargs):
         seen["url"], seen["timeout"] = url, socket.getdefaulttimeout()
+        seen["calls"] = seen.get("calls", 0) + 1
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
     old_timeout = socket.getdefaulttimeout()
-    start = time.perf_counter()
     with pytest.raises(RuntimeError) as err:
         build_model(backbone, dim=8, pretrained="imagenet")
-    assert time.perf_counter() - start < 5
+    assert seen["calls"] == 1  # fails fast: one attempt, no retry loop (time is the benchmarks' business)
     assert seen["url"].endswith("/" + file_name)
     # The download ran under a finite socket timeout, restored afterwards.
     assert seen["timeout"] is not None and 0 < seen["timeout"] <= 60

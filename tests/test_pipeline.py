@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from memvir import pipeline, rundir
+from memvir.profile import load_profile
 from runfolders import GOOD, ROOT, finished_profile as _finished_profile, make_repo
 from runfolders import parameters_cell as notebook_defaults
 
@@ -44,7 +45,7 @@ PROFILES = sorted(p.stem for p in (ROOT / "configs").glob("*.yml"))
 def test_profile_parameters_exist_in_the_training_notebook(name, monkeypatch):
     monkeypatch.setenv("DATA", "/data/x")
     monkeypatch.setenv("PRETRAINED", "/weights/y.pth")
-    prof = pipeline.load_profile(name)
+    prof = load_profile(name)
     defaults = notebook_defaults(ROOT / "notebooks" / "05_training.py")
     for run in prof.runs:
         for key, value in run.params.items():
@@ -77,7 +78,7 @@ def official_commands():
 def test_paper_profile_is_the_readme(monkeypatch):
     monkeypatch.setenv("DATA", "/data/carDB")
     monkeypatch.setenv("PRETRAINED", "/w/bn.pth")
-    prof = pipeline.load_profile("paper")
+    prof = load_profile("paper")
     commands = official_commands()
     assert sorted(commands) == sorted(r.label for r in prof.rows)
     for row in prof.rows:
@@ -103,7 +104,7 @@ def test_paper_profile_needs_data(monkeypatch):
     monkeypatch.delenv("DATA", raising=False)
     monkeypatch.setenv("PRETRAINED", "/w")
     with pytest.raises(ValueError, match="needs the variable DATA"):
-        pipeline.load_profile("paper")
+        load_profile("paper")
 
 
 @pytest.mark.parametrize("edit,match", [
@@ -119,20 +120,20 @@ def test_paper_profile_needs_data(monkeypatch):
     (lambda s: s + "groups: {q: [A, Z]}\n", "groups.q names 'Z'"),
     (lambda s: s + "groups: {q: []}\n", "groups must map"),
     (lambda s: s + "calibrate: [85, 65]\n", "calibrate must be a range"),
-    (lambda s: s + "runs: ../elsewhere\n", "runs must name another profile"),
+    (lambda s: s + "shares: ../elsewhere\n", "shares must name another profile"),
 ])
 def test_bad_profiles(tmp_path, edit, match):
     path = make_repo(tmp_path, edit(GOOD))
     with pytest.raises(ValueError, match=match):
-        pipeline.load_profile(path)
+        load_profile(path)
 
 
 def test_missing_profile_and_notebook(tmp_path):
     with pytest.raises(FileNotFoundError, match="known profiles"):
-        pipeline.load_profile("no_such_profile")
+        load_profile("no_such_profile")
     path = make_repo(tmp_path, GOOD, notebook=False)
     with pytest.raises(FileNotFoundError, match="05_training.ipynb"):
-        pipeline.load_profile(path)
+        load_profile(path)
 
 
 @pytest.mark.parametrize("content,state", [(None, "missing"), ("{", "partial"), ('{"finished": false}', "partial"),
@@ -148,9 +149,15 @@ def test_known_values_point_at_the_runs(finished_profile):
     assert values["run_dir"] == finished_profile.run("MemVir + A").folder
     assert values["baseline_run"] == finished_profile.run("A").folder
     assert values["report_dir"] == finished_profile.report_dir
-    # Every chapter that declares a known value gets it; the library names no chapter.
-    declared = {nb.stem: set(notebook_defaults(nb.with_suffix(".py"))) for nb in pipeline.chapters(ROOT)}
-    assert any(set(values) & names for names in declared.values())
+    assert values["reference_dir"] == finished_profile.root / "results" / "reference" / "t"
+    # What each chapter takes of them (by declaring it), written out here: the library names no chapter, so a
+    # chapter that stops declaring a value it needs, or a value renamed on one side, shows up as a difference.
+    declared = {nb.stem: set(notebook_defaults(nb.with_suffix(".py"))) & set(values)
+                for nb in pipeline.chapters(ROOT)}
+    assert {k: v for k, v in declared.items() if v} == {
+        "01_overview": {"profile"}, "04_evaluation": {"report_dir"}, "04_memvir": {"run_dir"},
+        "06_results": {"report_dir", "reference_dir"},
+        "07_embedding_space": {"figure_dir", "memvir_run", "baseline_run"}}
 
 
 def test_paths_given_to_a_chapter_are_relative(finished_profile, tmp_path):
@@ -207,12 +214,12 @@ def test_a_finished_folder_made_with_other_flags_is_refused(finished_profile):
 
 
 def test_a_profile_can_share_the_run_folders_of_another(tmp_path):
-    path = make_repo(tmp_path, GOOD + "runs: other\n")
-    prof = pipeline.load_profile(path)
+    path = make_repo(tmp_path, GOOD + "shares: other\n")
+    prof = load_profile(path)
     assert prof.runs_dir == tmp_path / "results" / "runs" / "other"
     assert all(r.folder.parent == tmp_path / "results" / "runs" / "other" for r in prof.runs)
     (tmp_path / "b").mkdir()
-    assert pipeline.load_profile(make_repo(tmp_path / "b", GOOD)).runs_dir.name == "t"
+    assert load_profile(make_repo(tmp_path / "b", GOOD)).runs_dir.name == "t"
 
 
 def test_print_commands_lists_the_unfinished_runs_as_shell_lines(finished_profile, capsys):
@@ -250,7 +257,7 @@ rows:
 
 
 def test_execute_run_trains_then_skips(tmp_path):
-    prof = pipeline.load_profile(make_repo(tmp_path, TINY))
+    prof = load_profile(make_repo(tmp_path, TINY))
     (run,) = prof.runs
     assert pipeline.execute_run(prof, run.name, log=lambda s: None) == "done"
     folder = run.folder
@@ -265,7 +272,7 @@ def test_execute_run_trains_then_skips(tmp_path):
 
 
 def test_executed_run_notebook_shows_no_absolute_path(tmp_path):
-    prof = pipeline.load_profile(make_repo(tmp_path, TINY))
+    prof = load_profile(make_repo(tmp_path, TINY))
     (run,) = prof.runs
     pipeline.execute_run(prof, run.name, log=lambda s: None)
     text = (run.folder / "05_training.ipynb").read_text()
@@ -293,7 +300,7 @@ def test_validation_choice_reads_only_the_validation_classes(tmp_path):
     from memvir import report
     from runfolders import fake_run
 
-    prof = pipeline.load_profile(make_repo(tmp_path, SEARCH))
+    prof = load_profile(make_repo(tmp_path, SEARCH))
     # Validation MAP@R by row (the test-class values say the opposite, so a choice made on them would differ).
     val = {"N s8": 0.30, "N s16": 0.40, "C m1": 0.55, "C m2": 0.50}
     for run in prof.runs:
@@ -308,18 +315,18 @@ def test_validation_choice_reads_only_the_validation_classes(tmp_path):
     assert list(choice["val_map_at_r"]) == [30.5, 40.5, 55.5, 50.5]  # percent, mean over the two seeds
     with pytest.raises(ValueError, match="select needs validation classes"):
         (tmp_path / "b").mkdir()
-        pipeline.load_profile(make_repo(tmp_path / "b", SEARCH.replace("val_classes: 4", "val_classes: 0")))
+        load_profile(make_repo(tmp_path / "b", SEARCH.replace("val_classes: 4", "val_classes: 0")))
 
 
 def test_table4_profile_uses_the_validation_choice():
     """configs/table4.yml trains each loss with the hyper-parameters its search chose (the committed selection)."""
     import pandas as pd
 
-    from memvir.losses import canonical_loss_name
+    from memvir.registry import canonical_loss_name
 
     selection = pd.read_csv(ROOT / "results" / "reference" / "table4_search" / "selection.csv")
     chosen = selection[selection["chosen"]].set_index("loss")
-    prof = pipeline.load_profile("table4")
+    prof = load_profile("table4")
     assert prof.compare == "table4"
     for row in prof.rows:
         loss = canonical_loss_name(row.params["loss"])
@@ -335,7 +342,7 @@ def test_a_chapter_declaring_a_known_value_means_that_value():
     """The pipeline gives every chapter the known values its cell names; a cell must not reuse such a name for
     something else (chapter 03's toy once called its class count num_classes, and make reproduce gave it 400).
     A benchmark value's default must be the default profile's, a path's default a relative path."""
-    values = pipeline.known_values(pipeline.load_profile("cpu"))
+    values = pipeline.known_values(load_profile("cpu"))
     for nb in pipeline.chapters(ROOT):
         cell = notebook_defaults(nb.with_suffix(".py"))
         for name in set(cell) & set(values):
@@ -351,13 +358,13 @@ def test_the_default_benchmark_is_the_calibration_choice():
 
     calibration = pd.read_csv(ROOT / "results" / "reference" / "calibrate" / "calibration.csv")
     (chosen,) = calibration.loc[calibration["chosen"], "row"]
-    calibrate = pipeline.load_profile("calibrate")
+    calibrate = load_profile("calibrate")
     low, high = calibrate.calibrate
     mean = float(calibration.loc[calibration["chosen"], "mean"].iloc[0])
     assert low <= mean <= high
     benchmark = next(r for r in calibrate.rows if r.label == chosen).params
     for name in ("cpu", "study"):
-        for row in pipeline.load_profile(name).rows:
+        for row in load_profile(name).rows:
             for key in ("data_name", "input_size", "num_classes", "instances_per_class", "min_fonts", "val_classes",
                         "glyph_seed", "backbone", "dim", "batch_size", "modellr", "centerlr"):
                 assert row.params[key] == benchmark[key], (name, row.label, key)
@@ -365,11 +372,11 @@ def test_the_default_benchmark_is_the_calibration_choice():
 
 def test_a_study_profile_offers_its_report_to_the_study_chapter(tmp_path):
     """A profile with several groups of comparisons is a study: the chapter that declares study_dir reads it."""
-    one = pipeline.load_profile(make_repo(tmp_path, GOOD + "groups: {main: [MemVir + A]}\n"))
+    one = load_profile(make_repo(tmp_path, GOOD + "groups: {main: [MemVir + A]}\n"))
     assert "study_dir" not in pipeline.known_values(one)
     (tmp_path / "b").mkdir()
     groups = "groups: {main: [MemVir + A], all: [A, MemVir + A]}\n"
-    study = pipeline.load_profile(make_repo(tmp_path / "b", GOOD + groups))
+    study = load_profile(make_repo(tmp_path / "b", GOOD + groups))
     assert pipeline.known_values(study)["study_dir"] == study.report_dir
     assert "study_dir" in notebook_defaults(ROOT / "notebooks" / "06_deliver.py")
 
@@ -379,7 +386,7 @@ def test_a_glyph_profile_names_its_whole_benchmark(name, monkeypatch):
     """The benchmark of a profile is the profile's, not the training notebook's defaults (which may change)."""
     monkeypatch.setenv("DATA", "/data/x")
     monkeypatch.setenv("PRETRAINED", "/weights/y.pth")
-    for row in pipeline.load_profile(name).rows:
+    for row in load_profile(name).rows:
         if row.params.get("data_name") == "glyphs":
             missing = {"input_size", "num_classes", "instances_per_class", "min_fonts", "val_classes",
                        "glyph_seed"} - set(row.params)
@@ -395,6 +402,6 @@ def test_every_run_of_a_profile_is_a_valid_training_config(name, monkeypatch):
     monkeypatch.setenv("DATA", "/data/x")
     monkeypatch.setenv("PRETRAINED", "/weights/y.pth")
     defaults = notebook_defaults(ROOT / "notebooks" / "05_training.py")
-    for run in pipeline.load_profile(name).runs:
+    for run in load_profile(name).runs:
         cell = {**defaults, **run.params, "save_path": str(run.folder)}
         config_from_parameters(**{k: v for k, v in cell.items() if k in FLAG_NAMES})

@@ -295,6 +295,7 @@ def test_calibration_in_the_report(tmp_path):
 
 def test_mechanism_diagnostics_paired_by_seed(study, monkeypatch):
     import memvir.evaluation
+    from memvir.report import embedding
 
     study.groups["mechanism"] = ["B"]
     calls = []
@@ -309,7 +310,7 @@ def test_mechanism_diagnostics_paired_by_seed(study, monkeypatch):
         run = next(r for r in study.runs if r.folder == net)
         return {"test_recall@1": 0.5 + 0.1 * run.seed * rank[run.row], "test_effective_rank": rank[run.row]}
 
-    monkeypatch.setattr(report, "load_trained", fake_load)
+    monkeypatch.setattr(embedding, "load_trained", fake_load)
     monkeypatch.setattr(memvir.evaluation, "embedding_diagnostics", fake_diagnostics, raising=False)
     out = report.build_report(study, log=lambda s: None)
     assert {c[1] for c in calls} == {"last"} and len(calls) == 6  # B and its baseline A, three seeds each
@@ -352,20 +353,22 @@ def tiny_run(tmp_path_factory):
 
 def test_tsne_epochs_figure_on_a_tiny_run(tiny_run, tmp_path, monkeypatch):
     run = tiny_run
-    loaded, original = [], report.load_trained
+    from memvir.report import embedding
+
+    loaded, original = [], embedding.load_trained
 
     def spy(folder, checkpoint="last", device="cpu"):
         loaded.append(checkpoint)
         return original(folder, checkpoint, device)
 
-    taken, panel = [], report._tsne_steps_panel
+    taken, panel = [], embedding._tsne_steps_panel
 
     def count(*args, **kwargs):
         taken.append(panel(*args, **kwargs))
         return taken[-1]
 
-    monkeypatch.setattr(report, "load_trained", spy)
-    monkeypatch.setattr(report, "_tsne_steps_panel", count)
+    monkeypatch.setattr(embedding, "load_trained", spy)
+    monkeypatch.setattr(embedding, "_tsne_steps_panel", count)
     png = report.tsne_epochs_figure(run, tmp_path / "figures", perplexity=5.0)
     assert loaded == ["epoch_00001.pt", "epoch_00002.pt", "epoch_00003.pt"]
     # Epoch 1 is the warm-up (U = 1): the memory is empty. Epoch 2 pushed its 4 steps: N = 2 are taken.

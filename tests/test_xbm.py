@@ -18,7 +18,7 @@ import torch.nn.functional as F
 pytest.importorskip("pytorch_metric_learning")
 
 from memvir.config import resolve_config  # noqa: E402
-from memvir.losses import build_loss, canonical_loss_name, default_scale, loss_class  # noqa: E402
+from memvir.registry import build_loss, canonical_loss_name, default_scale, loss_class  # noqa: E402
 from memvir.memory import MemVir  # noqa: E402
 from memvir.pml import Contrastive  # noqa: E402
 from memvir.train import train  # noqa: E402

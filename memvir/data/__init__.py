@@ -154,7 +154,7 @@ def check_evaluation_images(splits, workers=1):
     Raises:
         ValueError naming the first damaged image, its split and how many are damaged.
     """
-    from .prepare import check_images
+    from .folder import check_images
 
     for name in ("test", "query", "gallery", "val"):
         paths = getattr(getattr(splits, name, None), "paths", None)

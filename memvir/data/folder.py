@@ -3,15 +3,18 @@
 `python -m memvir prepare` writes such folders (memvir/data/prepare.py); any other folder in this layout works
 too (data_name "custom"). Unlike torchvision's ImageFolder, labels are a numpy array (`.labels`) that samplers
 and metrics read without touching an image, an image that cannot be read names its path, and class names can be
-imposed (`classes=`), so In-Shop's query and gallery folders share one item -> label map. Like GlyphDataset, these
+imposed (`classes=`), so In-Shop's query and gallery folders share one item -> label map. `check_images` decodes
+images ahead of use (training's evaluation splits, `prepare`'s every image), each cheaply, on threads. Like GlyphDataset, these
 are not subclasses of torch.utils.data.Dataset (DataLoader needs only __len__ and __getitem__), so this module, and
 `python -m memvir prepare` which reads IMAGE_SUFFIXES from it, never import torch.
 """
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import warnings
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 import numpy as np
 
@@ -143,3 +146,47 @@ class ImageFolderDataset(ImageListDataset):
         super().__init__(paths, labels, transform=transform, classes=classes)
         self.root = root
         self.class_to_idx = index
+
+
+# Checking images before they are needed: training checks its evaluation splits (a damaged image would end the first
+# evaluation, an epoch late) and `prepare` checks every image before it writes a tree.
+
+
+def check_image(source):
+    """Decode an image (a path or bytes) cheaply; return None when it is readable, else the reason.
+
+    JPEGs are decoded at 1/8 scale (`Image.draft`): the whole entropy-coded stream is still read, so a truncated
+    or corrupt file fails, at about a third of the cost of a full decode (`Image.verify` alone misses truncation).
+    """
+    from PIL import Image
+
+    try:
+        size = len(source) if isinstance(source, bytes) else os.path.getsize(source)
+        if size == 0:
+            return "empty file (0 bytes)"
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
+            im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
+            im.load()
+    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def check_images(jobs, workers):
+    """Run `check_image` over (key, source) pairs on a thread pool; return {key: reason} for the bad ones."""
+    bad = {}
+    # PIL releases the GIL while decoding, so threads scale; at most 4 jobs per worker are held in memory.
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending = {}
+        for key, source in jobs:
+            pending[pool.submit(check_image, source)] = key
+            if len(pending) >= 4 * workers:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    if (reason := fut.result()) is not None:
+                        bad[pending[fut]] = reason
+                    del pending[fut]
+        for fut, key in pending.items():
+            if (reason := fut.result()) is not None:
+                bad[key] = reason
+    return bad

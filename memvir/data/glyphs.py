@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..rundir import atomic_write  # standard library only: cheap to import
+from ..files import atomic_write  # standard library only: cheap to import
 
 FORMAT_VERSION = 1  # bump when anything below changes the pixels or the pool; it is part of every cache key
 
@@ -386,7 +386,7 @@ def _select_pool(fonts) -> dict:
 
 
 def _cache_write(path: Path, write) -> None:
-    """Write a cache file atomically (memvir.rundir.atomic_write), creating the cache folder first."""
+    """Write a cache file atomically (memvir.files.atomic_write), creating the cache folder first."""
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, write)
 
@@ -803,7 +803,7 @@ def contact_sheet(glyph_set, classes=8, per_class=10, path=None, title=None):
         fig.suptitle(title)
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, format="png", dpi=100, facecolor="white")
+        atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=100, facecolor="white"))
     return fig
 
 

@@ -48,13 +48,12 @@ import shutil
 import sys
 import tarfile
 import zipfile
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from ..rundir import atomic_json  # the project's one atomic writer (standard library only: cheap to import)
+from ..files import atomic_json  # the project's one atomic writer (standard library only: cheap to import)
 from . import canonical_data_name  # the one table of data-set names and aliases
-from .folder import IMAGE_SUFFIXES  # folder.py imports numpy only, no torch
+from .folder import IMAGE_SUFFIXES, check_images  # folder.py imports numpy only, no torch
 
 # Split sizes reported by every deep-metric-learning paper since Oh Song et al. (2016); MemVir Sec. 4.1.
 EXPECTED = {
@@ -109,46 +108,6 @@ def _safe_member(name):
     if p.is_absolute() or not parts or ".." in parts:
         return None
     return "/".join(parts)
-
-
-def check_image(source):
-    """Decode an image (a path or bytes) cheaply; return None when it is readable, else the reason.
-
-    JPEGs are decoded at 1/8 scale (`Image.draft`): the whole entropy-coded stream is still read, so a truncated
-    or corrupt file fails, at about a third of the cost of a full decode (`Image.verify` alone misses truncation).
-    """
-    from PIL import Image
-
-    try:
-        size = len(source) if isinstance(source, bytes) else os.path.getsize(source)
-        if size == 0:
-            return "empty file (0 bytes)"
-        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
-            im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
-            im.load()
-    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
-        return f"{type(exc).__name__}: {exc}"
-    return None
-
-
-def check_images(jobs, workers):
-    """Run `check_image` over (key, source) pairs on a thread pool; return {key: reason} for the bad ones."""
-    bad = {}
-    # PIL releases the GIL while decoding, so threads scale; at most 4 jobs per worker are held in memory.
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        pending = {}
-        for key, source in jobs:
-            pending[pool.submit(check_image, source)] = key
-            if len(pending) >= 4 * workers:
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    if (reason := fut.result()) is not None:
-                        bad[pending[fut]] = reason
-                    del pending[fut]
-        for fut, key in pending.items():
-            if (reason := fut.result()) is not None:
-                bad[key] = reason
-    return bad
 
 
 class SourceIndex:
@@ -611,8 +570,7 @@ def _extract_raw(out, archive, members, log):
     if os.path.exists(partial):  # ours: left by an interrupted run
         shutil.rmtree(partial)
     _extract(archive, {m: [os.path.join(partial, *_safe_member(m).split("/"))] for m in members}, log)
-    with open(os.path.join(partial, EXTRACTED_MARKER), "w") as f:
-        json.dump(marker, f)
+    atomic_json(marker, os.path.join(partial, EXTRACTED_MARKER))  # inside .partial, renamed into place whole below
     if os.path.exists(dest):  # an older extraction of a changed archive (it has our marker)
         shutil.rmtree(dest)
     os.rename(partial, dest)
@@ -744,6 +702,47 @@ def prepare(name, src, out, mode="symlink", force=False, verify=True, workers=No
         PrepareError (a ValueError) or FileNotFoundError naming the file and what was expected; nothing is
         written when one is raised during validation.
     """
+    name, src, out, old, workers = _check_request(name, src, out, mode, workers)
+    # 1. Read the annotations; open the archives only when the unpacked files lack something.
+    index = SourceIndex(src, TEXT_NAMES[name], verify=verify, workers=workers)
+    entries = _read_annotations(name, src, index, log)
+
+    # 2. The split sizes against the paper's.
+    counts = count(entries)
+    mismatches = compare_counts(name, counts)
+    if mismatches and not force:
+        raise PrepareError(f"{name} in {src} does not have the paper's split sizes:\n  " + "\n  ".join(mismatches)
+                           + "\nnothing was written; pass --force to prepare it anyway")
+    for line in mismatches:
+        log(f"warning (--force): {name} {line}")
+    splits = sorted({e.split for e in entries})
+    digest = _plan_digest(name, mode, entries, index)
+    if old and old.get("state") == "complete" and old.get("plan") == digest and _tree_counts(out, splits) == counts:
+        log(f"{out} already holds this {name} tree ({mode}); nothing to do")
+        return old
+
+    # 3. Every image decodes (archive members were decoded while the archives were read).
+    if verify:
+        _verify_images(entries, index, workers, log)
+    if mode == "hardlink" and any(index.items[e.key].path for e in entries):
+        _check_hardlink(src, out)
+    if mode != "copy":
+        _check_raw(out, sorted({index.items[e.key].archive for e in entries if index.items[e.key].archive}))
+
+    # 4. Write: staging tree, then swap it in; the manifest says "writing" while the swap happens.
+    manifest = {"dataset": name, "state": "writing", "mode": mode, "src": src, "splits": splits,
+                "counts": counts, "expected": EXPECTED[name], "mismatches": mismatches, "plan": digest,
+                "layout": "OUT/<split>/<class>/<image>; In-Shop: OUT/test/query/<item>/, OUT/test/gallery/<item>/"}
+    _write_tree(out, entries, index, mode, manifest, log)
+    for what, n in counts.items():
+        want = EXPECTED[name].get(what)
+        log(f"  {what:<16} {n:>7,}" + ("" if want is None else "  ok" if want == n else f"  (paper: {want:,})"))
+    log(f"prepared {name} in {out} ({mode})")
+    return manifest
+
+
+def _check_request(name, src, out, mode, workers):
+    """The canonical name, absolute src and out, the manifest already in out (or None), the decoding threads."""
     key = canonical_data_name(name)
     if key in ("glyphs", "custom"):
         raise PrepareError(f"dataset {name!r} needs no `prepare` (glyphs are rendered on first use; custom is any "
@@ -751,22 +750,22 @@ def prepare(name, src, out, mode="symlink", force=False, verify=True, workers=No
     if key not in READERS:
         raise PrepareError(f"unknown dataset {name!r}; expected one of {', '.join(READERS)} or an alias of "
                            f"memvir.data.DATA_NAMES")
-    name = key
     if mode not in MODES:
         raise PrepareError(f"--mode {mode!r}; expected one of {', '.join(MODES)}")
     if not src or not os.path.exists(src):
         raise FileNotFoundError(f"--src {src} does not exist; expected the folder holding the official "
-                                f"{name} files (see `python -m memvir prepare --help`)")
+                                f"{key} files (see `python -m memvir prepare --help`)")
     if not os.path.isdir(src):
         raise PrepareError(f"--src {src} is a file; expected the folder that holds it (archives are found inside)")
     src, out = os.path.abspath(src), os.path.abspath(out)
-    old = _check_out(name, src, out)
+    old = _check_out(key, src, out)
     if workers is not None and (not isinstance(workers, int) or workers < 1):
         raise PrepareError(f"--workers {workers!r}; expected a positive integer")
-    workers = workers or min(16, os.cpu_count() or 1)
+    return key, src, out, old, workers or min(16, os.cpu_count() or 1)
 
-    # 1. Read the annotations; open the archives only when the unpacked files lack something.
-    index = SourceIndex(src, TEXT_NAMES[name], verify=verify, workers=workers)
+
+def _read_annotations(name, src, index, log):
+    """The benchmark's entries, every listed image found (unpacked, else in the archives), their files named."""
     try:
         ann = READERS[name](index)
         base, missing = _resolve(index, ann)
@@ -786,43 +785,26 @@ def prepare(name, src, out, mode="symlink", force=False, verify=True, workers=No
             f"{ann.source} names {len(missing):,} image(s) that are not in {where}"
             f"{' or its archives' if index.archives else ''}: {', '.join(missing[:5])}"
             f"{' ...' if len(missing) > 5 else ''}; expected every listed image to exist")
-    entries = ann.entries
-    _name_files(entries)
+    _name_files(ann.entries)
+    return ann.entries
 
-    # 2. The split sizes against the paper's.
-    counts = count(entries)
-    mismatches = compare_counts(name, counts)
-    if mismatches and not force:
-        raise PrepareError(f"{name} in {src} does not have the paper's split sizes:\n  " + "\n  ".join(mismatches)
-                           + "\nnothing was written; pass --force to prepare it anyway")
-    for line in mismatches:
-        log(f"warning (--force): {name} {line}")
 
-    splits = sorted({e.split for e in entries})
-    digest = _plan_digest(name, mode, entries, index)
-    if old and old.get("state") == "complete" and old.get("plan") == digest and _tree_counts(out, splits) == counts:
-        log(f"{out} already holds this {name} tree ({mode}); nothing to do")
-        return old
+def _verify_images(entries, index, workers, log):
+    """Decode every unpacked image once; raise naming the ones that do not decode (nothing written yet)."""
+    plain = [(e.key, index.items[e.key].path) for e in entries if index.items[e.key].path]
+    if plain:
+        log(f"decoding {len(plain):,} images (skip with --no-verify) ...")
+    bad = check_images(plain, workers)
+    bad.update({k: index.bad[k] for k in (e.key for e in entries) if k in index.bad})
+    if bad:
+        lines = [f"{index.items[k].describe()}: {why}" for k, why in sorted(bad.items())]
+        raise PrepareError(f"{len(bad)} image(s) cannot be decoded (expected readable images; nothing was "
+                           f"written; --no-verify skips this check):\n  " + "\n  ".join(lines[:10])
+                           + ("\n  ..." if len(lines) > 10 else ""))
 
-    # 3. Every image decodes (archive members were decoded while the archives were read).
-    if verify:
-        plain = [(e.key, index.items[e.key].path) for e in entries if index.items[e.key].path]
-        if plain:
-            log(f"decoding {len(plain):,} images (skip with --no-verify) ...")
-        bad = check_images(plain, workers)
-        bad.update({k: index.bad[k] for k in (e.key for e in entries) if k in index.bad})
-        if bad:
-            lines = [f"{index.items[k].describe()}: {why}" for k, why in sorted(bad.items())]
-            raise PrepareError(f"{len(bad)} image(s) cannot be decoded (expected readable images; nothing was "
-                               f"written; --no-verify skips this check):\n  " + "\n  ".join(lines[:10])
-                               + ("\n  ..." if len(lines) > 10 else ""))
 
-    if mode == "hardlink" and any(index.items[e.key].path for e in entries):
-        _check_hardlink(src, out)
-    if mode != "copy":
-        _check_raw(out, sorted({index.items[e.key].archive for e in entries if index.items[e.key].archive}))
-
-    # 4. Write: staging tree, then swap it in; the manifest says "writing" while the swap happens.
+def _write_tree(out, entries, index, mode, manifest, log):
+    """Build the tree in a staging folder, swap it in for train/ and test/, and mark the manifest complete."""
     os.makedirs(out, exist_ok=True)
     staging = os.path.join(out, STAGING)
     if os.path.lexists(staging):  # left by an interrupted run: only our links and copies
@@ -832,9 +814,6 @@ def prepare(name, src, out, mode="symlink", force=False, verify=True, workers=No
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    manifest = {"dataset": name, "state": "writing", "mode": mode, "src": src, "splits": splits,
-                "counts": counts, "expected": EXPECTED[name], "mismatches": mismatches, "plan": digest,
-                "layout": "OUT/<split>/<class>/<image>; In-Shop: OUT/test/query/<item>/, OUT/test/gallery/<item>/"}
     _write_manifest(out, manifest)
     old_splits = os.path.join(staging, "old")
     os.makedirs(old_splits)
@@ -845,17 +824,11 @@ def prepare(name, src, out, mode="symlink", force=False, verify=True, workers=No
             os.rename(os.path.join(staging, top), os.path.join(out, top))
     shutil.rmtree(staging)  # the previous tree: links and copies only (rmtree never follows links)
     _remove_unused_raw(out, entries, index, mode)
-
-    written = _tree_counts(out, splits)
-    if written != counts:
-        raise RuntimeError(f"{out}: wrote {written} but planned {counts}; please report this bug")
+    written = _tree_counts(out, manifest["splits"])
+    if written != manifest["counts"]:
+        raise RuntimeError(f"{out}: wrote {written} but planned {manifest['counts']}; please report this bug")
     manifest["state"] = "complete"
     _write_manifest(out, manifest)
-    for what, n in counts.items():
-        want = EXPECTED[name].get(what)
-        log(f"  {what:<16} {n:>7,}" + ("" if want is None else "  ok" if want == n else f"  (paper: {want:,})"))
-    log(f"prepared {name} in {out} ({mode})")
-    return manifest
 
 
 def main(argv=None):

@@ -1,0 +1,278 @@
+"""The report of a profile, assembled and written (`python -m memvir report`): runs.csv, evaluations.csv,
+machine.csv, the tables (CSV and tables.md), the figures, report.json; every file written atomically.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..files import atomic_write, parse_bool
+from ..profile import Profile, load_profile
+from ..rundir import epoch_checkpoints, read_run
+from .embedding import mechanism_comparisons, mechanism_diagnostics, tsne_epochs_figure, tsne_figures
+from .figures import bar_figure, curriculum_figure, curves_figure, learning_curves_figure, save_figure
+from .reference import against_reference
+from .runs import MACHINE_COLUMNS, MACHINE_FILE, METRICS, SELECTION_MEANING, collect, selections, validation_choice
+from .stats import COMPARISON_COLUMNS, HOLM_FAMILY, study_comparisons
+from .tables import (CALIBRATION_RULE, calibration_choice, markdown_table, paired_from_runs, study_table,
+                     table4_comparison, table_from_runs)
+
+__all__ = ["build_report", "main"]
+
+
+def _json_records(df, columns, digits=4):
+    """A table as flat JSON records: floats rounded, NaN as null."""
+    def cell(v):
+        if isinstance(v, (bool, np.bool_)):
+            return bool(v)
+        if isinstance(v, (int, np.integer)):
+            return int(v)
+        if isinstance(v, (float, np.floating)):
+            return None if not math.isfinite(v) else round(float(v), digits)
+        return v
+    return [{c: cell(v) for c, v in zip(columns, rec)} for rec in df[columns].itertuples(index=False)]
+
+
+def _study_markdown(comparisons, groups):
+    md = ["## Study: each row minus its baseline, paired by seed", "",
+          "Percentage points of the test classes. Δ: the mean of the per-seed differences with its 95% interval "
+          "(Student's t, n - 1 degrees of freedom); p_holm: the two-sided paired t-test's p-value after Holm's "
+          f"correction, whose family is {HOLM_FAMILY}; * where p_holm < 0.05; k/n: seeds where the row is higher. "
+          "Selections: " + "; ".join(f"{s}, {SELECTION_MEANING[s]}" for s in dict.fromkeys(comparisons["selection"]))
+          + ". Every comparison, R-Precision too: comparisons.csv.", ""]
+    for group in groups:
+        table = study_table(comparisons, group)
+        md += [f"### Group `{group}`", "", markdown_table(table) if not table.empty else
+               "No row of this group has a baseline: nothing to compare.", ""]
+    return md
+
+
+def _calibration_outcome(choice, profile):
+    low, high = profile.calibrate
+    chosen = choice[choice["chosen"]]
+    if len(chosen):
+        c = chosen.iloc[0]
+        return f"**{c['row']}** is chosen ({c['note']}): mean best test Recall@1 {c['mean']:.2f}%."
+    note = choice[choice["note"] != ""]
+    closest = f" on {note.iloc[0]['row']}, the row closest to {(low + high) / 2:g}" if len(note) else ""
+    return f"No row is chosen: knob 2 needed{closest}."
+
+
+def _mechanism_markdown(compared):
+    def g(v):
+        return "-" if not np.isfinite(v) else f"{v:.4g}"
+
+    table = pd.DataFrame({"Row": compared["row"], "vs": compared["baseline"], "quantity": compared["quantity"],
+                          "n": compared["pairs"].astype(str), "baseline": compared["baseline_mean"].map(g),
+                          "row": compared["row_mean"].map(g),
+                          "Δ [95% CI]": [f"{g(m)} [{g(lo)}, {g(hi)}]" for m, lo, hi in
+                                         zip(compared["diff_mean"], compared["ci_low"], compared["ci_high"])],
+                          "k/n": compared["positive"]})
+    return ["## Mechanism: embedding diagnostics of the last checkpoints", "",
+            "Each row minus its baseline, paired by seed, in the diagnostics' own units (fractions, not percent). "
+            "Descriptive: no test is corrected for multiplicity here, and none decides anything (per run: "
+            "diagnostics.csv; paired: mechanism.csv).", "", markdown_table(table), ""]
+
+
+def build_report(profile, out=None, partial=False, log=print):
+    """Write runs.csv, evaluations.csv, the tables (CSV + tables.md) and the figures of a profile.
+
+    What a profile's keys add: groups (a study): comparisons.csv (study_comparisons), a table per group in
+    tables.md, figures/curves_<group> for every group named budgets*; calibrate: calibration.csv and its section
+    (calibration_choice); a group named "mechanism": diagnostics.csv (its rows and their baselines, last
+    checkpoints, mechanism_diagnostics) and mechanism.csv; book.tsne on a run with more than one epoch
+    checkpoint: figures/tsne_epochs.
+
+    report.json holds profile, config, table_value, selections, runs, expected_runs, partial, rows, baselines,
+    seeds, data_name, description, and where the profile has them (flat records; NaN written as null):
+        study: a record per line of comparisons.csv: group, row, baseline, metric, selection, pairs,
+            baseline_mean, row_mean, diff_mean, diff_sd, ci_low, ci_high (percent), p, p_holm, significant,
+            positive ("k/n"); holm_family: what a Holm family is, in words.
+        calibration: {low, high, chosen (the row, or null), outcome (a sentence)}.
+        mechanism: a record per line of mechanism.csv: row, baseline, quantity, pairs, baseline_mean, row_mean,
+            diff_mean, ci_low, ci_high, p, positive (the diagnostics' units).
+
+    Args:
+        profile: a Profile or a name for load_profile.
+        out: output folder (default: the profile's report_dir, results/report/<profile>).
+        partial: report only the finished runs instead of failing on the first unfinished one.
+    Returns:
+        the output folder.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no window
+    profile = load_profile(profile) if not isinstance(profile, Profile) else profile
+    out = Path(out) if out else profile.report_dir
+    runs, evaluations = collect(profile, partial=partial)
+    if runs.empty:
+        raise ValueError(f"no finished run in {profile.runs_dir}: nothing to report")
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    write_csv(runs[["row", "seed", "name", *MACHINE_COLUMNS]], out / MACHINE_FILE, "%.1f")
+    runs = runs.drop(columns=MACHINE_COLUMNS)
+    write_csv(runs, out / "runs.csv", "%.6f")
+    write_csv(evaluations, out / "evaluations.csv", "%.6f")
+    summary = {"profile": profile.name, "config": str(profile.path.relative_to(profile.root)),
+               "table_value": profile.table_value, "selections": selections(runs), "runs": int(len(runs)),
+               "expected_runs": len(profile.runs), "partial": bool(len(runs) < len(profile.runs)),
+               "rows": [r.label for r in profile.rows], "baselines": profile.baselines, "seeds": profile.seeds,
+               "data_name": str(profile.rows[0].params.get("data_name", "")).lower(),
+               "description": profile.description}
+    md = _main_tables(profile, runs, out) + _study_sections(profile, runs, out, summary)
+    atomic_write(out / "tables.md", lambda fh: fh.write("\n".join(md)), mode="w")
+    _figures(profile, runs, evaluations, out / "figures", log)
+    atomic_write(out / "report.json", lambda fh: fh.write(json.dumps(summary, indent=1) + "\n"), mode="w")
+    log(f"report: {len(runs)} of {len(profile.runs)} runs -> {out}")
+    return out
+
+
+def write_csv(df, path, float_format=None):
+    """Write a table as CSV, atomically (memvir.files.atomic_write)."""
+    atomic_write(path, lambda fh: df.to_csv(fh, index=False, float_format=float_format), mode="w")
+
+
+def _main_tables(profile, runs, out):
+    """The official layout's tables and the paired ones under each selection, Table 4, a search's choice."""
+    md = [f"# Results: profile `{profile.name}`", "", profile.description, "",
+          f"Tables use the **{profile.table_value}** value of each run ({SELECTION_MEANING[profile.table_value]}); "
+          f"values in percent, seeds {sorted(set(runs['seed']))}. Each heading says which value its table uses.", ""]
+    for selection in selections(runs):
+        for metric, title in METRICS.items():
+            table = table_from_runs(runs, metric, selection)
+            stem = (f"table_{metric.replace('@', '_at_')}"
+                    + ("" if selection == profile.table_value else f"_{selection}"))
+            write_csv(table, out / f"{stem}.csv")
+            md += [f"## {title} ({selection})", "", markdown_table(table), ""]
+        for metric, title in METRICS.items():
+            paired = paired_from_runs(runs, metric, selection)
+            if not paired.empty:
+                write_csv(paired, out / f"paired_{metric.replace('@', '_at_')}_{selection}.csv")
+                md += [f"## {title} ({selection}): MemVir minus baseline, paired by seed", "",
+                       markdown_table(paired), ""]
+    if profile.compare == "table4":  # the paper's Table 4 beside ours
+        table = table4_comparison(runs, profile.table_value)
+        write_csv(table, out / "table4.csv")
+        md += [f"## Table 4 ({profile.table_value}): ours on glyphs beside the paper's Recall@1", "",
+               markdown_table(table), ""]
+    if profile.select:  # a search profile: the hyper-parameters chosen on the validation classes
+        choice = validation_choice(profile)
+        write_csv(choice, out / "selection.csv")
+        md += [f"## The choice: best validation {METRICS[profile.select]} per loss", "", markdown_table(choice), ""]
+    return md
+
+
+def _study_sections(profile, runs, out, summary):
+    """A study's comparisons (groups), a calibration's choice, the mechanism's diagnostics: files, sections and
+    their records in `summary` (report.json)."""
+    md = []
+    if profile.groups:  # every row against its baseline, Holm-corrected per metric and selection
+        comparisons = study_comparisons(runs, profile.groups, profile.baselines)
+        write_csv(comparisons, out / "comparisons.csv", "%.6f")
+        md += _study_markdown(comparisons, profile.groups)
+        summary.update(study=_json_records(comparisons, COMPARISON_COLUMNS), holm_family=HOLM_FAMILY)
+    if profile.calibrate:
+        choice = calibration_choice(profile, runs)
+        write_csv(choice, out / "calibration.csv", "%.4f")
+        low, high = profile.calibrate
+        outcome = _calibration_outcome(choice, profile)
+        md += ["## Calibration: the rule's choice", "",
+               f"The rule ({profile.path.name}): " + CALIBRATION_RULE.format(low=low, high=high,
+                                                                            middle=(low + high) / 2) + ". " + outcome,
+               "", markdown_table(choice), ""]
+        picked = choice.loc[choice["chosen"], "row"]
+        summary["calibration"] = {"low": low, "high": high, "chosen": picked.iloc[0] if len(picked) else None,
+                                  "outcome": outcome}
+    if "mechanism" in profile.groups:
+        rows = set(profile.groups["mechanism"])
+        rows |= {profile.baselines[r] for r in rows if r in profile.baselines}
+        diagnostics = mechanism_diagnostics(profile, runs, rows)
+        write_csv(diagnostics, out / "diagnostics.csv", "%.6f")
+        compared = mechanism_comparisons(diagnostics, profile.baselines)
+        write_csv(compared, out / "mechanism.csv", "%.6f")
+        if not compared.empty:
+            md += _mechanism_markdown(compared)
+            summary["mechanism"] = _json_records(compared, list(compared.columns))
+    return md
+
+
+def _figures(profile, runs, evaluations, folder, log):
+    """Bars, learning curves, budget curves, the curriculum and the t-SNE figures (chapter 07 only reads them)."""
+    import matplotlib.pyplot as plt
+
+    figures = {"bars": bar_figure(runs, profile.table_value), "learning_curves": learning_curves_figure(evaluations,
+                                                                                                          runs)}
+    for group, members in profile.groups.items():
+        if group.startswith("budgets"):  # the training-budget questions: how the gap moves with the epochs
+            figures[f"curves_{re.sub(r'[^A-Za-z0-9_-]+', '_', group)}"] = curves_figure(evaluations, members)
+    steps, C, B = {}, None, None
+    for r in profile.rows:
+        run = profile.run(r.label)
+        if parse_bool(r.params.get("memvir", False)) and run.name in set(runs["name"]):
+            config, _, s = read_run(run.folder)
+            if s is not None:
+                steps[r.label] = s
+                C, B = C or s["num_classes_in_use"].min(), B or config.get("batch_size")
+    if steps:
+        figures["curriculum"] = curriculum_figure(steps, C, B)
+    for stem, fig in figures.items():
+        save_figure(fig, folder, stem)
+        plt.close(fig)
+    if "tsne" in profile.book:
+        run = profile.run(profile.book["tsne"])
+        base = profile.run(profile.baselines[run.row])
+        if not all(epoch_checkpoints(r.folder / "checkpoints") for r in (run, base)):
+            log(f"report: no t-SNE figures: {run.folder} or {base.folder} has no checkpoint")
+        elif {run.name, base.name} <= set(runs["name"]):
+            tsne_figures(run.folder, base.folder, folder)
+        if len(epoch_checkpoints(run.folder / "checkpoints")) > 1 and run.name in set(runs["name"]):
+            tsne_epochs_figure(run.folder, folder)  # a run that kept its epochs (max_to_keep 0)
+
+
+def main(argv=None):
+    """`python -m memvir report --profile P`: write the tables and figures of a profile's finished runs."""
+    parser = argparse.ArgumentParser(prog="python -m memvir report", description=__doc__.split("\n", 1)[0],
+                                     epilog="Writes results/report/<profile>/: runs.csv, tables, figures, and says "
+                                            "whether it equals the committed results/reference/<profile>/. The "
+                                            "runs themselves: python -m memvir pipeline.")
+    parser.add_argument("--profile", default="cpu", help="configs/<name>.yml or a path to a profile (default cpu)")
+    parser.add_argument("--runs-root", default=None, help="folder of run folders (default results/runs)")
+    parser.add_argument("--report-root", default=None, help="folder of reports (default results/report)")
+    parser.add_argument("--out", default=None, help="report folder (default <report-root>/<profile>)")
+    parser.add_argument("--partial", action="store_true", help="report the finished runs only")
+    parser.add_argument("--promote", action="store_true",
+                        help="then copy the report over the committed reference (results/reference/<profile>): "
+                             "for the maintainers, after checking it; `make reproduce` never does this")
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    try:
+        profile = load_profile(args.profile, args.runs_root, args.report_root)
+        out = build_report(profile, args.out, partial=args.partial, log=lambda s: print(s, flush=True))
+        reference = profile.reference_dir
+        if args.promote:
+            import shutil
+
+            if reference.exists():
+                shutil.rmtree(reference)
+            shutil.copytree(out, reference)
+            print(f"report: promoted to the reference {reference}")
+        elif (reference / "report.json").is_file():  # say, never silently, whether the reference was reproduced
+            result = against_reference(out, reference)
+            changed = [*result["files"]["different"], *result["files"]["missing"], *result["files"]["extra"]]
+            print(f"report: equal to the committed reference {reference} bit for bit ({len(result['files']['same'])}"
+                  f" files; {result['kernels']['yours']})" if result["equal"] else
+                  f"report: differs from the committed reference {reference} in {len(changed)} files ({changed[0]}"
+                  f"{', ...' if len(changed) > 1 else ''}); yours: {result['kernels']['yours']}, the reference: "
+                  f"{result['kernels']['ours']}. The results chapter's 'Your run against ours' compares them")
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0

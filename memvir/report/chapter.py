@@ -1,0 +1,51 @@
+"""What the results chapters take from a report, and only that: its comparisons, one picked and said in words, a
+table shown compactly. A chapter imports this and computes no statistic of its own (memvir/report/stats.py does).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from .stats import describe, study_comparisons
+from .tables import formatted
+
+__all__ = ["comparisons", "pick", "said", "STYLES", "html_table"]
+
+# The chapters' table styles: right-aligned numbers; a study table's first column (its row labels) on the left.
+STYLES = {"results": "<style>.results td, .results th {padding: 0.15em 0.6em; text-align: right}</style>",
+          "study": "<style>.study td, .study th {padding: 0.15em 0.6em; text-align: right}"
+                   " .study td:first-child {text-align: left}</style>"}
+
+
+def comparisons(folder):
+    """Every paired comparison of a report: its comparisons.csv, or for a report without one (a profile without
+    groups) every row with a baseline against it, by the same function and family (stats.study_comparisons)."""
+    folder = Path(folder)
+    if (folder / "comparisons.csv").is_file():
+        return pd.read_csv(folder / "comparisons.csv")
+    baselines = json.loads((folder / "report.json").read_text())["baselines"]
+    return study_comparisons(pd.read_csv(folder / "runs.csv"), {"main": list(baselines)}, baselines)
+
+
+def pick(table, row, metric, selection, group=None):
+    """The comparison of `row` with its baseline for one metric and selection (and group), as a dict."""
+    c = table[(table["row"] == row) & (table["metric"] == metric) & (table["selection"] == selection)]
+    if group is not None:
+        c = c[c["group"] == group]
+    if c.empty:
+        raise ValueError(f"no comparison of {row!r} for {metric} at {selection}"
+                         + (f" in group {group!r}" if group else ""))
+    return c.iloc[0].to_dict()
+
+
+def said(table, row, metric, selection, group=None):
+    """That comparison in words (stats.describe): difference, interval, seeds ahead, Holm p, verdict."""
+    return describe(pick(table, row, metric, selection, group))
+
+
+def html_table(table, kind="results", style=True):
+    """A table in the README's number format as compact HTML, after its style (STYLES[kind]) unless style=False
+    (several tables under one style)."""
+    return (STYLES[kind] if style else "") + formatted(table).to_html(index=False, classes=kind, border=0)

@@ -1,0 +1,172 @@
+"""Reading run folders into tables: a row per run (collect), the selections of a run's value, the choice of a search.
+
+What a value of a run is: SELECTIONS (best test value, test value at the best validation epoch, last), named in
+SELECTION_NAMES and explained in SELECTION_MEANING, the one place the three are defined. Everything here reads
+only the files of the run folder's format (memvir/rundir.py); nothing scrapes notebooks.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from ..profile import Profile, load_profile
+from ..rundir import KERNELS_KEY, read_run, run_state
+
+__all__ = ["METRICS", "SELECTIONS", "SELECTION_NAMES", "SELECTION_MEANING", "MACHINE_COLUMNS", "MACHINE_FILE",
+           "collect", "selections", "values_by_row", "baselines_of", "validation_choice"]
+
+
+METRICS = {"recall@1": "Recall@1", "r_precision": "RP", "map_at_r": "MAP@R"}  # key in metrics.json -> column name
+
+
+SELECTIONS = ("best", "val", "last")  # which evaluation gives a run's value: best test, best validation, last
+
+
+SELECTION_NAMES = {"best": "best test epoch", "val": "best validation epoch",
+                   "last": "last epoch"}  # how a run's value was picked, in words ("best": as the official code)
+
+
+SELECTION_MEANING = {"best": "the best test value over the evaluations, as the official code records it",
+                     "val": "the test value at the evaluation with the best validation value of the same metric",
+                     "last": "the test value at the last evaluation"}
+
+
+# What the machine did, per run: its clock and its CPU kernels (memvir.portable). Never a result: the report writes
+# them to MACHINE_FILE, which no comparison of two reports reads, so that a bitwise reproduction is one.
+MACHINE_COLUMNS = ["wall_time", "kernels", "cpu_capability", "machine"]
+
+
+MACHINE_FILE = "machine.csv"
+
+
+def _val_selected(evaluations, key):
+    """The test value of `key` at the evaluation whose validation `key` is highest (the earliest of ties), its epoch.
+
+    (NaN, NaN) when no evaluation has a validation `key` (a run trained without val_classes).
+    """
+    chosen, top = None, -math.inf
+    for e in evaluations:
+        v = (e.get("val") or {}).get(key)
+        if v is not None and math.isfinite(float(v)) and float(v) > top:  # strictly higher: the earliest of ties
+            chosen, top = e, float(v)
+    if chosen is None:
+        return np.nan, np.nan
+    return float(chosen.get(key, np.nan)), int(chosen["epoch"])
+
+
+def collect(profile, partial=False):
+    """Read every run of a profile into one table: a row per run, its value of each metric under each selection.
+
+    A selection (SELECTIONS) says which evaluation of a run gives its value: "best" the best test value over
+    training (what the official code records), "val" the test value at the evaluation with the best validation
+    value of the same metric (the earliest of ties; NaN for a run without validation classes), "last" the last.
+
+    Args:
+        profile: a Profile (or a name for load_profile).
+        partial: False: every run must be finished (else ValueError naming the first one that is not);
+            True: leave out runs that are not finished.
+    Returns:
+        (runs, evaluations): runs has columns row, baseline, seed, name, epochs_evaluated and best_<metric>,
+        best_<metric>_epoch, last_<metric>, val_<metric>, val_<metric>_epoch for every metric of METRICS
+        (fractions, test classes), then MACHINE_COLUMNS (what the machine did: never a result); evaluations has
+        row, seed, name, epoch, step, the test metrics and the validation ones as val_<metric> (NaN when absent),
+        one line per evaluation.
+    """
+    profile = load_profile(profile) if not isinstance(profile, Profile) else profile
+    baselines = profile.baselines
+    rows, evals = [], []
+    for run in profile.runs:
+        folder = run.folder
+        state = run_state(folder)
+        if state != "finished":
+            if partial:
+                continue
+            raise ValueError(f"run {folder} is {state} (metrics.json 'finished' is not true): run `make runs "
+                             f"PROFILE={profile.name}` first, or pass --partial to report the finished ones")
+        config, metrics, _ = read_run(folder)
+        if int(config.get("seed", run.seed)) != run.seed:
+            raise ValueError(f"{folder / 'config.json'}: seed {config.get('seed')} but the folder is for seed "
+                             f"{run.seed}")
+        kernels = config.get(KERNELS_KEY) or {}  # a run made before kernels were recorded: unknown
+        line = {"row": run.row, "baseline": baselines.get(run.row, ""), "seed": run.seed, "name": run.name,
+                "epochs_evaluated": metrics["last"].get("epoch"), "wall_time": metrics["last"].get("wall_time"),
+                "kernels": kernels.get("mode", "unrecorded"), "cpu_capability": kernels.get("cpu_capability", ""),
+                "machine": kernels.get("machine", "")}
+        for key in METRICS:
+            best = metrics["best"].get(key)
+            if best is None or key not in metrics["last"]:
+                raise ValueError(f"{folder / 'metrics.json'}: no {key!r} in 'best' and 'last'")
+            line[f"best_{key}"] = float(best["value"])
+            line[f"best_{key}_epoch"] = int(best["epoch"])
+            line[f"last_{key}"] = float(metrics["last"][key])
+            line[f"val_{key}"], line[f"val_{key}_epoch"] = _val_selected(metrics["evaluations"], key)
+        rows.append(line)
+        for e in metrics["evaluations"]:
+            val = e.get("val") or {}
+            evals.append({"row": run.row, "seed": run.seed, "name": run.name, "epoch": e["epoch"],
+                          "step": e.get("step"),
+                          **{k: e[k] for k in e if k.startswith("recall@") or k in METRICS},
+                          **{f"val_{k}": np.nan for k in METRICS},
+                          **{f"val_{k}": float(val[k]) for k in val if k.startswith("recall@") or k in METRICS}})
+    columns = ["row", "baseline", "seed", "name", "epochs_evaluated"]
+    for key in METRICS:
+        columns += [f"best_{key}", f"best_{key}_epoch", f"last_{key}", f"val_{key}", f"val_{key}_epoch"]
+    return pd.DataFrame(rows, columns=columns + MACHINE_COLUMNS), pd.DataFrame(evals)
+
+
+def selections(runs):
+    """The selections a report can use: best, val (only when every run has validation metrics) and last."""
+    has_val = all(f"val_{k}" in runs and np.isfinite(runs[f"val_{k}"].astype(float)).all() for k in METRICS)
+    return [s for s in SELECTIONS if s != "val" or (has_val and len(runs))]
+
+
+def values_by_row(runs, metric, value):
+    if metric not in METRICS or value not in SELECTIONS:
+        raise ValueError(f"metric must be one of {list(METRICS)} and value one of {SELECTIONS}, got {metric!r}, "
+                         f"{value!r}")
+    col = f"{value}_{metric}"
+    out = {}
+    for row, group in runs.groupby("row", sort=False):
+        out[row] = dict(zip(group["seed"].astype(int), 100.0 * group[col].astype(float)))
+    return out
+
+
+def baselines_of(runs):
+    pairs = runs[["row", "baseline"]].drop_duplicates()
+    return {r: b for r, b in zip(pairs["row"], pairs["baseline"]) if isinstance(b, str) and b}
+
+
+def validation_choice(profile, metric=None):
+    """For each loss of a search profile, its rows ranked by `metric` on the validation classes; the best chosen.
+
+    Reads only the validation scores ("val" of the last evaluation in metrics.json), never the test classes', so
+    the choice cannot be tuned on what the tables report. Rows are grouped by their (canonical) loss; a row's
+    value is the mean over its seeds.
+
+    Returns:
+        DataFrame: loss, row, scale, margin, val_<metric> (percent), chosen (the best of its loss).
+    """
+    from ..registry import canonical_loss_name
+
+    profile = load_profile(profile) if not isinstance(profile, Profile) else profile
+    metric = metric or profile.select
+    records = []
+    for row in profile.rows:
+        values = []
+        for run in (r for r in profile.runs if r.row == row.label):
+            if run_state(run.folder) != "finished":
+                raise ValueError(f"run {run.folder} is not finished: run `make runs PROFILE={profile.name}` first")
+            val = (read_run(run.folder)[1]["last"] or {}).get("val") or {}
+            if val.get(metric) is None:
+                raise ValueError(f"{run.folder / 'metrics.json'}: the last evaluation has no val {metric!r} (was "
+                                 f"it trained with val_classes > 0?)")
+            values.append(100 * float(val[metric]))
+        records.append({"loss": canonical_loss_name(row.params["loss"]), "row": row.label,
+                        "scale": row.params.get("scale"), "margin": row.params.get("margin"),
+                        f"val_{metric}": round(float(np.mean(values)), 2)})
+    df = pd.DataFrame(records)
+    best = df.groupby("loss", sort=False)[f"val_{metric}"].transform("max")
+    df["chosen"] = df[f"val_{metric}"] == best
+    return df
