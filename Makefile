@@ -8,17 +8,17 @@ export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: setup browser test lab bench clean-venv
 
-# Everything the tests and the book need: .venv with the project and its extras (JupyterLab included), the Jupyter
-# kernel `memvir`, and headless Chromium for the browser tests.
+# Everything the tests and the book need: .venv with the project and its extras (JupyterLab included) at the exact
+# versions of constraints.txt, the Jupyter kernel `memvir`, and headless Chromium for the browser tests.
 setup: $(VENV)/.installed browser
 
 # jupytext's Lab extension comes with jupytext; the overrides make a chapter's .py open as a notebook in Lab.
 LAB_SETTINGS := $(VENV)/share/jupyter/lab/settings/overrides.d
-$(VENV)/.installed: pyproject.toml tools/jupyterlab-overrides.json
+$(VENV)/.installed: pyproject.toml constraints.txt tools/jupyterlab-overrides.json
 	@$(SHELL) tools/check_disk.sh . 7000 "the set-up (.venv is 6.3 GB)"
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[book,dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[train,book,dev]'
 	$(KERNEL) >/dev/null
 	mkdir -p $(LAB_SETTINGS) && cp tools/jupyterlab-overrides.json $(LAB_SETTINGS)/memvir.json
 	touch $@

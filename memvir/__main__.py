@@ -6,6 +6,7 @@ CPU kernels (memvir/portable.py; MEMVIR_PORTABLE=0 turns that off), before any c
 that every run, evaluation and report gives the same floats on every x86-64 machine.
 """
 import importlib
+import re
 import sys
 
 from . import portable
@@ -29,8 +30,38 @@ def main(argv=None):
             return 2
         print(msg)
         return 0
-    module = importlib.import_module(COMMANDS[argv[0]][0])
-    return module.main(argv[1:])
+    try:
+        module = importlib.import_module(COMMANDS[argv[0]][0])
+        return module.main(argv[1:])
+    except ModuleNotFoundError as exc:  # an optional dependency: say which extra brings it, in one line
+        extra = extra_for(exc.name or "")
+        if extra is None:
+            raise
+        print(f"error: `python -m memvir {argv[0]}` needs the module {exc.name.split('.')[0]!r}, which the "
+              f"'{extra}' extra installs: pip install 'memvir[{extra}]'", file=sys.stderr)
+        return 1
+
+
+# Import names that differ from the name of the distribution that brings them (all others are the same).
+DISTRIBUTIONS = {"faiss": "faiss-cpu", "sklearn": "scikit-learn", "PIL": "pillow", "fontTools": "fonttools",
+                 "yaml": "pyyaml", "pytorch_metric_learning": "pytorch-metric-learning"}
+
+
+def extra_for(module):
+    """The extra of memvir's installed metadata (pyproject.toml's optional-dependencies) that brings `module`."""
+    from importlib import metadata
+
+    top = module.split(".")[0]
+    wanted = DISTRIBUTIONS.get(top, top).lower().replace("_", "-")
+    try:
+        requires = metadata.requires("memvir") or []
+    except metadata.PackageNotFoundError:
+        return None
+    for line in requires:  # e.g. 'faiss-cpu>=1.8; extra == "train"'
+        name, extra = re.match(r"\s*([A-Za-z0-9._-]+)", line).group(1), re.search(r"extra\s*==\s*['\"]([^'\"]+)", line)
+        if extra and name.lower().replace("_", "-") == wanted:
+            return extra.group(1)
+    return None
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ summary = json.loads((out / "report.json").read_text())
 table4 = pd.read_csv(out / "table4.csv")
 runs = pd.read_csv(out / "runs.csv")
 value = summary["table_value"]
-# Every MemVir row against its loss, paired by seed, Holm-corrected as everywhere in the book
+# Each MemVir row against its loss, paired by seed, Holm-corrected as in the whole book
 family = report.comparisons(out)
 family = family[family["selection"] == value]
 family = family.assign(metric=family["metric"].map(report.METRICS)).sort_values(
@@ -57,7 +57,7 @@ family = family.assign(metric=family["metric"].map(report.METRICS)).sort_values(
 
 # %%
 m = len(family)
-significant = family[family["significant"]]  # Holm-corrected p < 0.05 (the report's p_holm)
+significant = family[family["significant"]]  # the report's Holm-corrected p < 0.05
 
 # %% tags=["hide-input"]
 wins = significant[significant["diff_mean"] > 0]
@@ -73,7 +73,8 @@ n_seeds = int(family["pairs"].min())
 uncorrected = int((family["p"] < 0.05).sum())
 display(Markdown(
     f"**On the glyph benchmark, MemVir changed {len(significant)} of the {m} comparisons "
-    f"beyond chance** (paired t-test over {n_seeds} seeds, Holm-corrected per metric, p < 0.05): "
+    f"beyond chance** (paired t-test over {n_seeds} seeds, Holm-corrected per metric, "
+    "p < 0.05): "
     f"better in {listing(wins)}; worse in {listing(losses)}. Every other difference is "
     f"within the seed-to-seed noise. Uncorrected, {uncorrected} comparisons would have "
     "passed p < 0.05."))

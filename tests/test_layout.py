@@ -25,8 +25,9 @@ def test_environment_yml_matches_pyproject():
     pip = next(d["pip"] for d in deps if isinstance(d, dict) and "pip" in d)
     # The pip section installs this project with the same extras as `make setup`.
     makefile = (ROOT / "Makefile").read_text()
-    extras_make = re.search(r"pip install -q -e '\.\[([a-z,]+)\]'", makefile).group(1)
+    extras_make = re.search(r"pip install -q -c constraints.txt -e '\.\[([a-z,]+)\]'", makefile).group(1)
     assert any(re.fullmatch(r'-e "?\.\[' + extras_make + r'\]"?', line) for line in pip), (pip, extras_make)
+    assert "-c constraints.txt" in pip  # the same exact versions
     for extra in extras_make.split(","):
         assert extra in pyproject()["project"]["optional-dependencies"], extra
     # Nothing pinned in both places (one source of truth): conda lists only python and pip.
@@ -34,11 +35,32 @@ def test_environment_yml_matches_pyproject():
     assert names == {"python", "pip"}, names
 
 
-def test_torch_pins():
-    deps = pyproject()["project"]["dependencies"]
-    assert "torch==2.14.1" in deps and "torchvision==0.29.1" in deps
-    assert any(d.startswith("faiss-cpu") for d in deps)
-    assert any(d.startswith("faiss-gpu") for d in pyproject()["project"]["optional-dependencies"]["gpu"])
+def constraints():
+    """{name: version} of constraints.txt (the exact versions `make setup` installs)."""
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[re.sub(r"[-_.]+", "-", name).lower()] = version.strip()
+    return pins
+
+
+def test_library_states_ranges_and_our_machines_pin_them():
+    from packaging.requirements import Requirement
+
+    project = pyproject()["project"]
+    pins = constraints()
+    # The wheels on our machines' disks (README): torch and torchvision pinned here, not in the library.
+    assert pins["torch"] == "2.14.1" and pins["torchvision"] == "0.29.1"
+    extras = project["optional-dependencies"]
+    for spec in [*project["dependencies"], *(d for k, v in extras.items() if k != "gpu" for d in v)]:
+        req = Requirement(spec)
+        name = re.sub(r"[-_.]+", "-", req.name).lower()
+        assert not any(s.operator in ("==", "===") for s in req.specifier), f"{spec}: a range, not a pin"
+        assert name in pins, f"{spec}: not in constraints.txt"
+        assert req.specifier.contains(pins[name], prereleases=True), f"{spec}: constraints.txt has {pins[name]}"
+    assert [Requirement(d).name for d in project["dependencies"]] == ["torch", "numpy"]  # the core: MemVir needs
+    assert any(d.startswith("faiss-gpu") for d in extras["gpu"])
 
 
 def test_ci_runs_the_readme_test_command():
