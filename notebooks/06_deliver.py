@@ -52,7 +52,7 @@ def show(table):
     display(HTML(report.html_table(table, "study")))
 
 
-def pick(row, metric, selection="val", group=None):
+def comparison(row, metric, selection="val", group=None):
     """The comparison of `row` with its baseline, one metric and selection (a dict)."""
     return report.pick(comparisons, row, metric, selection, group)
 
@@ -66,7 +66,7 @@ def group_section(group, intro=""):
     """A group's table, then a line per row: its MAP@R comparison (selection `honest`)."""
     show(report.study_table(comparisons, group))
     said = [
-        f"{row}: MAP@R {report.describe(pick(row, MAP, honest, group))}"
+        f"{row}: MAP@R {report.describe(comparison(row, MAP, honest, group))}"
         for row in rows_of(group)
     ]
     display(Markdown(intro + "- " + "\n- ".join(said)))
@@ -108,14 +108,14 @@ main = rows_of("main")
 lines = []
 for row in main:
     lines.append(
-        f"**{row}** against {pick(row, R1, honest)['baseline']}, at the "
+        f"**{row}** against {comparison(row, R1, honest)['baseline']}, at the "
         f"{report.SELECTION_NAMES[honest]}: Recall@1 "
-        f"{report.describe(pick(row, R1, honest))}; MAP@R "
-        f"{report.describe(pick(row, MAP, honest))}."
+        f"{report.describe(comparison(row, R1, honest))}; MAP@R "
+        f"{report.describe(comparison(row, MAP, honest))}."
     )
 n_all, gains, losses = tally(honest)
 n_best, gains_best, losses_best = tally("best")
-main_sig = [pick(r, m, honest) for r in main for m in (R1, MAP)]
+main_sig = [comparison(r, m, honest) for r in main for m in (R1, MAP)]
 won = comparisons[
     (comparisons["selection"] == honest)
     & comparisons["significant"]
@@ -211,7 +211,7 @@ for row in dict.fromkeys(rows_of("main") + rows_of("budgets")):
         rec = {"Row": row, "Metric": report.METRICS[metric]}
         for sel in report.SELECTIONS:
             if ((comparisons["row"] == row) & (comparisons["selection"] == sel)).any():
-                rec[f"Δ {sel}"] = pick(row, metric, sel)["diff_mean"]
+                rec[f"Δ {sel}"] = comparison(row, metric, sel)["diff_mean"]
         selection_rows.append(rec)
 selection_table = pd.DataFrame(selection_rows)
 show(selection_table)
@@ -327,14 +327,14 @@ if (out / "figures" / "tsne_epochs.png").exists():
 if "xbm" in have:
     show(report.study_table(comparisons, "xbm"))
     (row,) = rows_of("xbm")
-    base = runs[runs["row"] == pick(row, MAP)["baseline"]]
+    base = runs[runs["row"] == comparison(row, MAP)["baseline"]]
     display(
         Markdown(
             f"{row} against the contrastive loss alone: MAP@R"
-            f" {report.describe(pick(row, MAP, honest))}. For scale: the contrastive"
-            f" baseline reaches {100 * base[f'{honest}_map_at_r'].mean():.1f} MAP@R,"
-            " Norm-SoftMax"
-            f" {pick('MemVir + Norm-SoftMax', MAP, honest)['baseline_mean']:.1f}."
+            f" {report.describe(comparison(row, MAP, honest))}. For scale: the"
+            " contrastive baseline reaches"
+            f" {100 * base[f'{honest}_map_at_r'].mean():.1f} MAP@R, Norm-SoftMax"
+            f" {comparison('MemVir + Norm-SoftMax', MAP, honest)['baseline_mean']:.1f}."
         )
     )
 
@@ -401,7 +401,7 @@ display(
 saw = [f"{headline}."]
 saw += [
     f"{row}, MAP@R at the {report.SELECTION_NAMES[honest]}: "
-    f"{report.describe(pick(row, MAP, honest))}"
+    f"{report.describe(comparison(row, MAP, honest))}"
     for row in main
 ]
 saw.append(

@@ -62,17 +62,17 @@ display(
 comparisons = report.comparisons(out)  # every MemVir row against its baseline
 
 
-def said(row, metric, selection):
+def words(row, metric, selection):
     return report.said(comparisons, row, metric, selection)
 
 
 verdict_lines = []
 for row, base in summary["baselines"].items():
     verdict_lines.append(
-        f"**{row}** against {base}: MAP@R {said(row, 'map_at_r', honest)}; Recall@1"
-        f" {said(row, 'recall@1', honest)} (at the {report.SELECTION_NAMES[honest]};"
+        f"**{row}** against {base}: MAP@R {words(row, 'map_at_r', honest)}; Recall@1"
+        f" {words(row, 'recall@1', honest)} (at the {report.SELECTION_NAMES[honest]};"
         f" with the official selection, the {report.SELECTION_NAMES['best']}: MAP@R"
-        f" {said(row, 'map_at_r', 'best')})."
+        f" {words(row, 'map_at_r', 'best')})."
     )
 display(
     Markdown(
@@ -270,8 +270,8 @@ paper_gain = [
     if r["Diff."] != "-"
 ]
 saw = [
-    f"{row}: MAP@R {said(row, 'map_at_r', honest)}; Recall@1"
-    f" {said(row, 'recall@1', honest)} ({report.SELECTION_NAMES[honest]})."
+    f"{row}: MAP@R {words(row, 'map_at_r', honest)}; Recall@1"
+    f" {words(row, 'recall@1', honest)} ({report.SELECTION_NAMES[honest]})."
     for row in summary["baselines"]
 ]
 saw.append(

@@ -56,8 +56,23 @@ def test_readme_paired_differences_are_the_committed_report(metric, title):
         assert text in sentence, (row["Loss"], title, text)
 
 
-def test_readme_pml_example_runs_as_written(capsys):
-    section = README[README.index("**On pytorch-metric-learning's losses.**"):]
-    code = section[section.index("```python") + len("```python"):section.index("```", section.index("```python") + 9)]
-    exec(compile(code, "README.md", "exec"), {})
-    assert capsys.readouterr().out.strip() == "40 classes in the last step"
+def library_blocks():
+    """The README's two "MemVir in your own code" blocks: the one with our loss, the one with a PML loss."""
+    out = []
+    for start in ("## MemVir in your own code", "**On pytorch-metric-learning's losses.**"):
+        section = README[README.index(start):]
+        begin = section.index("```python") + len("```python")
+        out.append(section[begin:section.index("```", begin)])
+    return out
+
+
+# What each block prints, from MemVir's rules: 42 epochs of 8 steps, the memory filling from epoch 40, holds 15
+# steps before the last one; every (M+1) = 11th is taken from position M = 10: one step, so 98 + 98 classes. The
+# PML block: 3 epochs of 5 steps from epoch 1 (U): 9 steps stored, positions 1, 3, 5 (M = 1), N = 3: 10 + 3 x 10.
+LIBRARY_PRINTS = ["196 classes in the last step", "40 classes in the last step"]
+
+
+@pytest.mark.parametrize("block", [0, 1], ids=["ours", "pml"])
+def test_readme_library_examples_run_as_written(capsys, block):
+    exec(compile(library_blocks()[block], "README.md", "exec"), {})
+    assert capsys.readouterr().out.strip() == LIBRARY_PRINTS[block]
