@@ -217,9 +217,9 @@ class ProxyLoss(nn.Module):
 
 
 class NormSoftmax(ProxyLoss):
-    """Normalised softmax (Zhai & Wu 2019): cross-entropy over scale * <emb/|emb|, proxy/|proxy|>.
+    """Normalised softmax (Zhai & Wu 2019): cross-entropy over ``scale * <emb/|emb|, proxy/|proxy|>``.
 
-    With `normalize_embeddings=False`, scale * <emb, proxy/|proxy|>, as the official code without its l2 norm.
+    With `normalize_embeddings=False`, ``scale * <emb, proxy/|proxy|>``, as the official code without its l2 norm.
     Initialisation as the official code: proxies uniform in (-1/sqrt(C), 1/sqrt(C)).
     """
 
@@ -241,12 +241,12 @@ class NormSoftmax(ProxyLoss):
 
 
 class ProxyNCA(ProxyLoss):
-    """Proxy-NCA as in the MemVir code: cross-entropy over -scale * ||emb/|emb| - proxy/|proxy|||^2.
+    """Proxy-NCA as in the MemVir code: cross-entropy over ``-scale * ||emb/|emb| - proxy/|proxy|||^2``.
 
-    With `normalize_embeddings=False`, -scale * ||emb - proxy/|proxy|||^2, as the official code without its l2
+    With `normalize_embeddings=False`, ``-scale * ||emb - proxy/|proxy|||^2``, as the official code without its l2
     norm. The positive proxy stays in the denominator (the "with positive" variant of the official code).
     Initialisation as the official code: proxies normal with std sqrt(2/D).
-    With unit vectors ||x - p||^2 = 2 - 2 cos(x, p), so this is Norm-SoftMax at scale 2*scale (a constant
+    With unit vectors ``||x - p||^2 = 2 - 2 cos(x, p)``, so this is Norm-SoftMax at scale 2*scale (a constant
     shift of all logits leaves the softmax unchanged); notebooks/03_losses.py shows it.
     """
 
@@ -303,7 +303,7 @@ def check_margin(margin, name, below=math.inf):
 class CosFace(NormSoftmax):
     """CosFace (Wang et al. 2018), large margin cosine loss: scale * cos, with scale * (cos - margin) for the target.
 
-    With `normalize_embeddings=False`, cos is <emb, proxy/|proxy|>, as Norm-SoftMax's.
+    With `normalize_embeddings=False`, cos is ``<emb, proxy/|proxy|>``, as Norm-SoftMax's.
     Initialisation as pytorch-metric-learning's: proxies standard normal.
     """
 
@@ -326,13 +326,15 @@ class ArcFace(NormSoftmax):
 
     `margin` m is in radians (pytorch-metric-learning's ArcFaceLoss takes degrees: 0.5 rad = 28.6 deg).
     Two safeguards, both as insightface's default (`easy_margin=False`) and pytorch-metric-learning:
+
       * Past theta = pi - m, cos(theta + m) grows again with theta, so a target further away would score better;
         there the target gets cos(theta) - m sin(m) instead, which keeps decreasing. (`easy_margin`, applying the
         margin only where cos > 0, would drop it for exactly the hard targets; the ArcFace paper trains without.)
       * acos has an infinite slope at cos = +-1, reached in floating point by an embedding on its proxy (or
         opposite to it): its gradient would be inf * 0 = NaN. The cosine is clamped to +-(1 - eps) of its dtype
         first, so the gradients stay finite; the value moves by at most scale * sqrt(2 eps) (float32: 3e-2 at s=64,
-        and only for |cos| > 1 - 1.2e-7).
+        and only for ``|cos| > 1 - 1.2e-7``).
+
     The angle needs unit vectors: `normalize_embeddings=False` is refused.
     Initialisation as pytorch-metric-learning's: proxies standard normal.
     """
@@ -359,7 +361,7 @@ class ArcFace(NormSoftmax):
 
 
 class ProxyAnchor(ProxyLoss):
-    """Proxy-Anchor (Kim et al. CVPR 2020): each proxy is an anchor that pools over the whole batch.
+    """Proxy-Anchor (Kim et al. CVPR 2020): each proxy is an anchor that pools over the whole batch::
 
         loss = 1/|P+| sum_{c in P+} log(1 + sum_{i: y_i = c} exp(-alpha (cos(x_i, p_c) - margin)))
              + 1/C'   sum_{c}        log(1 + sum_{i: y_i != c} exp( alpha (cos(x_i, p_c) + margin)))

@@ -101,6 +101,16 @@ class MemVir(nn.Module):
             `check=False`): a bad batch is then a RuntimeError on
             the CPU and a device-side assert on CUDA, which ends the process's CUDA context. Shapes and dtypes are
             checked on the host either way.
+
+    Example: C = 4 classes, N = 2 past steps taken every M + 1 = 2 steps, from epoch U = 1.
+
+        >>> import torch, memvir
+        >>> criterion = memvir.MemVir(memvir.losses.NormSoftmax(4, 8), num_steps=2, step_gap=1, warmup_epochs=1)
+        >>> for epoch in range(2):
+        ...     for step in range(3):
+        ...         value = criterion(torch.randn(6, 8), torch.randint(0, 4, (6,)), epoch)  # (B, D), (B,)
+        >>> criterion.num_taken, criterion.num_classes_in_use  # 2 steps in memory before the last: 1 taken
+        (1, 8)
     """
 
     STORED = ("mem_emb", "mem_labels", "mem_sizes", "mem_proxies", "num_pushed")  # the memory (memory_bytes)

@@ -75,6 +75,12 @@ def retrieval_metrics(emb, labels, ks=(1, 2, 4, 8), use_gpu=None):
         dict: "recall@K" for each K, then "r_precision" and "map_at_r", python floats in [0, 1].
 
     MemVir Sec. 4 (Recall@K, as in Song et al. 2016); Musgrave et al. 2020 (R-Precision, MAP@R).
+
+    Example: two classes on a line; item 1's nearest neighbour (item 2) is of the other class.
+
+        >>> m = retrieval_metrics([[1.0, 0.0], [1.0, 0.1], [1.0, 0.2], [0.0, 1.0]], [0, 0, 1, 1], ks=(1, 2))
+        >>> {k: round(v, 3) for k, v in m.items()}
+        {'recall@1': 0.5, 'recall@2': 0.75, 'r_precision': 0.5, 'map_at_r': 0.5}
     """
     x = _normalised(emb, "emb")  # (n, D) float32, unit rows
     n = x.shape[0]

@@ -60,6 +60,11 @@ def build_loss(name, num_classes, embedding_size, scale=None, normalize_embeddin
             loss's default (default_scale).
         normalize_embeddings: False scores the embeddings as they come (official `--train_with_l2norm=False`).
         **hyper: the loss's other constructor arguments (margin, centers_per_class, gamma, ...).
+
+    Example:
+        >>> loss = build_loss("Proxy-Anchor", num_classes=98, embedding_size=512)
+        >>> type(loss).__name__, tuple(loss.proxies.shape), loss.alpha, loss.margin
+        ('ProxyAnchor', (98, 512), 32.0, 0.1)
     """
     cls = loss_class(name)
     fixed = ("num_classes", "embedding_size", "normalize_embeddings")  # given by name above

@@ -59,6 +59,8 @@ display(
 # ## The verdict
 
 # %% tags=["hide-input"]
+if (out / "figures" / "forest.png").exists():  # the verdict as a picture
+    display(Image(filename=str(out / "figures" / "forest.png")))
 comparisons = report.comparisons(out)  # every MemVir row against its baseline
 
 

@@ -127,3 +127,16 @@ def test_code_font_fits_ninety_columns(built):
     # code size, so book/_static/memvir.css makes it smaller, and the staged book must carry it.
     page = (built / "chapters" / "04_memvir.html").read_text()
     assert re.search(r'href="[^"]*_static/memvir\.css', page), "book/_static/memvir.css is not linked"
+
+
+def test_api_reference_is_generated_from_the_docstrings(built):
+    page = (built / "api.html").read_text()
+    # autodoc's anchors for the public API, with their signatures and the docstrings' Args sections.
+    for name in ("memvir.MemVir", "memvir.losses.NormSoftmax", "memvir.losses.SoftTriple", "memvir.registry.build_loss",
+                 "memvir.pml.PMLLoss", "memvir.metrics.retrieval_metrics", "memvir.data.build_datasets"):
+        assert f'id="{name}"' in page, name
+    import memvir
+
+    first_line = memvir.MemVir.__doc__.splitlines()[0]
+    assert first_line.split(" (")[0] in page  # the docstring itself, not a copy that could drift
+    assert "num_steps" in page and "&gt;&gt;&gt;" in page  # an argument and a doctest example

@@ -400,3 +400,27 @@ def test_tsne_figures_are_the_same_every_time(tiny_run, tmp_path):
         report.tsne_figures(tiny_run, tiny_run, tmp_path / str(i), test_classes=5, perplexity=5.0)
     for name in ("tsne_steps.png", "tsne_steps.svg", "tsne_test.png", "tsne_test.svg"):
         assert (tmp_path / "0" / name).read_bytes() == (tmp_path / "1" / name).read_bytes(), name
+
+
+def test_forest_figure_draws_every_comparison_at_the_validation_epoch():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    rows = []
+    for sel, shift in (("best", 100.0), ("val", 0.0)):  # best must not be drawn when val exists
+        for g, r, m, d, sig in (("main", "R1", "map_at_r", -1.5, True), ("main", "R1", "recall@1", 0.5, False),
+                                ("abl", "R2", "map_at_r", 2.0, False), ("abl", "R2", "recall@1", -3.0, True)):
+            rows.append({"group": g, "row": r, "metric": m, "selection": sel, "diff_mean": d + shift,
+                         "ci_low": d + shift - 1, "ci_high": d + shift + 1, "significant": sig})
+    fig = report.forest_figure(pd.DataFrame(rows), {"main": ["R1"], "abl": ["R2"]})
+    for ax, metric in zip(fig.axes, ("map_at_r", "recall@1")):
+        points = [(ln.get_xdata()[0], ln.get_ydata()[0], ln.get_markerfacecolor()) for ln in ax.lines
+                  if ln.get_marker() == "o"]
+        want = [(r["diff_mean"], r["significant"]) for r in rows if r["selection"] == "val" and r["metric"] == metric]
+        assert [(x, face != "white") for x, _, face in points] == want  # filled exactly where Holm says
+        assert [y for _, y, _ in points] == [0.0, -1.0]  # the profile's group order, top to bottom
+        assert any(list(ln.get_xdata()) == [0.0, 0.0] for ln in ax.lines)  # zero drawn
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["R1  [main]", "R2  [abl]"]
+    assert "best validation epoch" in fig._suptitle.get_text()
+    no_val = pd.DataFrame([dict(r, selection="last") for r in rows if r["selection"] == "val"])
+    assert report.forest_selection(no_val) == "last"

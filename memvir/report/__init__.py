@@ -22,26 +22,15 @@ One job per file:
 The tables have the layout of the official README (Loss | 1 | 2 | 3 | 4 | 5 | Mean | Diff. | Std.), values in
 percent. Every name below is importable as `memvir.report.NAME`, as the chapters do.
 """
-from .build import build_report, main
-from .chapter import STYLES, comparisons, html_table, pick, said
-from .embedding import (mechanism_comparisons, mechanism_diagnostics, tsne_epoch_choice, tsne_epochs_figure,
-                        tsne_figures)
-from .figures import bar_figure, curriculum_figure, curves_figure, learning_curves_figure, save_figure
-from .reference import against_reference, against_reference_text, kernels_summary
-from .runs import (MACHINE_COLUMNS, MACHINE_FILE, METRICS, SELECTION_MEANING, SELECTION_NAMES, SELECTIONS,
-                   baselines_of, collect, selections, validation_choice, values_by_row)
-from .stats import (COMPARISON_COLUMNS, HOLM_FAMILY, STUDY_METRICS, describe, holm, paired_comparison,
-                    study_comparisons, verdict)
-from .tables import (CALIBRATION_RULE, calibration_choice, formatted, markdown_table, paired_differences,
-                     paired_from_runs, paper_results, paper_table, runs_table, study_table, table4_comparison,
-                     table_from_runs)
+from . import build, chapter, embedding, figures, reference, runs, stats, tables
+from .build import *  # noqa: F401,F403  (each room's __all__: the public names, importable from here)
+from .chapter import *  # noqa: F401,F403
+from .embedding import *  # noqa: F401,F403
+from .figures import *  # noqa: F401,F403
+from .reference import *  # noqa: F401,F403
+from .runs import *  # noqa: F401,F403
+from .stats import *  # noqa: F401,F403
+from .tables import *  # noqa: F401,F403
 
-__all__ = ["build_report", "main", "STYLES", "comparisons", "html_table", "pick", "said", "mechanism_comparisons",
-           "mechanism_diagnostics", "tsne_epoch_choice", "tsne_epochs_figure", "tsne_figures", "bar_figure",
-           "curriculum_figure", "curves_figure", "learning_curves_figure", "save_figure", "against_reference",
-           "against_reference_text", "kernels_summary", "MACHINE_COLUMNS", "MACHINE_FILE", "METRICS",
-           "SELECTION_MEANING", "SELECTION_NAMES", "SELECTIONS", "baselines_of", "collect", "selections",
-           "validation_choice", "values_by_row", "COMPARISON_COLUMNS", "HOLM_FAMILY", "STUDY_METRICS", "describe",
-           "holm", "paired_comparison", "study_comparisons", "verdict", "CALIBRATION_RULE", "calibration_choice",
-           "formatted", "markdown_table", "paired_differences", "paired_from_runs", "paper_results", "paper_table",
-           "runs_table", "study_table", "table4_comparison", "table_from_runs"]
+__all__ = [*runs.__all__, *stats.__all__, *tables.__all__, *figures.__all__, *embedding.__all__,
+           *reference.__all__, *build.__all__, *chapter.__all__]

@@ -17,12 +17,12 @@ from ..files import atomic_write, parse_bool
 from ..profile import Profile, load_profile
 from ..rundir import epoch_checkpoints, read_run
 from .embedding import mechanism_comparisons, mechanism_diagnostics, tsne_epochs_figure, tsne_figures
-from .figures import bar_figure, curriculum_figure, curves_figure, learning_curves_figure, save_figure
+from .figures import bar_figure, curriculum_figure, curves_figure, forest_figure, learning_curves_figure, save_figure
 from .reference import against_reference
 from .runs import MACHINE_COLUMNS, MACHINE_FILE, METRICS, SELECTION_MEANING, collect, selections, validation_choice
 from .stats import COMPARISON_COLUMNS, HOLM_FAMILY, study_comparisons
-from .tables import (CALIBRATION_RULE, calibration_choice, markdown_table, paired_from_runs, study_table,
-                     table4_comparison, table_from_runs)
+from .tables import (CALIBRATION_RULE, calibration_choice, markdown_table, mechanism_table, paired_from_runs,
+                     study_table, table4_comparison, table_from_runs)
 
 __all__ = ["build_report", "main"]
 
@@ -66,19 +66,10 @@ def _calibration_outcome(choice, profile):
 
 
 def _mechanism_markdown(compared):
-    def g(v):
-        return "-" if not np.isfinite(v) else f"{v:.4g}"
-
-    table = pd.DataFrame({"Row": compared["row"], "vs": compared["baseline"], "quantity": compared["quantity"],
-                          "n": compared["pairs"].astype(str), "baseline": compared["baseline_mean"].map(g),
-                          "row": compared["row_mean"].map(g),
-                          "Δ [95% CI]": [f"{g(m)} [{g(lo)}, {g(hi)}]" for m, lo, hi in
-                                         zip(compared["diff_mean"], compared["ci_low"], compared["ci_high"])],
-                          "k/n": compared["positive"]})
     return ["## Mechanism: embedding diagnostics of the last checkpoints", "",
             "Each row minus its baseline, paired by seed, in the diagnostics' own units (fractions, not percent). "
             "Descriptive: no test is corrected for multiplicity here, and none decides anything (per run: "
-            "diagnostics.csv; paired: mechanism.csv).", "", markdown_table(table), ""]
+            "diagnostics.csv; paired: mechanism.csv).", "", markdown_table(mechanism_table(compared)), ""]
 
 
 def build_report(profile, out=None, partial=False, log=print):
@@ -221,6 +212,8 @@ def _figures(profile, runs, evaluations, folder, log):
                 C, B = C or s["num_classes_in_use"].min(), B or config.get("batch_size")
     if steps:
         figures["curriculum"] = curriculum_figure(steps, C, B)
+    if (folder.parent / "comparisons.csv").is_file():  # the verdict as a picture, drawn from the file itself
+        figures["forest"] = forest_figure(pd.read_csv(folder.parent / "comparisons.csv"), profile.groups)
     for stem, fig in figures.items():
         save_figure(fig, folder, stem)
         plt.close(fig)

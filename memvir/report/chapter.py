@@ -3,6 +3,7 @@ table shown compactly. A chapter imports this and computes no statistic of its o
 """
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
@@ -11,12 +12,12 @@ import pandas as pd
 from .stats import describe, study_comparisons
 from .tables import formatted
 
-__all__ = ["comparisons", "pick", "said", "STYLES", "html_table"]
+__all__ = ["comparisons", "pick", "said", "STYLES", "html_table", "download_link"]
 
 # The chapters' table styles: right-aligned numbers; a study table's first column (its row labels) on the left.
 STYLES = {"results": "<style>.results td, .results th {padding: 0.15em 0.6em; text-align: right}</style>",
-          "study": "<style>.study td, .study th {padding: 0.15em 0.6em; text-align: right}"
-                   " .study td:first-child {text-align: left}</style>"}
+          "study": "<style>.study td, .study th {padding: 0.15em 0.6em; text-align: right; white-space: nowrap}"
+                   " .study td:first-child {text-align: left; white-space: normal}</style>"}
 
 
 def comparisons(folder):
@@ -49,3 +50,12 @@ def html_table(table, kind="results", style=True):
     """A table in the README's number format as compact HTML, after its style (STYLES[kind]) unless style=False
     (several tables under one style)."""
     return (STYLES[kind] if style else "") + formatted(table).to_html(index=False, classes=kind, border=0)
+
+
+def download_link(path, text=None):
+    """An HTML link that downloads a report file (a CSV) from the page itself: the file travels inside the page as a
+    data: URL, so the link works in the built book, offline, with no copy of the report beside it."""
+    path = Path(path)
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return (f'<a download="{path.name}" href="data:text/csv;base64,{data}">{text or "Download " + path.name}'
+            f"</a> ({path.stat().st_size / 1024:.0f} KB)")

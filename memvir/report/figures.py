@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 
 from ..files import atomic_write
-from .runs import METRICS, baselines_of, values_by_row
+from .runs import METRICS, SELECTION_NAMES, baselines_of, values_by_row
 
-__all__ = ["save_figure", "bar_figure", "learning_curves_figure", "curves_figure", "curriculum_figure"]
+__all__ = ["save_figure", "bar_figure", "learning_curves_figure", "curves_figure", "curriculum_figure",
+           "forest_selection", "forest_figure"]
 
 
 def _groups(runs):
@@ -152,5 +153,50 @@ def curriculum_figure(steps_by_row, num_classes=None, batch_size=None):
         ax.set_title(title)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def forest_selection(comparisons):
+    """The selection a forest plot shows: the best validation epoch where the runs have one, else the last epoch
+    (never the best test epoch, which is chosen on the test classes)."""
+    return "val" if "val" in set(comparisons["selection"]) else "last"
+
+
+def forest_figure(comparisons, groups, metrics=("map_at_r", "recall@1")):
+    """The verdict as a picture: every comparison of a profile as its paired difference with its 95% interval.
+
+    A line per (group, row), grouped and ordered as the profile's groups, a panel per metric; a filled marker
+    where Holm's corrected p < 0.05 (the report's `significant`), an open one where not; zero drawn.
+
+    Args:
+        comparisons: stats.study_comparisons's table, as read back from comparisons.csv (so that the figure is
+            the same drawn from the report's file as from the runs).
+        groups: {group: [row, ...]} (Profile.groups), the order of the lines.
+    """
+    import matplotlib.pyplot as plt
+
+    selection = forest_selection(comparisons)
+    c = comparisons[comparisons["selection"] == selection]
+    lines = [(g, r) for g, rows in groups.items() for r in rows if ((c["group"] == g) & (c["row"] == r)).any()]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 0.9 + 0.32 * len(lines)), sharey=True,
+                             squeeze=False)
+    y = -np.arange(len(lines), dtype=float)  # top to bottom
+    for ax, metric in zip(axes[0], metrics):
+        for k, (g, r) in enumerate(lines):
+            d = c[(c["group"] == g) & (c["row"] == r) & (c["metric"] == metric)].iloc[0]
+            low, high = float(d["ci_low"]), float(d["ci_high"])
+            ax.plot([low, high], [y[k], y[k]], color="0.3", lw=1.2)
+            ax.plot(float(d["diff_mean"]), y[k], "o", ms=5.5, color="0.1",
+                    mfc="0.1" if bool(d["significant"]) else "white")
+        ax.axvline(0.0, color="firebrick", lw=1, ls="--")
+        ax.set_title(f"{METRICS.get(metric, metric)}: row minus its baseline, points", fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0][0].set_yticks(y, [f"{r}  [{g}]" for g, r in lines], fontsize=8)
+    for k in range(1, len(lines)):  # a rule between groups
+        if lines[k][0] != lines[k - 1][0]:
+            for ax in axes[0]:
+                ax.axhline((y[k] + y[k - 1]) / 2, color="0.8", lw=0.8)
+    fig.suptitle(f"Paired by seed, 95% interval; filled: Holm p < 0.05 ({SELECTION_NAMES[selection]})", fontsize=9)
     fig.tight_layout()
     return fig

@@ -13,8 +13,8 @@ from .runs import METRICS, baselines_of, collect, values_by_row
 from .stats import paired_comparison
 
 __all__ = ["runs_table", "paired_differences", "table_from_runs", "paired_from_runs", "table4_comparison",
-           "study_table", "CALIBRATION_RULE", "calibration_choice", "paper_results", "paper_table", "formatted",
-           "markdown_table"]
+           "study_table", "compact_table", "mechanism_table", "CALIBRATION_RULE", "calibration_choice", "paper_results",
+           "paper_table", "formatted", "markdown_table"]
 
 
 def _values(label, values):
@@ -151,6 +151,40 @@ def study_table(comparisons, group, metrics=("recall@1", "map_at_r")):
             rec[f"{sel}: p_holm (k/n)"] = f"{c['p_holm']:.3f}{star} ({c['positive']})"
         records.append(rec)
     return pd.DataFrame(records)
+
+
+def compact_table(comparisons, group, selection, metrics=("map_at_r",)):
+    """One question's comparisons narrow enough for a page: a line per row with the difference and its 95% interval
+    in one cell ("*" where Holm's p < 0.05), the seeds ahead (k/n) and Holm's p, per metric (MAP@R by default: the
+    metric that counts every relevant neighbour). One selection only; the rest is in comparisons.csv."""
+    df = comparisons[(comparisons["group"] == group) & (comparisons["selection"] == selection)]
+    records = []
+    for row, g in df.groupby("row", sort=False):
+        rec = {"Row": row}
+        for metric in metrics:
+            c = g[g["metric"] == metric].iloc[0]
+            star = " *" if c["significant"] else ""
+            name = "" if len(metrics) == 1 else f"{METRICS[metric]} "
+            rec[f"Δ {METRICS[metric]} [95% CI]"] = (f"{c['diff_mean']:+.2f} [{c['ci_low']:+.2f}, "
+                                                   f"{c['ci_high']:+.2f}]{star}")
+            rec[f"{name}k/n"] = c["positive"]
+            rec[f"{name}Holm p"] = f"{c['p_holm']:.3f}"
+        records.append(rec)
+    return pd.DataFrame(records)
+
+
+def mechanism_table(compared):
+    """The mechanism's paired diagnostics (mechanism.csv) as text: Row, vs, quantity, n, baseline and row means,
+    "Δ [95% CI]" in one cell, k/n; four significant digits, in the diagnostics' own units."""
+    def g(v):
+        return "-" if not np.isfinite(v) else f"{v:.4g}"
+
+    return pd.DataFrame({"Row": compared["row"], "vs": compared["baseline"], "quantity": compared["quantity"],
+                         "n": compared["pairs"].astype(str), "baseline": compared["baseline_mean"].map(g),
+                         "row": compared["row_mean"].map(g),
+                         "Δ [95% CI]": [f"{g(m)} [{g(lo)}, {g(hi)}]" for m, lo, hi in
+                                        zip(compared["diff_mean"], compared["ci_low"], compared["ci_high"])],
+                         "k/n": compared["positive"]})
 
 
 CALIBRATION_RULE = ("the first row, in the profile's order, whose mean best test Recall@1 lies in [{low:g}, {high:g}]; "
