@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import math
 import os
+import shutil
 
-__all__ = ["atomic_write", "atomic_json", "parse_bool"]
+__all__ = ["atomic_write", "atomic_json", "parse_bool", "os_error_line"]
 
 
 def atomic_write(path, write, mode="wb"):
@@ -31,9 +33,18 @@ def atomic_write(path, write, mode="wb"):
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
+        # A full disk does not always say so: torch's zip writer reports a short write as a RuntimeError
+        # ("unexpected pos ..."). Looked at before the temporary file is removed, the disk tells.
+        full = isinstance(exc, OSError) and exc.errno == errno.ENOSPC or (
+            isinstance(exc, Exception) and _free_bytes(os.path.dirname(os.path.abspath(path))) < 64 * 1024)
+        written = os.path.getsize(tmp) if full and os.path.exists(tmp) else None
         with contextlib.suppress(OSError):
             os.remove(tmp)
+        if full:
+            error = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+            error.written = written  # how far the file got: it needs more than that
+            raise error from exc
         raise
 
 
@@ -62,3 +73,42 @@ def parse_bool(text):
     if s in ("false", "f", "no", "n", "0"):
         return False
     raise argparse.ArgumentTypeError(f"expected true/false (or 1/0), got {text!r}")
+
+
+def _free_bytes(folder):
+    """Bytes free for us on the device of `folder` (of its nearest existing parent); infinite when unknown."""
+    while folder and not os.path.exists(folder):
+        folder = os.path.dirname(folder)
+    try:
+        return shutil.disk_usage(folder or ".").free
+    except OSError:
+        return math.inf
+
+
+# What the user can do about each kind of failure that the operating system reports.
+_OS_ERRORS = {errno.ENOSPC: "no space left on its device ({free} free{written}): free some, or write elsewhere",
+              errno.EDQUOT: "disk quota exceeded ({free} free)",
+              errno.EROFS: "read-only file system: write elsewhere",
+              errno.EACCES: "permission denied",
+              errno.EPERM: "operation not permitted",
+              errno.ENOTDIR: "a file stands where a folder is expected on this path",
+              errno.EEXIST: "exists and is not a folder; expected a folder (or nothing there)",
+              errno.EISDIR: "is a folder; expected a file",
+              errno.ELOOP: "too many levels of symbolic links (a link loop?)"}
+
+
+def os_error_line(exc):
+    """One line for an OSError: the path it concerns, what went wrong in words a user can act on, the space left
+    on a full disk. For `error: ...` lines of the command line, instead of a traceback."""
+    path = exc.filename if exc.filename is not None else "?"
+    what = _OS_ERRORS.get(exc.errno)
+    if what is None:
+        return f"{path}: {exc.strerror or exc}"
+    free = _free_bytes(os.path.dirname(os.path.abspath(os.fspath(path)))) if path != "?" else math.inf
+    written = getattr(exc, "written", None)
+    return f"{path}: " + what.format(free=_size(free), written="" if written is None else
+                                     f"; the file needs more than the {_size(written)} it had reached")
+
+
+def _size(n):
+    return "unknown" if not math.isfinite(n) else f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n:,} bytes"

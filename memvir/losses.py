@@ -38,7 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 __all__ = ["ProxyLoss", "NormSoftmax", "ProxyNCA", "Softmax", "CosFace", "ArcFace", "ProxyAnchor", "SoftTriple",
-           "check_batch", "check_margin"]
+           "check_batch", "check_margin", "in_proxies_dtype"]
 
 
 def check_batch(emb, labels, num_classes, dim, values="read"):
@@ -90,6 +90,17 @@ def check_batch(emb, labels, num_classes, dim, values="read"):
     if not math.isfinite(total):
         raise ValueError("embeddings: expected finite values, got NaN or inf")
     return labels
+
+
+def in_proxies_dtype(emb, proxies):
+    """The embeddings in the proxies' dtype (a (B, D) cast, differentiable).
+
+    A network run in float16 or bfloat16 without autocast (`model.half()`), or in float64, emits embeddings of
+    another dtype than the float32 proxies; the logits are computed in the proxies' dtype, as pytorch-metric-learning
+    does, and the gradient flows back to the embeddings in their own dtype. Under autocast the matrix products are
+    autocast as usual.
+    """
+    return emb if emb.dtype == proxies.dtype else emb.to(proxies.dtype)
 
 
 class ProxyLoss(nn.Module):
@@ -198,6 +209,7 @@ class ProxyLoss(nn.Module):
         """
         proxies = self.proxies if proxies is None else proxies
         labels = self._check(emb, labels, proxies, check)  # (B,) int64
+        emb = in_proxies_dtype(emb, proxies)  # (B, D)
         return F.cross_entropy(self.margin_targets(self.logits(emb, proxies), labels), labels)
 
     def _check(self, emb, labels, proxies, check=True):
@@ -395,7 +407,7 @@ class ProxyAnchor(ProxyLoss):
         """Return the Proxy-Anchor loss of a batch; arguments as ProxyLoss.forward."""
         proxies = self.proxies if proxies is None else proxies
         labels = self._check(emb, labels, proxies, check)  # (B,) int64
-        cos = self.logits(emb, proxies)  # (B, C')
+        cos = self.logits(in_proxies_dtype(emb, proxies), proxies)  # (B, C')
         # (B, C') positives; F.one_hot would read the labels' range from the device (a sync on CUDA) every call.
         pos = labels[:, None] == torch.arange(cos.shape[1], device=labels.device)
         # log(1 + sum exp) as a logsumexp with a zero row: finite gradients for a proxy with no positive.

@@ -47,6 +47,7 @@ reads. Recomputing it after a load is no substitute: the incremental fill scores
 last bits (issue 11). It costs S x 2N floats per row of the batch, next to the S x C x D of the proxy snapshots.
 """
 import math
+import warnings
 from collections import namedtuple
 
 import numpy as np
@@ -54,7 +55,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .losses import check_batch
+from .losses import check_batch, in_proxies_dtype
 from .pml import adapt
 
 MEM_FILLS = ("curriculum", "full")  # how the memory fills: the paper's curriculum first (--mem_fill)
@@ -127,6 +128,9 @@ class MemVir(nn.Module):
             raise ValueError("MemVir loss: expected a loss with a `proxies` parameter of shape (C, D)")
         self.loss = loss
         self.num_steps, self.step_gap, self.warmup_epochs = int(num_steps), int(step_gap), int(warmup_epochs)
+        if self.num_steps == 0:  # legal (an ablation's control), but a run labelled MemVir that is the loss alone
+            warnings.warn("MemVir num_steps=0 (--mem_num_step 0): no past step is ever taken; this is the wrapped "
+                          "loss alone", stacklevel=2)
         self.capacity = self.num_steps * (self.step_gap + 1)  # N*(M+1) steps kept
         self.fast, self.check = bool(fast), bool(check)
         if storage not in ("device", "host"):
@@ -239,6 +243,8 @@ class MemVir(nn.Module):
         labels = check_batch(emb, labels, self.num_classes, self.loss.embedding_size, values=None)
         if isinstance(epoch, bool) or int(epoch) != epoch or epoch < 0:
             raise ValueError(f"MemVir epoch: expected an integer >= 0, got {epoch!r}")
+        if not getattr(self.loss, "native", False):  # fp16, bf16, fp64 networks: scored in the proxies' dtype
+            emb = in_proxies_dtype(emb, self.loss.proxies)  # (B, D)
         # Rules 1 and 3: the memory as it is before this step. Nothing is taken in the warm-up, where fill="full"
         # already pushes; the fast path's cache is filled only when a step is taken, so at epoch U it scores the
         # N steps afresh, as the plain path does.

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from . import portable
+from .files import os_error_line
 from .profile import ROOT, Profile, load_profile, variables
 from .rundir import run_state
 
@@ -353,8 +354,11 @@ def main(argv=None):
             warm_data(profile, log=log)
         elif args.chapters:
             execute_chapters(profile, args.chapters, only=args.only, kernel=args.kernel, log=log)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+    except (ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # ours name the file already; the system's (a full disk, a read-only folder) in one line
+        print(f"error: {os_error_line(exc) if exc.filename is not None else exc}", file=sys.stderr)
         return 1
     except Exception as exc:  # papermill's execution errors: say which notebook failed, briefly
         if type(exc).__name__ in ("PapermillExecutionError", "CellExecutionError"):

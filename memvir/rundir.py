@@ -3,7 +3,8 @@
     <save_path>/
       config.json          the resolved config (memvir.config.TrainConfig as a dict), and under "kernels" the CPU
                            kernels it trained with (memvir.portable.describe: mode, capability, caps)
-      metrics.json         every evaluation, the best per metric, the last, finished / stopped_early
+      metrics.json         every evaluation, the best per metric, the last, finished / stopped_early; a MemVir
+                           run also full_memory_steps: the training steps that took all N past steps
       steps.csv            one row per step (StepLog.COLUMNS)
       events.out.tfevents* TensorBoard, the official scalar names
       checkpoints/         epoch_NNNNN.pt (the newest max_to_keep) and best_<metric>.pt

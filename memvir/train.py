@@ -64,7 +64,7 @@ from .config import (FIELDS, RESUME_MAY_DIFFER, TrainConfig, build_parser, confi
                      resolve_config)
 from .evaluation import evaluate, evaluate_checkpoint
 from .experiment import build
-from .files import atomic_json
+from .files import atomic_json, os_error_line
 from .memory import MEM_FILLS, MEM_VIRTUALS
 from .rundir import (CHECKPOINT_FORMAT, KERNELS_KEY, RunFolderBusy, RunLock, RunOutputs, check_same_run,
                      get_rng_state, latest_checkpoint, link_best, new_history, record_evaluation,
@@ -207,6 +207,10 @@ def _train(cfg, dist_info, device, log, on_step, on_epoch_end):
     if resume is not None:  # a run resumed on other kernels is a mix of two machines' floats: say so
         _check_same_kernels(cfg, kernels, log)
     log(_describe(cfg, device, dist_info, splits, len(loader), kernels))
+    if cfg.memvir and cfg.mem_num_step > 0:
+        _warn_unused_memory(cfg, len(loader))
+    if cfg.memvir:  # metrics.json says how many steps trained with all N past steps taken
+        progress.history.setdefault("full_memory_steps", 0)
     # ====== epochs ======
     with RunOutputs(cfg, progress.step, dist_info.is_main, kernels) as out:
         t0 = time.time() - progress.elapsed  # wall time counts the time before a resume, not the time lost after
@@ -283,6 +287,8 @@ def train_one_epoch(cfg, epoch, loader, train_net, net, criterion, optimizer, sc
         if not params_finite:
             raise TrainingError(_diverged("a parameter is not finite after the step", progress.step, epoch, cfg))
 
+        if cfg.memvir and criterion.num_taken == cfg.mem_num_step > 0:  # metrics.json: how much MemVir there was
+            progress.history["full_memory_steps"] = progress.history.get("full_memory_steps", 0) + 1
         if dist_info.is_main:
             out.steps.write(progress.step, epoch, loss_value, model_lr, criterion.num_taken,
                             criterion.num_classes_in_use, criterion.num_embeddings_in_use)
@@ -326,6 +332,23 @@ def _evaluate_epoch(cfg, epoch, net, splits, progress, out, device, workers, dis
             log(f"stopping: no metric improved in the last {cfg.early_stop_epoch} evaluations")
     progress.history["finished"] = last or stop
     return improved, stop
+
+
+def _warn_unused_memory(cfg, steps_per_epoch):
+    """Warn in one line when the flags leave MemVir's memory unused, or never full: a run labelled MemVir that is
+    (nearly) its loss alone. The curriculum takes its first past step M + 1 steps after epoch U, all N after
+    N(M + 1); epochs here are 1-based, so epochs U+1 .. E use the memory."""
+    after = max(cfg.epochs - cfg.warm_epoch, 0) * steps_per_epoch  # steps from the end of the warm-up on
+    N, M, U, E = cfg.mem_num_step, cfg.mem_step_gap, cfg.warm_epoch, cfg.epochs
+    if after == 0:
+        warnings.warn(f"--memvir 1 with --warm_epoch {U} >= --epochs {E}: the memory is never used; this run is "
+                      f"the loss alone (lower --warm_epoch or raise --epochs)", stacklevel=2)
+    elif cfg.mem_fill == "curriculum" and after <= M:
+        warnings.warn(f"--memvir 1: the first past step is taken M + 1 = {M + 1} steps after epoch {U}, and only "
+                      f"{after} steps follow: the memory is never used; this run is the loss alone", stacklevel=2)
+    elif cfg.mem_fill == "curriculum" and after < N * (M + 1):
+        warnings.warn(f"--memvir 1: a full memory (N = {N} steps taken) needs N(M + 1) = {N * (M + 1)} steps after "
+                      f"epoch {U}, and only {after} follow: it is never full", stacklevel=2)
 
 
 def _check_same_kernels(cfg, kernels, log):
@@ -461,10 +484,15 @@ def main(argv=None) -> int:
             train(cfg)
     except SystemExit as exc:  # --help
         return exc.code if isinstance(exc.code, int) else 0
-    except (ValueError, FileNotFoundError, TrainingError, RunFolderBusy) as exc:
+    except (ValueError, TrainingError, RunFolderBusy) as exc:
         if os.environ.get("MEMVIR_TRACEBACK"):
             raise
         print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # ours name the file already; the system's: a full disk, a file where a folder belongs
+        if os.environ.get("MEMVIR_TRACEBACK"):
+            raise
+        print(f"error: {os_error_line(exc) if exc.filename is not None else _one_line(exc)}", file=sys.stderr)
         return 2
     return 0
 

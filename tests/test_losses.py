@@ -663,3 +663,32 @@ def test_check_batch_reads_the_device_once(emb, labels, message):
             with pytest.raises(RuntimeError, match=r"labels: expected values in \[0, 5\) and finite embeddings"):
                 check_batch(emb, labels, 5, 3, values="assert")
     assert seen == []
+
+
+LOSS_NAMES = ["NormSoftmax", "ProxyNCA", "Softmax", "CosFace", "ArcFace", "ProxyAnchor", "SoftTriple"]
+
+
+@pytest.mark.parametrize("name", LOSS_NAMES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64], ids=str)
+def test_half_and_double_embeddings_are_scored_in_the_proxies_dtype(name, dtype):
+    # A network run in fp16/bf16 without autocast (or in fp64): the same value as its embeddings cast to float32
+    # by hand, the gradient back in the network's dtype; alone and under MemVir, whose memory then fills.
+    from memvir import MemVir
+
+    torch.manual_seed(0)
+    emb = torch.randn(6, 8).to(dtype)
+    labels = torch.randint(0, 5, (6,))
+    loss = build_loss(name, 5, 8)
+    low = emb.clone().requires_grad_()
+    value = loss(low, labels)
+    value.backward()
+    assert torch.equal(value, loss(emb.float(), labels)) and low.grad.dtype == dtype
+    for fast in (True, False):
+        twins = [MemVir(build_loss(name, 5, 8), 2, 0, fast=fast) for _ in range(2)]
+        twins[1].load_state_dict(twins[0].state_dict())
+        twins[1].loss.load_state_dict(twins[0].loss.state_dict())
+        for step in range(4):
+            x = torch.randn(6, 8).to(dtype)
+            a, b = twins[0](x.clone().requires_grad_(), labels, 0), twins[1](x.float(), labels, 0)
+            assert torch.equal(a, b), (fast, step)
+        assert twins[0].num_taken == 2

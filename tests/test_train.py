@@ -352,3 +352,35 @@ def test_unknown_config_key(tmp_path):
     assert resolve_config({"memvir": "0", "freeze_BN": "True"}).memvir is False
     with pytest.raises(ValueError, match="--freeze_BN"):
         resolve_config({"freeze_BN": "sometimes"})
+
+
+@pytest.mark.parametrize("flags,said", [
+    (["--warm_epoch", "5", "--epochs", "1"], "warning: --memvir 1 with --warm_epoch 5 >= --epochs 1: the memory is "
+                                              "never used; this run is the loss alone (lower --warm_epoch or raise "
+                                              "--epochs)"),
+    (["--mem_num_step", "0", "--epochs", "1"], "warning: MemVir num_steps=0 (--mem_num_step 0): no past step is ever "
+                                               "taken; this is the wrapped loss alone"),
+    (["--mem_step_gap", "9", "--warm_epoch", "1", "--epochs", "2"], "warning: --memvir 1: the first past step is "
+     "taken M + 1 = 10 steps after epoch 1, and only 4 steps follow: the memory is never used; this run is the loss "
+     "alone"),
+])
+def test_a_memvir_run_that_never_uses_its_memory_says_so(tmp_path, capsys, flags, said):
+    argv = ["--data_name", "glyphs", "--memvir", "1", "--mem_num_step", "2", "--mem_step_gap", "1", *flags,
+            "--save_path", str(tmp_path / "run"), *TINY_ARGS]
+    assert main(argv) == 0
+    warned = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("warning:")]
+    assert warned == [said]
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["full_memory_steps"] == 0
+
+
+def test_metrics_count_the_steps_with_a_full_memory(tmp_path, capsys):
+    # 4 steps an epoch; the memory fills from epoch 2 (U = 1): 8 steps follow. Step j after the warm-up finds j
+    # steps stored and takes those at positions M = 1 and 2M + 1 = 3 that exist: both (N = 2) from j = 4 on.
+    argv = ["--data_name", "glyphs", "--memvir", "1", "--mem_num_step", "2", "--mem_step_gap", "1", "--warm_epoch",
+            "1", "--epochs", "3", "--save_path", str(tmp_path / "run"), *TINY_ARGS]
+    assert main(argv) == 0 and STEPS_PER_EPOCH == 4
+    assert not [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("warning:")]
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["full_memory_steps"] == 4
+    without = ["--data_name", "glyphs", "--epochs", "1", "--save_path", str(tmp_path / "plain"), *TINY_ARGS]
+    assert main(without) == 0
+    assert "full_memory_steps" not in json.loads((tmp_path / "plain" / "metrics.json").read_text())

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..files import atomic_write, parse_bool
+from ..files import atomic_write, os_error_line, parse_bool
 from ..profile import Profile, load_profile
 from ..rundir import epoch_checkpoints, read_run
 from .embedding import mechanism_comparisons, mechanism_diagnostics, tsne_epochs_figure, tsne_figures
@@ -265,7 +265,10 @@ def main(argv=None):
                   f"report: differs from the committed reference {reference} in {len(changed)} files ({changed[0]}"
                   f"{', ...' if len(changed) > 1 else ''}); yours: {result['kernels']['yours']}, the reference: "
                   f"{result['kernels']['ours']}. The results chapter's 'Your run against ours' compares them")
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+    except (ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # ours name the file already; the system's (a full disk, a read-only --out) in one line
+        print(f"error: {os_error_line(exc) if exc.filename is not None else exc}", file=sys.stderr)
         return 1
     return 0
