@@ -289,7 +289,8 @@ if (out / "mechanism.csv").exists():
     table = report.mechanism_table(mech)
     for row in dict.fromkeys(table["Row"]):  # a narrow table per MemVir row
         one = table[table["Row"] == row]
-        display(Markdown(f"**{row}** against {one['vs'].iloc[0]} ({one['n'].iloc[0]} seeds)"))
+        base, n = one["vs"].iloc[0], one["n"].iloc[0]
+        display(Markdown(f"**{row}** against {base} ({n} seeds)"))
         show(one.drop(columns=["Row", "vs", "n"]))
     said = []
     for row in dict.fromkeys(mech["row"]):

@@ -405,3 +405,13 @@ def test_every_run_of_a_profile_is_a_valid_training_config(name, monkeypatch):
     for run in load_profile(name).runs:
         cell = {**defaults, **run.params, "save_path": str(run.folder)}
         config_from_parameters(**{k: v for k, v in cell.items() if k in FLAG_NAMES})
+
+
+def test_a_broken_profile_is_one_line_with_its_line_and_column(tmp_path, capsys):
+    path = make_repo(tmp_path, GOOD.replace("seeds: [0, 1]", "seeds: [0, 1"))  # an unclosed list, line 4
+    with pytest.raises(ValueError) as err:
+        load_profile(path)
+    # PyYAML marks where it noticed: line 5 (common: ...), column 7, the ':' a flow list cannot hold
+    assert str(err.value) == f"{path}:5:7: not valid YAML (expected ',' or ']', but got ':')"
+    assert pipeline.main(["--profile", str(path), "--list-runs"]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [f"error: {err.value}"]
