@@ -43,6 +43,46 @@ def test_folder_labels_follow_sorted_class_names(tmp_path):
     assert isinstance(image, Image.Image) and image.mode == "RGB" and isinstance(label, int)
 
 
+@pytest.mark.parametrize("target", ["..", ".", "../../c000"], ids=["parent", "itself", "a-sibling-class"])
+def test_a_link_to_a_folder_already_read_is_refused(tmp_path, target):
+    # A link back into the tree would count its images again, or (a loop) forty levels deep: one line instead.
+    make_tree(tmp_path, {"c000": 2, "c001": 2})
+    os.symlink(target, tmp_path / "c001" / "loop")
+    if target == "../../c000":
+        os.remove(tmp_path / "c001" / "loop")
+        (tmp_path / "c001" / "sub").mkdir()
+        os.symlink("../../c000", tmp_path / "c001" / "sub" / "again")
+        os.symlink("../../c000", tmp_path / "c001" / "again2")
+    with pytest.raises(ValueError, match="is a link to a folder already read"):
+        ImageFolderDataset(tmp_path)
+
+
+def test_a_link_to_a_folder_outside_is_read_once(tmp_path):
+    make_tree(tmp_path / "elsewhere", {"x": 3})
+    make_tree(tmp_path / "root", {"a": 1, "b": 1})
+    os.symlink(tmp_path / "elsewhere" / "x", tmp_path / "root" / "a" / "more")
+    ds = ImageFolderDataset(tmp_path / "root")
+    assert len(ds) == 5 and list(ds.labels) == [0, 0, 0, 0, 1]
+
+
+def test_a_fifo_named_like_an_image_is_refused_not_read(tmp_path):
+    make_tree(tmp_path, {"a": 1, "b": 1})
+    os.mkfifo(tmp_path / "b" / "stuck.png")  # reading it would block forever
+    with pytest.raises(ValueError, match=r"stuck\.png is not a regular file"):
+        ImageFolderDataset(tmp_path)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any folder")
+def test_an_unreadable_class_folder_is_named(tmp_path):
+    make_tree(tmp_path, {"a": 1, "b": 1})
+    os.chmod(tmp_path / "b", 0)
+    try:
+        with pytest.raises(PermissionError):
+            ImageFolderDataset(tmp_path)
+    finally:
+        os.chmod(tmp_path / "b", 0o755)
+
+
 def test_folder_imposed_classes(tmp_path):
     make_tree(tmp_path, {"b": 1, "d": 1})
     ds = ImageFolderDataset(tmp_path, classes=["a", "b", "c", "d"])

@@ -3,8 +3,9 @@
 `python -m memvir prepare` writes such folders (memvir/data/prepare.py); any other folder in this layout works
 too (data_name "custom"). Unlike torchvision's ImageFolder, labels are a numpy array (`.labels`) that samplers
 and metrics read without touching an image, an image that cannot be read names its path, and class names can be
-imposed (`classes=`), so In-Shop's query and gallery folders share one item -> label map. `check_images` decodes
-images ahead of use (training's evaluation splits, `prepare`'s every image), each cheaply, on threads. Like GlyphDataset, these
+imposed (`classes=`), so In-Shop's query and gallery folders share one item -> label map. A link back to a folder
+already read, or anything but a regular file named like an image, is refused. `check_images` decodes images ahead
+of use (training's evaluation splits, `prepare`'s every image), each cheaply, on threads. Like GlyphDataset, these
 are not subclasses of torch.utils.data.Dataset (DataLoader needs only __len__ and __getitem__), so this module, and
 `python -m memvir prepare` which reads IMAGE_SUFFIXES from it, never import torch.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import stat
 import warnings
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
@@ -117,9 +119,16 @@ class ImageFolderDataset(ImageListDataset):
         if unknown:
             raise ValueError(f"{root}: class folder(s) {unknown[:5]} are not among the {len(classes)} given classes")
         paths, labels, skipped, broken = [], [], [], []
+        seen = set()  # the real folders walked: a link back into one (a loop, another class) would repeat its images
         for c in found:
             n_before, n_broken = len(paths), len(broken)
-            for dirpath, dirnames, filenames in os.walk(os.path.join(root, c), followlinks=True):
+            for dirpath, dirnames, filenames in os.walk(os.path.join(root, c), followlinks=True, onerror=_raise):
+                real = os.path.realpath(dirpath)
+                if real in seen:
+                    raise ValueError(f"{dirpath} is a link to a folder already read ({real}): its images would "
+                                     f"count twice or, in a loop, many times; expected each image once (remove "
+                                     f"the link)")
+                seen.add(real)
                 dirnames.sort()
                 for name in sorted(filenames):
                     path = os.path.join(dirpath, name)
@@ -129,6 +138,9 @@ class ImageFolderDataset(ImageListDataset):
                         skipped.append(path)
                     elif not os.path.exists(path):  # a symlink whose target moved
                         broken.append(path)
+                    elif not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block the first read forever
+                        raise ValueError(f"{path} is not a regular file (a FIFO, socket or device); expected an "
+                                         f"image file")
                     else:
                         paths.append(path)
                         labels.append(index[c])
@@ -190,3 +202,8 @@ def check_images(jobs, workers):
             if (reason := fut.result()) is not None:
                 bad[key] = reason
     return bad
+
+
+def _raise(error):
+    """os.walk's onerror: an unreadable folder is an error naming it, not a folder that looks empty."""
+    raise error
