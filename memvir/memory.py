@@ -495,6 +495,13 @@ class MemVir(nn.Module):
         super()._save_to_state_dict(destination, prefix, keep_vars)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, *args, **kwargs):
+        # Another N or M keeps another number of steps: say so before anything of ours changes (the object stays
+        # usable), instead of torch's size mismatch for mem_sizes.
+        saved = state_dict.get(prefix + "mem_sizes")
+        if saved is not None and saved.shape[0] != self.capacity:
+            raise ValueError(f"MemVir load_state_dict: this memory keeps N(M+1) = {self.capacity} steps (N="
+                             f"{self.num_steps}, M={self.step_gap}); the state_dict's keeps {saved.shape[0]}: it was "
+                             f"saved by a MemVir with another N or M")
         # The saved memory may hold a different batch width (or be allocated when ours is not): take its shapes,
         # the memory where the storage option says (pinned on the host), the cache where it is.
         for name in ("mem_emb", "mem_labels", "mem_proxies", "lse_cache", "target_cache"):

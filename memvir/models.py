@@ -527,6 +527,13 @@ def _read_state_dict_file(path: str | os.PathLike) -> Mapping[str, torch.Tensor]
     torch.load's documentation advises for Python 2 files; still weights_only, so nothing but tensors, plain
     containers and torch's own rebuild functions is ever constructed, and no code in the file runs.
     """
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+    if not head.startswith((b"PK\x03\x04", b"\x80")):  # neither torch's zip format nor a legacy pickle
+        kind = "an empty file" if not head else f"it starts with {head!r}" + (
+            ": a text file" if all(32 <= b < 127 or b in (9, 10, 13) for b in head) else "")
+        raise ValueError(f"pretrained file {str(path)!r} is not a torch weights file ({kind}); expected a "
+                         f"state_dict saved with torch.save (.pt, .pth)")
     try:
         return _torch_load_weights(path, encoding="utf-8")  # torch.load's own default
     except UnicodeDecodeError:  # a Python 2 byte string that is not UTF-8
@@ -551,10 +558,11 @@ def _torch_load_weights(path: str | os.PathLike, encoding: str) -> Mapping[str, 
             f"pretrained file {str(path)!r} {what} (torch.load with weights_only=True: {' '.join(reason.split())}); "
             f"expected a state_dict of tensors"
         ) from None
-    except Exception as e:  # truncated archives, empty files, ...
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    except Exception as e:  # truncated archives, empty files, text files, ...
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0]  # torch's advice cut
         raise ValueError(
-            f"cannot read pretrained file {str(path)!r} as a state_dict with torch.load: {first}"
+            f"cannot read pretrained file {str(path)!r} as a state_dict with torch.load ({type(e).__name__}: {first}"
+            f"; a truncated or damaged file?)"
         ) from None
 
 

@@ -598,3 +598,15 @@ def test_scattered_cache_gaps_are_filled_in_place():
     torch.testing.assert_close(emb.grad, emb_twin.grad, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(mv.lse_cache, twin.lse_cache, rtol=1e-6, atol=1e-6)
     assert torch.equal(mv.lse_owner, twin.lse_owner)
+
+
+def test_a_state_dict_of_another_n_or_m_is_refused_naming_both_and_nothing_changes():
+    saved = MemVir(NormSoftmax(4, 8), num_steps=2, step_gap=1)
+    for _ in range(3):
+        saved(torch.randn(5, 8), torch.randint(0, 4, (5,)), 0)
+    other = MemVir(NormSoftmax(4, 8), num_steps=3, step_gap=1)
+    before = {k: v.clone() for k, v in other.state_dict().items()}
+    with pytest.raises(ValueError, match=r"keeps N\(M\+1\) = 6 steps \(N=3, M=1\); the state_dict's keeps 4"):
+        other.load_state_dict(saved.state_dict())
+    assert all(torch.equal(before[k], v) for k, v in other.state_dict().items())  # still the MemVir it was
+    assert torch.isfinite(other(torch.randn(5, 8), torch.randint(0, 4, (5,)), 0))

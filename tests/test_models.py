@@ -714,3 +714,17 @@ def test_model_input_conventions():
     assert build_model("glyphcnn", dim=8).input_kind == "glyph"
     with pytest.raises(ValueError, match="backbone"):
         models.model_input("vgg16")
+
+
+@pytest.mark.parametrize("content,said", [
+    (b"my notes\n", "is not a torch weights file (it starts with b'my notes\\n': a text file)"),
+    (b"", "is not a torch weights file (an empty file)"),
+    (b"\x01\x02binary", "is not a torch weights file (it starts with b'\\x01\\x02binary')"),
+    (b"PK\x03\x04 cut", "as a state_dict with torch.load (RuntimeError: PytorchStreamReader failed reading zip "
+                        "archive: not a ZIP archive; a truncated or damaged file?)")])
+def test_a_pretrained_file_that_is_not_weights_says_what_it_is(tmp_path, content, said):
+    path = tmp_path / "weights.pth"
+    path.write_bytes(content)
+    with pytest.raises(ValueError) as err:
+        build_model("glyphcnn", dim=8, pretrained=str(path))
+    assert said in str(err.value) and str(path) in str(err.value) and "\n" not in str(err.value)
