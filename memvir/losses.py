@@ -32,6 +32,7 @@ The losses by name (the official spellings, default scales, `build_loss`): memvi
 Chapter: notebooks/03_losses.py.
 """
 import math
+import numbers
 
 import torch
 import torch.nn as nn
@@ -131,12 +132,12 @@ class ProxyLoss(nn.Module):
 
     def __init__(self, num_classes, embedding_size, scale, normalize_embeddings=True, proxies_per_class=1):
         super().__init__()
-        if int(num_classes) < 1:
-            raise ValueError(f"num_classes: expected a positive integer, got {num_classes}")
-        if int(embedding_size) < 1:
-            raise ValueError(f"embedding_size: expected a positive integer, got {embedding_size}")
-        if not float(scale) > 0:
-            raise ValueError(f"scale: expected a positive number, got {scale}")
+        for name, value in (("num_classes", num_classes), ("embedding_size", embedding_size)):
+            # True is an int in Python (and 2.7 truncates to 2): a count must be a whole number written as one
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+        if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(scale) or scale <= 0:
+            raise ValueError(f"scale: expected a positive finite number, got {scale!r}")
         if not isinstance(normalize_embeddings, bool):
             raise ValueError(f"normalize_embeddings: expected True or False, got {normalize_embeddings!r}")
         self.num_classes = int(num_classes)

@@ -1,5 +1,6 @@
 """Proxy losses against formulas written out here, element by element."""
 import math
+import re
 
 import pytest
 import torch
@@ -692,3 +693,13 @@ def test_half_and_double_embeddings_are_scored_in_the_proxies_dtype(name, dtype)
             a, b = twins[0](x.clone().requires_grad_(), labels, 0), twins[1](x.float(), labels, 0)
             assert torch.equal(a, b), (fast, step)
         assert twins[0].num_taken == 2
+
+
+@pytest.mark.parametrize("kwargs,match", [({"num_classes": True}, "num_classes: expected a positive integer, got True"),
+                                          ({"num_classes": 2.7}, "got 2.7"), ({"embedding_size": "8"}, "got '8'"),
+                                          ({"scale": float("inf")}, "scale: expected a positive finite number"),
+                                          ({"scale": True}, "got True")])
+def test_counts_and_scales_of_the_wrong_type_are_refused(kwargs, match):
+    args = {"num_classes": 5, "embedding_size": 8, "scale": 23.0, **kwargs}
+    with pytest.raises(ValueError, match=re.escape(match)):
+        NormSoftmax(**args)
