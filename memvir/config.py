@@ -295,6 +295,9 @@ def _check_numbers(cfg):
         value = getattr(cfg, name)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
             raise ValueError(f"--{name}={value!r}: expected a finite number >= 0")
+    if not 0 < cfg.decay_rate <= 1:  # 1e300 would overflow the rate and then be reported as a divergence
+        raise ValueError(f"--decay_rate={cfg.decay_rate!r}: expected a factor in (0, 1] (the rates are multiplied "
+                         f"by it every --decay_step epochs)")
     if cfg.scale <= 0:
         raise ValueError(f"--scale={cfg.scale!r}: expected a number > 0 (the logit scale)")
     if cfg.batch_size < cfg.n_instance or cfg.batch_size % cfg.n_instance:

@@ -354,8 +354,14 @@ def check_same_run(cfg, resume, may_differ):
         path = os.path.join(cfg.save_path, "config.json")
         if not os.path.exists(path):
             return
-        with open(path) as fh:
-            saved, source = json.load(fh), path
+        try:
+            with open(path) as fh:
+                saved, source = json.load(fh), path
+        except ValueError as exc:
+            raise ValueError(f"{path}: not valid JSON ({exc}); it says which flags made the run: restore it, or "
+                             f"remove it to start the run afresh") from None
+        if not isinstance(saved, dict):
+            raise ValueError(f"{path}: expected a mapping of flags, got {type(saved).__name__}")
     now = dataclasses.asdict(cfg)
     # A flag added after the run was made is absent from its config: the run had that flag's default behaviour.
     defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
@@ -448,5 +454,8 @@ def read_run(folder):
             raise ValueError(f"{os.path.join(folder, 'metrics.json')}: missing key {key!r}; expected evaluations, "
                              f"best, last, finished (see memvir/rundir.py)")
     steps_path = os.path.join(folder, "steps.csv")
-    steps = pd.read_csv(steps_path) if os.path.isfile(steps_path) else None
+    try:
+        steps = pd.read_csv(steps_path) if os.path.isfile(steps_path) else None
+    except (ValueError, pd.errors.ParserError) as exc:  # EmptyDataError and ParserError are ValueErrors
+        raise ValueError(f"{steps_path}: not a readable CSV ({' '.join(str(exc).split())[:120]})") from None
     return out[0], metrics, steps

@@ -165,6 +165,9 @@ def _train(cfg, dist_info, device, log, on_step, on_epoch_end):
     torch.manual_seed(cfg.seed)  # every device's generator
     exp = build(cfg, device)
     splits, net, loss_fn, criterion = exp.splits, exp.net, exp.loss, exp.criterion
+    if splits.num_classes == 1:  # legal, but every proxy loss is 0 with nothing to tell apart
+        warnings.warn("the training split has a single class: every proxy loss is 0 and nothing is learned; "
+                      "expected at least two training classes", stacklevel=2)
     if len(splits.train) < cfg.batch_size:  # legal (a miniature folder), but rarely what was meant
         warnings.warn(f"--batch_size={cfg.batch_size} is larger than the training set ({len(splits.train)} "
                       f"images): every epoch is one batch of {len(splits.train)}", stacklevel=2)
@@ -489,6 +492,10 @@ def main(argv=None) -> int:
             raise
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: the last checkpoint is whole (every file is written atomically)
+        print("interrupted: the run resumes from its last checkpoint when the same command runs again",
+              file=sys.stderr)
+        return 130
     except OSError as exc:  # ours name the file already; the system's: a full disk, a file where a folder belongs
         if os.environ.get("MEMVIR_TRACEBACK"):
             raise

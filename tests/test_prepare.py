@@ -532,3 +532,12 @@ def test_prepared_tree_loads(tmp_path):
     for a in content:
         for b in content:
             assert (content[a] == content[b]) == (item_of[a] == item_of[b])
+
+
+def test_an_empty_annotation_file_is_refused_even_with_force(tmp_path, capsys):
+    src, out = tmp_path / "src", tmp_path / "out"
+    make_cars(str(src), classes=CARS_CLASSES, annotation="txt")
+    (src / "cars_annos.txt").write_text("")
+    assert run("cars196", "--src", src, "--out", out, "--force") != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cars_annos.txt lists no image" in err[0] and not out.exists()

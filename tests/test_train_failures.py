@@ -179,3 +179,63 @@ def test_do_nmi_is_computed_and_logged(tmp_path):
 def test_batch_larger_than_the_training_set_warns(tmp_path, capsys):
     code, err = run_cli(["--epochs", "1", "--batch_size", "256", "--save_path", str(tmp_path)], capsys)
     assert code == 0 and "warning: --batch_size=256 is larger than the training set (100 images)" in err
+
+
+# ---- more of what a user gets wrong: each one line ------------------------------------------------------------
+
+
+def test_ctrl_c_is_one_line_and_the_run_resumes(tmp_path):
+    import signal
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "memvir", "train", "--data_name", "glyphs", *ARGS, "--epochs", "200",
+           "--save_path", str(tmp_path)]
+    first = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not list((tmp_path / "checkpoints").glob("epoch_*.pt")) and time.time() < deadline:
+        time.sleep(0.2)
+    first.send_signal(signal.SIGINT)
+    err = first.communicate(timeout=120)[1]
+    assert first.returncode == 130, err[-2000:]
+    assert err.strip().splitlines()[-1] == ("interrupted: the run resumes from its last checkpoint when the same "
+                                            "command runs again")
+    assert "Traceback" not in err
+    last = max(int(p.stem.split("_")[1]) for p in (tmp_path / "checkpoints").glob("epoch_*.pt"))
+    again = subprocess.run([*cmd[:-3], str(last + 1), "--save_path", str(tmp_path)], env=env, capture_output=True,
+                           text=True, timeout=300)  # the same run, one more epoch: it resumes
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert json.loads((tmp_path / "metrics.json").read_text())["last"]["epoch"] == last + 1
+
+
+def test_a_decay_rate_that_grows_the_rate_is_refused(tmp_path, capsys):
+    code, err = run_cli(["--data_name", "glyphs", "--decay_rate", "1e300", "--save_path", str(tmp_path)], capsys)
+    assert code == 2 and err.strip() == ("error: --decay_rate=1e+300: expected a factor in (0, 1] (the rates are "
+                                         "multiplied by it every --decay_step epochs)")
+
+
+def test_a_damaged_config_json_is_named(tmp_path, capsys):
+    (tmp_path / "config.json").write_text("{not json")
+    code, err = run_cli(["--data_name", "glyphs", "--epochs", "1", "--save_path", str(tmp_path)], capsys)
+    assert code == 2 and err.strip().startswith(f"error: {tmp_path / 'config.json'}: not valid JSON (")
+
+
+def test_a_damaged_steps_csv_is_named(tmp_path):
+    from memvir.rundir import read_run
+
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "metrics.json").write_text(json.dumps({"evaluations": [], "best": {}, "last": None,
+                                                       "finished": True}))
+    (tmp_path / "steps.csv").write_text('step,epoch\n1,"2\n')
+    with pytest.raises(ValueError, match=r"steps\.csv: not a readable CSV"):
+        read_run(tmp_path)
+
+
+def test_a_single_training_class_warns(tmp_path, capsys):
+    import shutil
+
+    make_folder(tmp_path / "data", 2)
+    shutil.rmtree(tmp_path / "data" / "train" / "c1")  # one training class, two test classes
+    code = main([*FOLDER, "--data", str(tmp_path / "data"), "--epochs", "1", "--save_path", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "warning: the training split has a single class: every proxy loss is 0" in err

@@ -779,6 +779,8 @@ def _read_annotations(name, src, index, log):
         base, missing = _resolve(index, ann)
     if ann.problems:
         raise PrepareError("; ".join(ann.problems))
+    if not ann.entries:  # an empty annotation file would be prepared as a "complete" tree of nothing, even --force
+        raise PrepareError(f"{ann.source} lists no image; expected the {name} annotations (nothing was written)")
     if missing:
         where = os.path.join(src, *base.split("/")) if base else src
         raise FileNotFoundError(
