@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import math
 import os
 import random
@@ -101,6 +102,7 @@ class Progress:
     elapsed: float = 0.0  # training wall time before this process started
     early_stop_count: int = 0
     history: dict = field(default_factory=new_history)  # what metrics.json holds
+    data: dict = None  # data_fingerprint of the splits, saved in every checkpoint
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -191,9 +193,9 @@ def _train(cfg, dist_info, device, log, on_step, on_epoch_end):
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.use_amp and device.type == "cuda")
 
     # ====== resume: everything that changes during training comes back from the checkpoint ======
-    progress = Progress()
+    progress = Progress(data=data_fingerprint(splits))
     if resume is not None:
-        progress = _restore(resume, net, criterion, optimizer, scaler, loss_fn, log)
+        progress = _restore(resume, net, criterion, optimizer, scaler, loss_fn, log, progress.data)
         if dist_info.is_main:  # a kill between the checkpoint and its best_* links: make them now
             best = [k for k, b in progress.history["best"].items() if b["epoch"] == progress.epoch]
             link_best(resume[0], ckpt_dir, best)
@@ -241,7 +243,8 @@ def _save_epoch(cfg, epoch, progress, net, criterion, optimizer, scaler, out, t0
              "elapsed": time.time() - t0, "model": net.state_dict(), "criterion": criterion.state_dict(),
              "optimizer": optimizer.state_dict(), "lrs": [g["lr"] for g in optimizer.param_groups],
              "scaler": scaler.state_dict(), "sampler": {"seed": cfg.seed, "epoch": epoch}, "rng": get_rng_state(),
-             "history": progress.history, "early_stop_count": progress.early_stop_count}
+             "history": progress.history, "early_stop_count": progress.early_stop_count,
+             "data": progress.data}
     save_checkpoint(state, os.path.join(cfg.save_path, "checkpoints"), epoch, cfg.max_to_keep, improved)
     atomic_json(progress.history, os.path.join(cfg.save_path, "metrics.json"))
     out.writer.flush()
@@ -420,9 +423,34 @@ def _wrap_distributed(net, cfg, dist_info, device):
     return nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-def _restore(resume, net, criterion, optimizer, scaler, loss_fn, log) -> Progress:
-    """Load a checkpoint into the run's objects; refuse one made for another number of classes in one line."""
+def data_fingerprint(splits):
+    """What the run's data are, as a resume can compare them: each split's size and classes, and a hash of its
+    labels and (for image folders) file names relative to the split's folder."""
+    digest, sizes = hashlib.sha256(), {}
+    for name in ("train", "val", "test", "query", "gallery"):
+        ds = getattr(splits, name, None)
+        if ds is None:
+            continue
+        labels = np.asarray(ds.labels, dtype=np.int64)  # (n,)
+        digest.update(name.encode() + labels.tobytes())
+        paths = getattr(ds, "paths", None)
+        if paths is not None:
+            root = getattr(ds, "root", None)
+            digest.update("\n".join(os.path.relpath(p, root) if root else os.path.basename(p) for p in paths).encode())
+        sizes[name] = f"{len(labels)} images in {len(np.unique(labels))} classes"
+    return {"sha256": digest.hexdigest()[:16], **sizes}
+
+
+def _restore(resume, net, criterion, optimizer, scaler, loss_fn, log, data) -> Progress:
+    """Load a checkpoint into the run's objects; refuse one made for other data or another number of classes in
+    one line."""
     path, ckpt = resume
+    then = ckpt.get("data")  # absent in checkpoints made before it was recorded: nothing to compare
+    if then is not None and then["sha256"] != data["sha256"]:
+        said = lambda d: ", ".join(f"{k} {v}" for k, v in d.items() if k != "sha256")  # noqa: E731
+        raise ValueError(f"{path}: the run was trained on other data ({said(then)}; fingerprint {then['sha256']}) "
+                         f"than --data and the flags give now ({said(data)}; {data['sha256']}); point --data at the "
+                         f"run's data set, or use another --save_path")
     saved = ckpt["criterion"].get("loss.proxies", ckpt["criterion"].get("proxies"))
     if saved is not None and saved.shape != loss_fn.proxies.shape:
         raise ValueError(f"{path}: the run was trained with {saved.shape[0]} proxies (classes) and D={saved.shape[1]}"
@@ -435,7 +463,7 @@ def _restore(resume, net, criterion, optimizer, scaler, loss_fn, log) -> Progres
         scaler.load_state_dict(ckpt["scaler"])
     set_rng_state(ckpt["rng"])
     log(f"resumed from {path} (epoch {ckpt['epoch']}, step {ckpt['step']})")
-    return Progress(ckpt["epoch"], ckpt["step"], ckpt["elapsed"], ckpt["early_stop_count"], ckpt["history"])
+    return Progress(ckpt["epoch"], ckpt["step"], ckpt["elapsed"], ckpt["early_stop_count"], ckpt["history"], data)
 
 
 def _check_embeddings(emb, cfg, step, epoch):

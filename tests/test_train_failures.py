@@ -116,7 +116,20 @@ def test_resume_on_data_with_other_classes_names_both_counts(tmp_path, capsys):
     capsys.readouterr()
     code = main(FOLDER + ["--data", str(make_folder(tmp_path / "b", 5)), "--epochs", "2", "--save_path", run])
     err = capsys.readouterr().err
-    assert code == 2 and "4 proxies" in err and "5" in err and "Traceback" not in err
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "trained on other data (train 12 images in 4 classes" in err and "train 15 images in 5 classes" in err
+
+
+def test_resume_on_other_images_of_the_same_classes_is_refused(tmp_path, capsys):
+    # Same classes, so the proxies fit: only the data's fingerprint can tell (a run once resumed on 6 of 24 images).
+    run = str(tmp_path / "run")
+    assert main(FOLDER + ["--data", str(make_folder(tmp_path / "a", 4)), "--epochs", "1", "--save_path", run]) == 0
+    capsys.readouterr()
+    fewer = make_folder(tmp_path / "b", 4, per_class=1)
+    code = main(FOLDER + ["--data", str(fewer), "--epochs", "2", "--save_path", run])
+    err = capsys.readouterr().err
+    assert code == 2 and "train 12 images in 4 classes" in err and "train 4 images in 4 classes" in err
+    assert main(FOLDER + ["--data", str(tmp_path / "a"), "--epochs", "2", "--save_path", run]) == 0  # the same: on
 
 
 @pytest.mark.parametrize("workers", ["0", "2"])
@@ -192,13 +205,13 @@ def test_ctrl_c_is_one_line_and_the_run_resumes(tmp_path):
            "--save_path", str(tmp_path)]
     first = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
-    while not list((tmp_path / "checkpoints").glob("epoch_*.pt")) and time.time() < deadline:
+    while not (tmp_path / "metrics.json").exists() and time.time() < deadline:  # an epoch is saved: mid-run
         time.sleep(0.2)
     first.send_signal(signal.SIGINT)
     err = first.communicate(timeout=120)[1]
     assert first.returncode == 130, err[-2000:]
     assert err.strip().splitlines()[-1] == ("interrupted: the run resumes from its last checkpoint when the same "
-                                            "command runs again")
+                                            "command runs again"), err[-2000:]
     assert "Traceback" not in err
     last = max(int(p.stem.split("_")[1]) for p in (tmp_path / "checkpoints").glob("epoch_*.pt"))
     again = subprocess.run([*cmd[:-3], str(last + 1), "--save_path", str(tmp_path)], env=env, capture_output=True,
