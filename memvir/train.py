@@ -208,14 +208,7 @@ def _train(cfg, dist_info, device, log, on_step, on_epoch_end):
         for tensor in loss_fn.parameters():
             torch.distributed.broadcast(tensor.data, src=0)
 
-    kernels = portable.describe()
-    if resume is not None:  # a run resumed on other kernels is a mix of two machines' floats: say so
-        _check_same_kernels(cfg, kernels, log)
-    log(_describe(cfg, device, dist_info, splits, len(loader), kernels))
-    if cfg.memvir and cfg.mem_num_step > 0:
-        _warn_unused_memory(cfg, len(loader))
-    if cfg.memvir:  # metrics.json says how many steps trained with all N past steps taken
-        progress.history.setdefault("full_memory_steps", 0)
+    kernels = _announce(cfg, resume, device, dist_info, splits, len(loader), progress, log)
     # ====== epochs ======
     with RunOutputs(cfg, progress.step, dist_info.is_main, kernels) as out:
         t0 = time.time() - progress.elapsed  # wall time counts the time before a resume, not the time lost after
@@ -338,6 +331,20 @@ def _evaluate_epoch(cfg, epoch, net, splits, progress, out, device, workers, dis
             log(f"stopping: no metric improved in the last {cfg.early_stop_epoch} evaluations")
     progress.history["finished"] = last or stop
     return improved, stop
+
+
+def _announce(cfg, resume, device, dist_info, splits, steps_per_epoch, progress, log):
+    """The run's first line and what it warns about (other kernels on resume, a memory never used or full);
+    return the kernels (memvir.portable.describe) for config.json."""
+    kernels = portable.describe()
+    if resume is not None:  # a run resumed on other kernels is a mix of two machines' floats: say so
+        _check_same_kernels(cfg, kernels, log)
+    log(_describe(cfg, device, dist_info, splits, steps_per_epoch, kernels))
+    if cfg.memvir and cfg.mem_num_step > 0:
+        _warn_unused_memory(cfg, steps_per_epoch)
+    if cfg.memvir:  # metrics.json says how many steps trained with all N past steps taken
+        progress.history.setdefault("full_memory_steps", 0)
+    return kernels
 
 
 def _warn_unused_memory(cfg, steps_per_epoch):
