@@ -13,7 +13,7 @@ import math
 import os
 import shutil
 
-__all__ = ["atomic_write", "atomic_json", "parse_bool", "os_error_line"]
+__all__ = ["atomic_write", "atomic_json", "parse_bool", "os_error_line", "interrupted"]
 
 
 def atomic_write(path, write, mode="wb"):
@@ -45,6 +45,10 @@ def atomic_write(path, write, mode="wb"):
             error = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
             error.written = written  # how far the file got: it needs more than that
             raise error from exc
+        if not isinstance(exc, KeyboardInterrupt) and interrupted(exc):
+            # Ctrl-C inside torch.save: its zip writer's cleanup then fails ("unexpected pos") and hides the
+            # interrupt; the user pressed Ctrl-C, so that is what propagates (the old file is untouched).
+            raise KeyboardInterrupt from exc
         raise
 
 
@@ -73,6 +77,17 @@ def parse_bool(text):
     if s in ("false", "f", "no", "n", "0"):
         return False
     raise argparse.ArgumentTypeError(f"expected true/false (or 1/0), got {text!r}")
+
+
+def interrupted(exc):
+    """True when a KeyboardInterrupt is in `exc`'s chain of context (an error raised while handling it)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__context__
+    return False
 
 
 def _free_bytes(folder):

@@ -65,7 +65,7 @@ from .config import (FIELDS, RESUME_MAY_DIFFER, TrainConfig, build_parser, confi
                      resolve_config)
 from .evaluation import evaluate, evaluate_checkpoint
 from .experiment import build
-from .files import atomic_json, os_error_line
+from .files import atomic_json, interrupted, os_error_line
 from .memory import MEM_FILLS, MEM_VIRTUALS
 from .rundir import (CHECKPOINT_FORMAT, KERNELS_KEY, RunFolderBusy, RunLock, RunOutputs, check_same_run,
                      get_rng_state, latest_checkpoint, link_best, new_history, record_evaluation,
@@ -508,6 +508,9 @@ def _diverged(what, step, epoch, cfg):
 # The command line (the flags: memvir/config.py)
 
 
+INTERRUPTED = "interrupted: the run resumes from its last checkpoint when the same command runs again"  # Ctrl-C
+
+
 def main(argv=None) -> int:
     """`python -m memvir train [flags]`: train; print `error: ...` and return 2 on bad input or a failed run."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -528,14 +531,18 @@ def main(argv=None) -> int:
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C: the last checkpoint is whole (every file is written atomically)
-        print("interrupted: the run resumes from its last checkpoint when the same command runs again",
-              file=sys.stderr)
+        print(INTERRUPTED, file=sys.stderr)
         return 130
     except OSError as exc:  # ours name the file already; the system's: a full disk, a file where a folder belongs
         if os.environ.get("MEMVIR_TRACEBACK"):
             raise
         print(f"error: {os_error_line(exc) if exc.filename is not None else _one_line(exc)}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        if not interrupted(exc):  # an error raised while a library cleaned up after Ctrl-C is still Ctrl-C
+            raise
+        print(INTERRUPTED, file=sys.stderr)
+        return 130
     return 0
 
 

@@ -117,3 +117,19 @@ def test_a_short_write_on_a_full_disk_is_reported_as_one(small_disk):
         atomic_write(small_disk / "big.bin", fill)
     assert err.value.errno == errno.ENOSPC and err.value.filename == str(small_disk / "big.bin")
     assert list(small_disk.iterdir()) == []
+
+
+def test_ctrl_c_inside_a_write_stays_an_interrupt(tmp_path):
+    # torch.save interrupted: its zip writer's cleanup raises a RuntimeError that hides the KeyboardInterrupt.
+    def interrupted_then_cleanup_fails(fh):
+        fh.write(b"half")
+        try:
+            raise KeyboardInterrupt
+        finally:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 608512 vs 608404")
+
+    (tmp_path / "ckpt.pt").write_bytes(b"the previous checkpoint")
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(tmp_path / "ckpt.pt", interrupted_then_cleanup_fails)
+    assert (tmp_path / "ckpt.pt").read_bytes() == b"the previous checkpoint"
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
