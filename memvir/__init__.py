@@ -5,10 +5,13 @@ The public API:
     memvir.losses.NormSoftmax, ProxyNCA proxy losses; each owns `proxies` (C, D); also Softmax, CosFace,
                                         ArcFace, ProxyAnchor, SoftTriple (the paper's Table 4)
     memvir.metrics.retrieval_metrics    Recall@K, R-Precision, MAP@R
+    memvir.build_loss                   a loss by its official name (memvir/registry.py)
     memvir.pml                          MemVir(pml_loss, ...) on pytorch-metric-learning's proxy losses
     memvir.config                       the one list of training flags (TrainConfig)
     memvir.data, memvir.models, memvir.experiment, memvir.train, memvir.evaluation, memvir.rundir
-    memvir.report, memvir.pipeline      tables and figures; the runs and chapters of `make reproduce`
+    memvir.profile, memvir.report,      what a profile says; tables and figures (a package of rooms); the runs and
+    memvir.pipeline                     chapters of `make reproduce`
+    memvir.portable, memvir.files       the CPU kernels capped for the same floats everywhere; atomic files
 
 Submodules are imported on first use (PEP 562), so `python -m memvir prepare` or the glyph renderer
 do not pay for importing torch.
