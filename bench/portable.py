@@ -9,7 +9,6 @@ own kernels are not AVX2). Ratios, not times: this machine is noisy. Nothing is 
 """
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -22,8 +21,7 @@ from memvir import portable
 
 def train_once(folder, switch, epochs, memvir):
     """One training in a fresh process; returns (seconds, last evaluation without its wall time)."""
-    env = {k: v for k, v in os.environ.items() if k not in portable.CAPS or k == "OPENBLAS_CORETYPE"}
-    env.update(MEMVIR_PORTABLE=switch, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
+    env = {**portable.uncapped(), "MEMVIR_PORTABLE": switch, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
     args = [sys.executable, "-m", "memvir", "train", "--data_name", "glyphs", "--epochs", str(epochs),
             "--no_progress", "--max_to_keep", "1", "--save_path", str(folder)]
     if memvir:

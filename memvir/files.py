@@ -114,12 +114,15 @@ _OS_ERRORS = {errno.ENOSPC: "no space left on its device ({free} free{written}):
 
 def os_error_line(exc):
     """One line for an OSError: the path it concerns, what went wrong in words a user can act on, the space left
-    on a full disk. For `error: ...` lines of the command line, instead of a traceback."""
-    path = exc.filename if exc.filename is not None else "?"
+    on a full disk. For `error: ...` lines of the command line, instead of a traceback. An OSError without a
+    file (ours, whose message names it already) is its message."""
+    if exc.filename is None:
+        return str(exc)
+    path = exc.filename
     what = _OS_ERRORS.get(exc.errno)
     if what is None:
         return f"{path}: {exc.strerror or exc}"
-    free = _free_bytes(os.path.dirname(os.path.abspath(os.fspath(path)))) if path != "?" else math.inf
+    free = _free_bytes(os.path.dirname(os.path.abspath(os.fspath(path))))
     written = getattr(exc, "written", None)
     return f"{path}: " + what.format(free=_size(free), written="" if written is None else
                                      f"; the file needs more than the {_size(written)} it had reached")

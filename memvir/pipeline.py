@@ -358,7 +358,7 @@ def main(argv=None):
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:  # ours name the file already; the system's (a full disk, a read-only folder) in one line
-        print(f"error: {os_error_line(exc) if exc.filename is not None else exc}", file=sys.stderr)
+        print(f"error: {os_error_line(exc)}", file=sys.stderr)
         return 1
     except Exception as exc:  # papermill's execution errors: say which notebook failed, briefly
         if type(exc).__name__ in ("PapermillExecutionError", "CellExecutionError"):

@@ -20,7 +20,7 @@ import os
 import platform
 from importlib import metadata
 
-__all__ = ["SWITCH", "LEVEL", "CAPS", "enabled", "supported", "caps", "apply", "describe"]
+__all__ = ["SWITCH", "LEVEL", "CAPS", "enabled", "supported", "caps", "apply", "uncapped", "describe"]
 
 SWITCH = "MEMVIR_PORTABLE"  # "0" (or false, no, off): no caps
 LEVEL = "AVX2"  # the instruction set every capped library is held to
@@ -85,6 +85,14 @@ def apply(environ=None):
     added = {k: v for k, v in caps().items() if k not in environ}
     environ.update(added)
     return added
+
+
+def uncapped(environ=None):
+    """A copy of `environ` (default os.environ) without the caps apply() sets, for a child process that must run
+    this CPU's own kernels (benchmarks and tests of the caps). OPENBLAS_CORETYPE is kept: some machines set it
+    themselves, because older OpenBLAS builds compute wrong results on their CPU."""
+    environ = os.environ if environ is None else environ
+    return {k: v for k, v in environ.items() if k not in caps() or k == "OPENBLAS_CORETYPE"}
 
 
 def describe():

@@ -7,7 +7,6 @@ process without the caps; and a fingerprint of a short training committed in tes
 """
 import hashlib
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -31,7 +30,8 @@ simd = {{k: __cpu_features__.get(k, False) for k in __cpu_dispatch__}}  # the di
 print(json.dumps({{
     "torch": str(torch.backends.cpu.get_cpu_capability()),
     "numpy_avx512": sorted(k for k, on in simd.items() if on and ("AVX512" in k or "V4" in k)),
-    "openblas": sorted({{i.get("architecture") for i in threadpoolctl.threadpool_info() if i["internal_api"] == "openblas"}}),
+    "openblas": sorted({{i.get("architecture") for i in threadpoolctl.threadpool_info()
+                         if i["internal_api"] == "openblas"}}),
     "faiss": faiss.SIMDConfig.get_level_name() if hasattr(faiss, "SIMDConfig") else "static",
 }}))
 """
@@ -39,8 +39,7 @@ print(json.dumps({{
 
 def probe(capped, extra_env=None):
     """Run PROBE in a fresh interpreter: with memvir's caps applied first (as `python -m memvir` does), or none."""
-    env = {k: v for k, v in os.environ.items() if k not in portable.caps() or k == "OPENBLAS_CORETYPE"}
-    env.update(extra_env or {})
+    env = {**portable.uncapped(), **(extra_env or {})}
     prelude = "from memvir import portable; portable.apply()" if capped else ""
     out = subprocess.run([sys.executable, "-c", PROBE.format(prelude=prelude)], env=env, capture_output=True,
                          text=True, timeout=300)
@@ -110,10 +109,7 @@ def test_a_run_records_its_kernels(tmp_path):
     native = probe(False)["torch"]
     for switch, mode, capability in (("1", "portable", "AVX2"), ("0", "native", native)):
         run = tmp_path / switch
-        env = {**os.environ, "MEMVIR_PORTABLE": switch, "OMP_NUM_THREADS": "1"}
-        for k in portable.CAPS:
-            if k != "OPENBLAS_CORETYPE":
-                env.pop(k, None)
+        env = {**portable.uncapped(), "MEMVIR_PORTABLE": switch, "OMP_NUM_THREADS": "1"}
         out = subprocess.run([sys.executable, "-m", "memvir", "train", *tiny, "--save_path", str(run)], env=env,
                              capture_output=True, text=True, timeout=600)
         assert out.returncode == 0, out.stderr[-2000:]
@@ -138,8 +134,7 @@ def fingerprint(folder, switch="1"):
     """
     import torch
 
-    env = {k: v for k, v in os.environ.items() if k not in portable.CAPS or k == "OPENBLAS_CORETYPE"}
-    env.update(MEMVIR_PORTABLE=switch, OMP_NUM_THREADS="1")
+    env = {**portable.uncapped(), "MEMVIR_PORTABLE": switch, "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-m", "memvir", "train", *FINGERPRINT_ARGS, "--save_path", str(folder)],
                          env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]

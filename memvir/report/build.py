@@ -269,6 +269,6 @@ def main(argv=None):
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:  # ours name the file already; the system's (a full disk, a read-only --out) in one line
-        print(f"error: {os_error_line(exc) if exc.filename is not None else exc}", file=sys.stderr)
+        print(f"error: {os_error_line(exc)}", file=sys.stderr)
         return 1
     return 0
