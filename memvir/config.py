@@ -100,7 +100,8 @@ class TrainConfig:
                          group="loss and MemVir")
     mem_virtual: str = flag("both", "what a taken past step brings: both (MemVir: its embeddings as virtual classes "
                             "and its proxies) | embeddings (its embeddings, with their own labels, against the "
-                            "current proxies) | proxies (its proxies as more classes, no embeddings)",
+                            "current proxies) | proxies (its proxies as more classes, no embeddings) | current (the "
+                            "control of proxies: as many classes, copies of the current proxies, detached)",
                             group="loss and MemVir")
     xbm_size: int = flag(0, "XBM (Wang et al. 2020, PML's CrossBatchMemory): remember this many past embeddings "
                          "for a pair loss (--loss Contrastive), from epoch U (--warm_epoch) on; 0: off",

@@ -27,7 +27,9 @@ Two ablations change one rule each (`fill`, `virtual`; the flags --mem_fill and 
   * virtual="embeddings" (rule 4): a taken step brings its embeddings with their own labels (not shifted by k*C),
     scored against the current C proxies only: more samples of the seen classes, no virtual class.
     virtual="proxies": it brings its proxies as C more classes, which no label points at (negatives only), and no
-    embeddings. Both take the plain path below (the fast path's cache is rule 4's).
+    embeddings. virtual="current", the control of "proxies": it brings the *current* proxies, detached (as this
+    step would store them), as those C more classes: as many negatives on the same schedule, none of them from the
+    past. All three take the plain path below (the fast path's cache is rule 4's).
 
 Two ways to compute step 4, equal to float tolerance (tests/test_memory.py checks values and gradients):
   * plain: concatenate everything and call the loss, as the official code does. Cost O(N^2 B C D).
@@ -59,7 +61,8 @@ from .losses import check_batch, in_proxies_dtype
 from .pml import adapt
 
 MEM_FILLS = ("curriculum", "full")  # how the memory fills: the paper's curriculum first (--mem_fill)
-MEM_VIRTUALS = ("both", "embeddings", "proxies")  # what a taken past step brings: MemVir's both first (--mem_virtual)
+# What a taken past step brings: MemVir's both first (--mem_virtual); "current" is the control of "proxies".
+MEM_VIRTUALS = ("both", "embeddings", "proxies", "current")
 
 __all__ = ["MemVir", "TakenStep"]
 
@@ -251,7 +254,7 @@ class MemVir(nn.Module):
         steps = self.taken_steps() if epoch >= self.warmup_epochs else []
         slots = [q % self.capacity for q in steps]
         self.num_taken = len(steps)
-        past_rows = sum(self._sizes[s] for s in slots) if self.virtual != "proxies" else 0
+        past_rows = sum(self._sizes[s] for s in slots) if self.virtual in ("both", "embeddings") else 0
         self.num_embeddings_in_use = emb.shape[0] + past_rows
         embedded = None  # (emb_hat, proxies_hat) when the fast path has them: the push reuses them
         # The values are checked once. With no step taken and `check` the loss is handed this very batch and checks
@@ -265,7 +268,7 @@ class MemVir(nn.Module):
             loss = self.loss(emb, labels, check=not here)
         elif self.fast and self.virtual == "both" and getattr(self.loss, "decomposable", False):
             loss, embedded = self._fast_loss(emb, labels, steps, slots)
-        else:  # also the two ablations (virtual="embeddings", "proxies"): plain only, the cache is rule 4's
+        else:  # also the ablations (virtual="embeddings", "proxies", "current"): plain only, the cache is rule 4's
             loss = self._plain_loss(emb, labels)
         if epoch >= self.fill_from and self.capacity > 0:
             self._push(emb, labels, embedded)  # rule 2; after the loss, whose inputs are copies, not the buffers
@@ -275,16 +278,20 @@ class MemVir(nn.Module):
         """Rule 4 as written: one concatenated batch against one concatenated proxy list (or an ablation's part).
 
         virtual="embeddings" keeps the past rows' own labels and the current proxies alone; virtual="proxies" keeps
-        the current batch alone against all the proxies. The loss reads C' = len(proxies) / K classes from the list,
+        the current batch alone against all the proxies; virtual="current" against the current proxies and as many
+        detached copies of them as steps are taken. The loss reads C' = len(proxies) / K classes from the list,
         so SoftTriple's K centres and Proxy-Anchor's anchors over the batch need nothing more.
         """
         C = self.num_classes
         embs, labs, proxies = [emb], [labels], [self.loss.proxies]
-        for k, past in enumerate(self.taken(), start=1):
-            if self.virtual != "proxies":
+        if self.virtual == "current":  # the control: as many negative blocks as steps taken, all the current proxies
+            now = self.loss.embed_proxies(self.loss.proxies.detach())  # (C, D), as a push stores them, no gradient
+            proxies += [now] * len(self.taken_steps())
+        for k, past in enumerate(self.taken() if self.virtual != "current" else [], start=1):
+            if self.virtual in ("both", "embeddings"):
                 embs.append(past.embeddings)  # (n_k, D), no gradient
                 labs.append(past.labels + k * C if self.virtual == "both" else past.labels)  # virtual or seen class
-            if self.virtual != "embeddings":
+            if self.virtual in ("both", "proxies"):
                 proxies.append(past.proxies)  # (C, D), no gradient
         # The values are checked (forward's one read; the memory holds checked rows): the loss checks shapes only.
         return self.loss(torch.cat(embs), torch.cat(labs), torch.cat(proxies), check=False)

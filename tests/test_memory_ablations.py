@@ -1,4 +1,4 @@
-"""MemVir's two ablations (--mem_fill full, --mem_virtual embeddings|proxies) against references written here.
+"""MemVir's ablations (--mem_fill full, --mem_virtual embeddings|proxies|current) against references written here.
 
 The reference keeps a Python list of every pushed step (raw embeddings, labels, raw proxies), takes steps from it
 by rule 3 with list slicing, concatenates by hand what the ablation says a taken step brings, and scores the result
@@ -62,8 +62,10 @@ def reference(formula, loss, emb, labels, taken, virtual):
             rows, labs, prox = rows + [e], labs + [y + k * C], prox + [p]
         elif virtual == "embeddings":  # extra samples of the seen classes, current proxies only
             rows, labs = rows + [e], labs + [y]
-        else:  # "proxies": C more classes, no label points at them
+        elif virtual == "proxies":  # C more classes, no label points at them
             prox = prox + [p]
+        else:  # "current": as many classes, but copies of this step's proxies with no gradient, not the k-th step's
+            prox = prox + [loss.proxies.detach()]
     return formula(torch.cat(rows), torch.cat(labs), torch.cat(prox), loss)
 
 
@@ -96,7 +98,7 @@ def run_against_reference(name, fill, virtual, fast, N=3, M=1, U=3, spe=5, epoch
         assert mv.num_taken == len(taken), step
         if step == U * spe:  # the first step of epoch U
             assert mv.num_taken == (N if fill == "full" else 0), step
-        brings_rows, brings_proxies = virtual != "proxies", virtual != "embeddings"
+        brings_rows, brings_proxies = virtual in ("both", "embeddings"), virtual != "embeddings"
         assert mv.num_classes_in_use == C * (1 + len(taken) * brings_proxies)
         assert mv.num_embeddings_in_use == B + brings_rows * sum(len(e) for e, _, _ in taken)
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12, msg=f"loss at step {step}")
@@ -112,7 +114,7 @@ def run_against_reference(name, fill, virtual, fast, N=3, M=1, U=3, spe=5, epoch
 
 
 @pytest.mark.parametrize("name", sorted(LOSSES))
-@pytest.mark.parametrize("virtual", ["both", "embeddings", "proxies"])
+@pytest.mark.parametrize("virtual", ["both", "embeddings", "proxies", "current"])
 @pytest.mark.parametrize("fill", ["curriculum", "full"])
 @pytest.mark.parametrize("fast", [True, False])
 def test_matches_reference(name, virtual, fill, fast):
@@ -184,7 +186,7 @@ def steps_csv(run):
 
 
 @pytest.mark.parametrize("fill,virtual", [("full", "both"), ("curriculum", "embeddings"), ("curriculum", "proxies"),
-                                          ("full", "proxies")])
+                                          ("full", "proxies"), ("curriculum", "current")])
 def test_train_runs_each_mode(tmp_path, capsys, fill, virtual):
     res = train({**TINY, "mem_fill": fill, "mem_virtual": virtual, "save_path": str(tmp_path)})
     assert res["finished"] and math.isfinite(res["last"]["recall@1"])
