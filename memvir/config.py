@@ -60,8 +60,9 @@ class TrainConfig:
     # -- model: backbone -> global pooling -> linear embedding -> (L2 norm) --
     backbone: str | None = flag(None, "bninception | resnet18/34/50/101 | glyphcnn", official="bninception",
                                 glyphs="glyphcnn", group="model")
-    pretrained: str | None = flag(None, "imagenet | none | path to backbone weights", official="imagenet",
-                                  glyphs="none", group="model")
+    pretrained: str | None = flag(None, "imagenet | none | glyphs (a GlyphCNN pretrained on glyph classes the "
+                                  "benchmark does not use, memvir/pretrain.py) | path to backbone weights",
+                                  official="imagenet", glyphs="none", group="model")
     pooling_type: str = flag("GAP", "GAP | GMP | GAP,GMP", group="model")
     dim: int | None = flag(None, "embedding size D", official=64, glyphs=128, group="model")
     input_size: int | None = flag(None, "input side in pixels (glyphs: the rendered side)", official=224, glyphs=32,

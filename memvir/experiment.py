@@ -92,6 +92,7 @@ def build(cfg, device="cpu", pretrained=True) -> Experiment:
         pretrained: load cfg.pretrained into the backbone (training); False when a checkpoint brings the weights.
     """
     from .models import build_model
+    from .pretrain import PRETRAINED_GLYPHS, pretrain_backbone
 
     splits = build_splits(cfg)
     C = splits.num_classes  # the classes of the train folder; -C may add proxies that are only negatives
@@ -103,7 +104,10 @@ def build(cfg, device="cpu", pretrained=True) -> Experiment:
             warnings.warn(f"-C={cfg.C} with {C} training classes: {cfg.C - C} proxies have no images and act only "
                           f"as negatives (as the official code)", stacklevel=2)
         C = cfg.C
-    net = build_model(cfg.backbone, cfg.dim, cfg.pooling_type, cfg.pretrained if pretrained else "none",
+    weights = cfg.pretrained if pretrained else "none"
+    if weights == PRETRAINED_GLYPHS:  # a GlyphCNN taught the glyph classes this benchmark does not use, cached
+        weights = pretrain_backbone(cfg)
+    net = build_model(cfg.backbone, cfg.dim, cfg.pooling_type, weights,
                       in_channels=1 if cfg.data_name == "glyphs" else 3).to(device)
     spe = None
     if cfg.memvir and cfg.mem_fill == "full":  # MemVir then starts recording that many steps before epoch U

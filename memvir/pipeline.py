@@ -293,6 +293,7 @@ def warm_data(profile, log=print):
     """Render (and cache) a glyph profile's data set once, before parallel runs would each render it."""
     from .config import resolve_config
     from .experiment import build_splits
+    from .pretrain import PRETRAINED_GLYPHS, pretrain_backbone
 
     profile = load_profile(profile) if not isinstance(profile, Profile) else profile
     seen = set()
@@ -305,6 +306,10 @@ def warm_data(profile, log=print):
         seen.add(key)
         build_splits(cfg)  # renders into the cache, or reads it
         log(f"glyphs ready: {cfg.num_classes} classes x {cfg.instances_per_class} at {cfg.input_size} px")
+    for row in profile.rows:  # a backbone pretrained on the other glyph classes, once per benchmark (cached)
+        cfg = resolve_config({k: v for k, v in row.params.items() if k != "resume"})
+        if cfg.pretrained == PRETRAINED_GLYPHS:
+            log(f"pretrained backbone ready: {pretrain_backbone(cfg, log=log)}")
 
 
 # ----------------------------------------------------------------------------------------------------------------
