@@ -2,8 +2,8 @@
 
     rows      a loss with or without MemVir (label, the training notebook's params, its baseline row)
     seeds     each row runs once per seed: a Run, in a folder named after its parameters
-    groups    a study's questions (rows compared with their baselines); calibrate, select, compare, book: what
-              the report and the chapters make of them
+    groups    a study's questions (rows compared with their baselines); calibrate, select, plateau, compare, book:
+              what the report and the chapters make of them
 
 Read by the pipeline (which runs the profile) and by the report (which reads its runs); it runs nothing itself.
 """
@@ -21,7 +21,8 @@ __all__ = ["ROOT", "TABLE_VALUES", "PROFILE_KEYS", "Row", "Run", "Profile", "loa
 ROOT = Path(__file__).resolve().parents[1]  # the repository memvir was installed from (editable install)
 TABLE_VALUES = ("best", "last")  # which value of a run the tables use: best over training (official) or last
 PROFILE_KEYS = ("description", "notebook", "seeds", "common", "rows", "table_value", "book", "select", "compare",
-                "calibrate", "groups", "shares")  # the keys of configs/<profile>.yml
+                "calibrate", "groups", "shares", "plateau")  # the keys of configs/<profile>.yml
+PLATEAU_KEYS = ("metric", "min_gain", "tail")  # plateau: the converged-budget rule (memvir.report.runs.plateau_budget)
 BOOK_KEYS = ("curriculum", "training", "tsne")  # book: which row's first-seed run each chapter shows
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -58,6 +59,7 @@ class Profile:
     table_value: str = "best"  # which value the three main tables use: "best" or "last"
     select: str = ""  # a search profile: the metric (on the validation classes) that picks each loss's row
     calibrate: tuple = ()  # a calibration profile: the target range (percent) of the baseline's test Recall@1
+    plateau: dict = field(default_factory=dict)  # a budget profile: {metric, min_gain (points), tail (epochs)}
     groups: dict = field(default_factory=dict)  # {name: [row, ...]}: a study's questions, a table (figure) each
     shares: str = ""  # another profile whose run folders this one uses (YAML `shares`; identical rows, same runs)
     compare: str = ""  # "table4": the report lays the paper's Table 4 beside the profile's rows
@@ -191,8 +193,8 @@ def _rows(spec, path):
 
 
 def _options(spec, path, rows):
-    """What the report and the chapters make of the rows: {table_value, book, select, compare, calibrate, groups,
-    shares}, each checked."""
+    """What the report and the chapters make of the rows: {table_value, book, select, compare, calibrate, plateau,
+    groups, shares}, each checked."""
     labels = {r.label for r in rows}
     table_value = spec.get("table_value", "best")
     if table_value not in TABLE_VALUES:
@@ -212,6 +214,14 @@ def _options(spec, path, rows):
     if calibrate and not (isinstance(calibrate, list) and len(calibrate) == 2
                           and all(isinstance(v, (int, float)) for v in calibrate) and calibrate[0] < calibrate[1]):
         raise ValueError(f"{path}: calibrate must be a range [low, high] of Recall@1 in percent, got {calibrate!r}")
+    plateau = spec.get("plateau") or {}
+    if plateau and not (isinstance(plateau, dict) and set(plateau) == set(PLATEAU_KEYS)
+                        and plateau["metric"] in ("recall@1", "r_precision", "map_at_r")
+                        and all(isinstance(plateau[k], (int, float)) and plateau[k] > 0 for k in PLATEAU_KEYS[1:])):
+        raise ValueError(f"{path}: plateau must be {{metric: recall@1 | r_precision | map_at_r, min_gain: points > 0, "
+                         f"tail: epochs > 0}}, got {plateau!r}")
+    if plateau and not all(int(r.params.get("val_classes", 0)) > 0 for r in rows):
+        raise ValueError(f"{path}: plateau reads the validation classes: set val_classes > 0 for every row")
     groups = spec.get("groups") or {}
     if not isinstance(groups, dict) or not all(isinstance(g, list) and g for g in groups.values()):
         raise ValueError(f"{path}: groups must map a name to a non-empty list of row labels")
@@ -223,7 +233,8 @@ def _options(spec, path, rows):
     if shares and not re.fullmatch(r"[A-Za-z0-9_-]+", shares):
         raise ValueError(f"{path}: shares must name another profile (its run folders are shared), got {shares!r}")
     return {"table_value": table_value, "book": book, "select": select, "compare": compare,
-            "calibrate": tuple(float(v) for v in calibrate), "groups": groups, "shares": shares}
+            "calibrate": tuple(float(v) for v in calibrate), "plateau": dict(plateau), "groups": groups,
+            "shares": shares}
 
 
 def load_profile(profile, runs_root=None, report_root=None):

@@ -424,3 +424,36 @@ def test_forest_figure_draws_every_comparison_at_the_validation_epoch():
     assert "best validation epoch" in fig._suptitle.get_text()
     no_val = pd.DataFrame([dict(r, selection="last") for r in rows if r["selection"] == "val"])
     assert report.forest_selection(no_val) == "last"
+
+
+def test_plateau_budget_by_hand():
+    """Two seeds per row whose means are written out; the rule applied by hand (min_gain 0.5 points, tail 8)."""
+    from memvir.report.runs import plateau_budget
+
+    means = {"levels off": [50, 60, 64, 64.3, 64.4, 64.2],  # 12: nothing later beats 64 by 0.5 (64.4 - 64 = 0.4)
+             "still rising": [50, 51, 52, 53, 54, 55],  # every epoch is beaten by a later one by >= 1: none
+             "levels off late": [50, 51, 52, 53, 54, 54.1]}  # 20 would qualify but has only 4 epochs after it
+    records = []
+    for row, values in means.items():
+        for seed, shift in ((0, -0.3), (1, +0.3)):  # mean over the two seeds = the written value
+            for epoch, v in zip(range(4, 28, 4), values):
+                records.append({"row": row, "seed": seed, "epoch": epoch, "val_map_at_r": (v + shift) / 100})
+    got = plateau_budget(pd.DataFrame(records), list(means), "map_at_r", 0.5, 8).set_index("row")
+    assert got.loc["levels off", "budget"] == 12 and got.loc["levels off", "val_map_at_r"] == pytest.approx(64)
+    assert got.loc["levels off", "best_later"] == pytest.approx(64.4)
+    assert math.isnan(got.loc["still rising", "budget"]) and math.isnan(got.loc["levels off late", "budget"])
+    assert (got["last_epoch"] == 24).all() and (got["seeds"] == 2).all()
+
+
+@pytest.mark.parametrize("plateau", ["{metric: map_at_r}", "{metric: loss, min_gain: 0.5, tail: 8}",
+                                     "{metric: map_at_r, min_gain: -1, tail: 8}"])
+def test_plateau_option_refused_in_one_line(tmp_path, plateau):
+    from memvir.profile import load_profile
+
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "nb.ipynb").write_text("{}")
+    path = tmp_path / "configs" / "p.yml"
+    path.write_text(f"notebook: nb.ipynb\nseeds: [0]\nplateau: {plateau}\ncommon: {{val_classes: 5}}\n"
+                    "rows:\n- label: A\n  params: {loss: Norm_SoftMax}\n")
+    with pytest.raises(ValueError, match=r"p\.yml: plateau must be \{metric"):
+        load_profile(path)

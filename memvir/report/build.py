@@ -19,7 +19,8 @@ from ..rundir import epoch_checkpoints, read_run
 from .embedding import mechanism_comparisons, mechanism_diagnostics, tsne_epochs_figure, tsne_figures
 from .figures import bar_figure, curriculum_figure, curves_figure, forest_figure, learning_curves_figure, save_figure
 from .reference import against_reference
-from .runs import MACHINE_COLUMNS, MACHINE_FILE, METRICS, SELECTION_MEANING, collect, selections, validation_choice
+from .runs import (MACHINE_COLUMNS, MACHINE_FILE, METRICS, SELECTION_MEANING, collect, plateau_budget, selections,
+                   validation_choice)
 from .stats import COMPARISON_COLUMNS, HOLM_FAMILY, study_comparisons
 from .tables import (CALIBRATION_RULE, calibration_choice, markdown_table, mechanism_table, paired_from_runs,
                      study_table, table4_comparison, table_from_runs)
@@ -116,7 +117,7 @@ def build_report(profile, out=None, partial=False, log=print):
                "rows": [r.label for r in profile.rows], "baselines": profile.baselines, "seeds": profile.seeds,
                "data_name": str(profile.rows[0].params.get("data_name", "")).lower(),
                "description": profile.description}
-    md = _main_tables(profile, runs, out) + _study_sections(profile, runs, out, summary)
+    md = _main_tables(profile, runs, out) + _study_sections(profile, runs, evaluations, out, summary)
     atomic_write(out / "tables.md", lambda fh: fh.write("\n".join(md)), mode="w")
     _figures(profile, runs, evaluations, out / "figures", log)
     atomic_write(out / "report.json", lambda fh: fh.write(json.dumps(summary, indent=1) + "\n"), mode="w")
@@ -159,9 +160,9 @@ def _main_tables(profile, runs, out):
     return md
 
 
-def _study_sections(profile, runs, out, summary):
-    """A study's comparisons (groups), a calibration's choice, the mechanism's diagnostics: files, sections and
-    their records in `summary` (report.json)."""
+def _study_sections(profile, runs, evaluations, out, summary):
+    """A study's comparisons (groups), a calibration's choice, a converged budget, the mechanism's diagnostics:
+    files, sections and their records in `summary` (report.json)."""
     md = []
     if profile.groups:  # every row against its baseline, Holm-corrected per metric and selection
         comparisons = study_comparisons(runs, profile.groups, profile.baselines)
@@ -180,6 +181,15 @@ def _study_sections(profile, runs, out, summary):
         picked = choice.loc[choice["chosen"], "row"]
         summary["calibration"] = {"low": low, "high": high, "chosen": picked.iloc[0] if len(picked) else None,
                                   "outcome": outcome}
+    if profile.plateau:  # a budget profile: where each row stops improving on the validation classes
+        rule = profile.plateau
+        budget = plateau_budget(evaluations, [r.label for r in profile.rows], **rule)
+        write_csv(budget, out / "plateau.csv", "%.2f")
+        md += ["## The converged budget", "", f"The rule ({profile.path.name}): the first evaluation epoch with "
+               f"{rule['tail']} epochs of evaluations after it that no later evaluation beats by {rule['min_gain']} "
+               f"points or more of validation {METRICS[rule['metric']]} (mean over seeds).", "",
+               markdown_table(budget), ""]
+        summary["plateau"] = _json_records(budget, list(budget.columns))
     if "mechanism" in profile.groups:
         rows = set(profile.groups["mechanism"])
         rows |= {profile.baselines[r] for r in rows if r in profile.baselines}
@@ -202,6 +212,10 @@ def _figures(profile, runs, evaluations, folder, log):
     for group, members in profile.groups.items():
         if group.startswith("budgets"):  # the training-budget questions: how the gap moves with the epochs
             figures[f"curves_{re.sub(r'[^A-Za-z0-9_-]+', '_', group)}"] = curves_figure(evaluations, members)
+    if profile.plateau:  # the validation curve the budget is read from, beside the test one
+        metric = profile.plateau["metric"]
+        figures["curves_plateau"] = curves_figure(evaluations, [r.label for r in profile.rows],
+                                                  (f"val_{metric}", metric))
     steps, C, B = {}, None, None
     for r in profile.rows:
         run = profile.run(r.label)

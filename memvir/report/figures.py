@@ -97,7 +97,7 @@ def learning_curves_figure(evaluations, runs):
 
 
 def curves_figure(evaluations, rows, metrics=("recall@1", "map_at_r")):
-    """Test metric against epoch for each row: the mean over seeds, shaded by its 95% t interval; a panel a metric.
+    """A metric against epoch for each row: the mean over seeds, shaded by its 95% t interval; a panel a metric.
 
     The band at an epoch is mean ± t(0.975, n - 1) * sd / sqrt(n) over the n seeds evaluated there (sd with
     ddof=1; no band where n < 2). Values in percent.
@@ -105,6 +105,7 @@ def curves_figure(evaluations, rows, metrics=("recall@1", "map_at_r")):
     Args:
         evaluations: collect's evaluations (or evaluations.csv).
         rows: the row labels to draw, in this order (a row without evaluations is left out).
+        metrics: evaluations' columns: a test metric, or val_<metric> for the validation classes.
     """
     import matplotlib.pyplot as plt
     from scipy import stats
@@ -124,7 +125,8 @@ def curves_figure(evaluations, rows, metrics=("recall@1", "map_at_r")):
             ax.fill_between(g.index, g["mean"] - half, g["mean"] + half, where=n > 1, color=colors[i % 10],
                             alpha=0.2, lw=0)
         ax.set_xlabel("epoch")
-        ax.set_title(f"{METRICS.get(metric, metric)} on the test classes, %")
+        name, where = (metric[4:], "validation") if metric.startswith("val_") else (metric, "test")
+        ax.set_title(f"{METRICS.get(name, name)} on the {where} classes, %")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8, title="mean over seeds, 95% t band", title_fontsize=8)
     fig.tight_layout()

@@ -1,4 +1,5 @@
-"""Reading run folders into tables: a row per run (collect), the selections of a run's value, the choice of a search.
+"""Reading run folders into tables: a row per run (collect), the selections of a run's value, the choice of a search,
+the budget at which a row stops improving (plateau_budget).
 
 What a value of a run is: SELECTIONS (best test value, test value at the best validation epoch, last), named in
 SELECTION_NAMES and explained in SELECTION_MEANING, the one place the three are defined. Everything here reads
@@ -15,7 +16,7 @@ from ..profile import Profile, load_profile
 from ..rundir import KERNELS_KEY, read_run, run_state
 
 __all__ = ["METRICS", "SELECTIONS", "SELECTION_NAMES", "SELECTION_MEANING", "MACHINE_COLUMNS", "MACHINE_FILE",
-           "collect", "selections", "values_by_row", "baselines_of", "validation_choice"]
+           "collect", "selections", "values_by_row", "baselines_of", "validation_choice", "plateau_budget"]
 
 
 METRICS = {"recall@1": "Recall@1", "r_precision": "RP", "map_at_r": "MAP@R"}  # key in metrics.json -> column name
@@ -170,3 +171,36 @@ def validation_choice(profile, metric=None):
     best = df.groupby("loss", sort=False)[f"val_{metric}"].transform("max")
     df["chosen"] = df[f"val_{metric}"] == best
     return df
+
+
+def plateau_budget(evaluations, rows, metric, min_gain, tail):
+    """The converged budget of each row: the first epoch that no later evaluation beats by `min_gain` points.
+
+    v(e) is the mean over seeds of the validation `metric` (percent) at evaluation epoch e. B is the smallest e
+    with at least `tail` epochs of evaluations after it such that max over e' > e of v(e') - v(e) < min_gain.
+    Only the validation classes are read.
+
+    Args:
+        evaluations: collect's evaluations (val_<metric> columns).
+        rows: row labels, in order.
+    Returns:
+        DataFrame: row, budget (NaN when no epoch qualifies: train longer), val_<metric> at the budget, best_later
+        (the highest later v), last_epoch, seeds.
+    """
+    col, records = f"val_{metric}", []
+    for row in rows:
+        e = evaluations[evaluations["row"] == row]
+        v = (100 * e[col].astype(float)).groupby(e["epoch"]).mean().sort_index()  # (evaluations,) v(e)
+        epochs, values = v.index.to_numpy(), v.to_numpy()
+        last = int(epochs[-1]) if len(epochs) else 0
+        budget = at = later = np.nan
+        for i, epoch in enumerate(epochs):
+            if epoch + tail > last:
+                break
+            best_later = values[i + 1:].max()
+            if best_later - values[i] < min_gain:
+                budget, at, later = int(epoch), round(float(values[i]), 2), round(float(best_later), 2)
+                break
+        records.append({"row": row, "budget": budget, col: at, "best_later": later, "last_epoch": last,
+                        "seeds": int(e["seed"].nunique()) if len(e) else 0})
+    return pd.DataFrame(records)
