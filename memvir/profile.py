@@ -2,8 +2,8 @@
 
     rows      a loss with or without MemVir (label, the training notebook's params, its baseline row)
     seeds     each row runs once per seed: a Run, in a folder named after its parameters
-    groups    a study's questions (rows compared with their baselines); calibrate, select, plateau, compare, book:
-              what the report and the chapters make of them
+    groups    a study's questions (rows compared with their baselines); contrasts: pairs of other rows compared
+              the same way; calibrate, select, plateau, compare, book: what the report and the chapters make of them
 
 Read by the pipeline (which runs the profile) and by the report (which reads its runs); it runs nothing itself.
 """
@@ -21,7 +21,7 @@ __all__ = ["ROOT", "TABLE_VALUES", "PROFILE_KEYS", "Row", "Run", "Profile", "loa
 ROOT = Path(__file__).resolve().parents[1]  # the repository memvir was installed from (editable install)
 TABLE_VALUES = ("best", "last")  # which value of a run the tables use: best over training (official) or last
 PROFILE_KEYS = ("description", "notebook", "seeds", "common", "rows", "table_value", "book", "select", "compare",
-                "calibrate", "groups", "shares", "plateau")  # the keys of configs/<profile>.yml
+                "calibrate", "groups", "shares", "plateau", "contrasts")  # the keys of configs/<profile>.yml
 PLATEAU_KEYS = ("metric", "min_gain", "tail")  # plateau: the converged-budget rule (memvir.report.runs.plateau_budget)
 BOOK_KEYS = ("curriculum", "training", "tsne")  # book: which row's first-seed run each chapter shows
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -61,6 +61,7 @@ class Profile:
     calibrate: tuple = ()  # a calibration profile: the target range (percent) of the baseline's test Recall@1
     plateau: dict = field(default_factory=dict)  # a budget profile: {metric, min_gain (points), tail (epochs)}
     groups: dict = field(default_factory=dict)  # {name: [row, ...]}: a study's questions, a table (figure) each
+    contrasts: dict = field(default_factory=dict)  # {name: [(row, other row), ...]}: pairs besides row/baseline
     shares: str = ""  # another profile whose run folders this one uses (YAML `shares`; identical rows, same runs)
     compare: str = ""  # "table4": the report lays the paper's Table 4 beside the profile's rows
     book: dict = field(default_factory=dict)  # {"curriculum": row, "training": row, "tsne": row}
@@ -194,7 +195,7 @@ def _rows(spec, path):
 
 def _options(spec, path, rows):
     """What the report and the chapters make of the rows: {table_value, book, select, compare, calibrate, plateau,
-    groups, shares}, each checked."""
+    groups, contrasts, shares}, each checked."""
     labels = {r.label for r in rows}
     table_value = spec.get("table_value", "best")
     if table_value not in TABLE_VALUES:
@@ -229,12 +230,25 @@ def _options(spec, path, rows):
         for label in members:
             if label not in labels:
                 raise ValueError(f"{path}: groups.{name} names {label!r}, which is not a row label")
+    contrasts = spec.get("contrasts") or {}
+    if not isinstance(contrasts, dict) or not all(
+            isinstance(pairs, list) and pairs and all(isinstance(p, list) and len(p) == 2 and p[0] != p[1]
+                                                     for p in pairs) for pairs in contrasts.values()):
+        raise ValueError(f"{path}: contrasts must map a name to a non-empty list of [row, other row] pairs")
+    for name, pairs in contrasts.items():
+        bad = [label for pair in pairs for label in pair if label not in labels]
+        if bad or name in groups:
+            raise ValueError(f"{path}: contrasts.{name} " + (f"names {bad[0]!r}, which is not a row label" if bad
+                                                              else "has the name of a group"))
+        rows_once = [p[0] for p in pairs]
+        if len(set(rows_once)) < len(rows_once):
+            raise ValueError(f"{path}: contrasts.{name} compares one row twice; give each pair its own contrast")
     shares = str(spec.get("shares") or "")
     if shares and not re.fullmatch(r"[A-Za-z0-9_-]+", shares):
         raise ValueError(f"{path}: shares must name another profile (its run folders are shared), got {shares!r}")
     return {"table_value": table_value, "book": book, "select": select, "compare": compare,
             "calibrate": tuple(float(v) for v in calibrate), "plateau": dict(plateau), "groups": groups,
-            "shares": shares}
+            "contrasts": {k: [tuple(p) for p in v] for k, v in contrasts.items()}, "shares": shares}
 
 
 def load_profile(profile, runs_root=None, report_root=None):

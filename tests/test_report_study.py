@@ -457,3 +457,41 @@ def test_plateau_option_refused_in_one_line(tmp_path, plateau):
                     "rows:\n- label: A\n  params: {loss: Norm_SoftMax}\n")
     with pytest.raises(ValueError, match=r"p\.yml: plateau must be \{metric"):
         load_profile(path)
+
+
+def test_contrasts_compare_two_rows_in_the_same_family():
+    """A contrast pairs a row with another row (not its baseline), by seed; Holm's family holds it with the rest."""
+    from memvir.report.stats import study_comparisons
+
+    values = {"base": [60.0, 61.0, 62.0], "a": [61.0, 62.5, 62.5], "b": [60.5, 61.0, 63.5]}
+    runs = pd.DataFrame([{"row": row, "seed": s, **{f"{sel}_{m}": v[s] / 100 for sel in ("best", "last")
+                                                   for m in ("recall@1", "r_precision", "map_at_r")}}
+                         for row, v in values.items() for s in range(3)])
+    c = study_comparisons(runs, {"g": ["a", "b"]}, {"a": "base", "b": "base"}, {"a_vs_b": [("a", "b")]})
+    got = c[(c["group"] == "a_vs_b") & (c["metric"] == "map_at_r") & (c["selection"] == "last")].iloc[0]
+    assert (got["row"], got["baseline"], got["pairs"]) == ("a", "b", 3)
+    d = [x - y for x, y in zip(values["a"], values["b"])]
+    assert got["diff_mean"] == pytest.approx(statistics.fmean(d))
+    assert got["p"] == pytest.approx(stats.ttest_rel(values["a"], values["b"]).pvalue)
+    family = c[(c["metric"] == "map_at_r") & (c["selection"] == "last")]
+    assert len(family) == 3  # a-base, b-base, a-b: Holm over the three
+    ps = sorted(family["p"])
+    assert got["p_holm"] == pytest.approx(min(1, max((3 - i) * p for i, p in enumerate(ps) if p <= got["p"])))
+
+
+@pytest.mark.parametrize("contrasts,match", [("{c: [[A, Z]]}", "contrasts.c names 'Z'"),
+                                             ("{c: [[A, B], [A, Z]]}", "contrasts.c names 'Z'"),
+                                             ("{c: [[A, B], [A, B]]}", "contrasts.c compares one row twice"),
+                                             ("{c: [A, B]}", "contrasts must map a name to"),
+                                             ("{g: [[A, B]]}", "contrasts.g has the name of a group")])
+def test_contrasts_refused_in_one_line(tmp_path, contrasts, match):
+    from memvir.profile import load_profile
+
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "nb.ipynb").write_text("{}")
+    path = tmp_path / "configs" / "p.yml"
+    path.write_text(f"notebook: nb.ipynb\nseeds: [0]\ncontrasts: {contrasts}\ngroups: {{g: [B]}}\n"
+                    "rows:\n- label: A\n  params: {loss: Norm_SoftMax}\n"
+                    "- label: B\n  baseline: A\n  params: {loss: Norm_SoftMax, scale: 8.0}\n")
+    with pytest.raises(ValueError, match=match):
+        load_profile(path)

@@ -164,10 +164,10 @@ def _study_sections(profile, runs, evaluations, out, summary):
     """A study's comparisons (groups), a calibration's choice, a converged budget, the mechanism's diagnostics:
     files, sections and their records in `summary` (report.json)."""
     md = []
-    if profile.groups:  # every row against its baseline, Holm-corrected per metric and selection
-        comparisons = study_comparisons(runs, profile.groups, profile.baselines)
+    if profile.groups or profile.contrasts:  # each row against its baseline (or the other row of a contrast), Holm
+        comparisons = study_comparisons(runs, profile.groups, profile.baselines, profile.contrasts)
         write_csv(comparisons, out / "comparisons.csv", "%.6f")
-        md += _study_markdown(comparisons, profile.groups)
+        md += _study_markdown(comparisons, [*profile.groups, *profile.contrasts])
         summary.update(study=_json_records(comparisons, COMPARISON_COLUMNS), holm_family=HOLM_FAMILY)
     if profile.calibrate:
         choice = calibration_choice(profile, runs)
@@ -227,7 +227,8 @@ def _figures(profile, runs, evaluations, folder, log):
     if steps:
         figures["curriculum"] = curriculum_figure(steps, C, B)
     if (folder.parent / "comparisons.csv").is_file():  # the verdict as a picture, drawn from the file itself
-        figures["forest"] = forest_figure(pd.read_csv(folder.parent / "comparisons.csv"), profile.groups)
+        lines = {**profile.groups, **{k: [row for row, _ in v] for k, v in profile.contrasts.items()}}
+        figures["forest"] = forest_figure(pd.read_csv(folder.parent / "comparisons.csv"), lines)
     for stem, fig in figures.items():
         save_figure(fig, folder, stem)
         plt.close(fig)

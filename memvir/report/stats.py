@@ -79,7 +79,7 @@ HOLM_FAMILY = ("every comparison of the profile (a row against its baseline) wit
                "each counted once even when its row is in two groups")
 
 
-def study_comparisons(runs, groups, baselines):
+def study_comparisons(runs, groups, baselines, contrasts=None):
     """Every row of every group against its baseline, per metric and selection: paired statistics, Holm-corrected.
 
     For each group, each of its rows that has a baseline, each metric of STUDY_METRICS and each selection of
@@ -91,6 +91,8 @@ def study_comparisons(runs, groups, baselines):
         runs: collect's runs (or runs.csv).
         groups: {group name: [row label, ...]} (Profile.groups).
         baselines: {row: its baseline row} (Profile.baselines).
+        contrasts: {name: [(row, other row), ...]} (Profile.contrasts): each row against the other row given, as
+            group `name`, in the same families.
     Returns:
         DataFrame with COMPARISON_COLUMNS, groups and rows in the order given.
     """
@@ -98,16 +100,16 @@ def study_comparisons(runs, groups, baselines):
     per = {(m, s): values_by_row(runs, m, s) for m in STUDY_METRICS for s in chosen}  # {row: {seed: percent}}
     have = set(runs["row"])
     records = []
-    for group, members in groups.items():
-        for row in members:
-            base = baselines.get(row)
-            if not base or row not in have or base not in have:
-                continue
-            for metric in STUDY_METRICS:
-                for sel in chosen:
-                    values = per[(metric, sel)]
-                    records.append({"group": group, "row": row, "baseline": base, "metric": metric,
-                                    "selection": sel, **paired_comparison(values[row], values[base])})
+    pairs = [(g, row, baselines.get(row)) for g, members in groups.items() for row in members]
+    pairs += [(name, row, other) for name, listed in (contrasts or {}).items() for row, other in listed]
+    for group, row, base in pairs:
+        if not base or row not in have or base not in have:
+            continue
+        for metric in STUDY_METRICS:
+            for sel in chosen:
+                values = per[(metric, sel)]
+                records.append({"group": group, "row": row, "baseline": base, "metric": metric,
+                                "selection": sel, **paired_comparison(values[row], values[base])})
     df = pd.DataFrame(records, columns=[c for c in COMPARISON_COLUMNS if c not in ("p_holm", "significant")])
     df["p_holm"] = np.nan
     for _, family in df.groupby(["metric", "selection"], sort=False):
