@@ -180,8 +180,9 @@ def known_values(profile):
               "reference_dir": profile.reference_dir}
     if profile.compare == "table4":  # the Table-4 chapter reads this profile's report
         values["table4_dir"] = profile.report_dir
-    if len(profile.groups) > 1:  # a study (several groups of comparisons): the study chapter reads its report
+    if len(profile.groups) > 1 and "main" in profile.groups:  # a study: the study chapter reads its report
         values["study_dir"] = profile.report_dir
+    values[f"{profile.name}_dir"] = profile.report_dir  # a chapter that reads several profiles names each so
     common = profile.rows[0].params
     if str(common.get("data_name", "")).lower() == "glyphs":  # the benchmark the runs trained on
         values.update({k: common[k] for k in ("input_size", "num_classes", "instances_per_class", "min_fonts",

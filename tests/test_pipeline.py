@@ -379,6 +379,15 @@ def test_a_study_profile_offers_its_report_to_the_study_chapter(tmp_path):
     study = load_profile(make_repo(tmp_path / "b", GOOD + groups))
     assert pipeline.known_values(study)["study_dir"] == study.report_dir
     assert "study_dir" in notebook_defaults(ROOT / "notebooks" / "06_deliver.py")
+    (tmp_path / "c").mkdir()  # several groups but no `main`: not the study chapter's shape (controls, splits)
+    other = load_profile(make_repo(tmp_path / "c", GOOD + "groups: {x: [MemVir + A], y: [A, MemVir + A]}\n"))
+    assert "study_dir" not in pipeline.known_values(other)
+
+
+def test_every_profile_offers_its_report_by_name(tmp_path):
+    """A chapter that reads several profiles declares <profile>_dir for each: it gets the report made here."""
+    prof = load_profile(make_repo(tmp_path, GOOD))
+    assert pipeline.known_values(prof)[f"{prof.name}_dir"] == prof.report_dir
 
 
 @pytest.mark.parametrize("name", PROFILES)
