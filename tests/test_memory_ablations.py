@@ -254,3 +254,18 @@ def test_full_fill_resumes_bitwise(tmp_path):
         for k in a[part]:
             assert torch.equal(a[part][k], b[part][k]), (part, k)
     assert [r["loss"] for r in steps_csv(ref)] == [r["loss"] for r in steps_csv(run)]
+
+
+@pytest.mark.parametrize("N,M,U,epochs", [(2, 1, 2, 4), (3, 2, 1, 4), (4, 3, 3, 4)])
+def test_memory_schedule_counts_what_the_run_counted(tmp_path, N, M, U, epochs):
+    """The chapters' arithmetic of a full memory (memvir.report.memory_schedule) against a run's own step count."""
+    from memvir.report import memory_schedule
+
+    params = {**TINY, "mem_num_step": N, "mem_step_gap": M, "warm_epoch": U, "epochs": epochs, "val_classes": 0}
+    res = train({**params, "save_path": str(tmp_path)})
+    with open(os.path.join(tmp_path, "metrics.json")) as fh:
+        recorded = __import__("json").load(fh)["full_memory_steps"]
+    got = memory_schedule(params)
+    assert got["steps_per_epoch"] == STEPS_PER_EPOCH and got["span"] == N * (M + 1)
+    assert got["full_memory_steps"] == recorded, (got, recorded)
+    assert res["finished"]
