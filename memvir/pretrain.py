@@ -20,7 +20,8 @@ from pathlib import Path
 PRETRAINED_GLYPHS = "glyphs"  # the --pretrained value that names this backbone
 FORMAT_VERSION = 1  # bump when the training below changes
 # The recipe, fixed before any run that uses it: the benchmark's rates and batch, more images per class (distinct
-# renders x augmentation), and epochs enough for the training accuracy to level off (about 2.5 minutes on one core).
+# renders x augmentation), 30 epochs: 95.4% training accuracy in the last epoch, 241 s on one core shared with other
+# runs (the default benchmark's 505 classes, measured here).
 RECIPE = {"instances_per_class": 20, "epochs": 30, "lr": 1e-3, "weight_decay": 1e-4, "batch_size": 128, "seed": 0}
 
 __all__ = ["PRETRAINED_GLYPHS", "RECIPE", "pretraining_classes", "backbone_file", "pretrain_backbone"]
