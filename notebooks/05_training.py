@@ -57,7 +57,7 @@ mem_num_step = 5  # N, past steps taken as virtual classes
 mem_step_gap = 20  # M, steps skipped between two taken steps
 warm_epoch = 5  # U, epochs before the memory starts filling
 mem_fill = "curriculum"  # curriculum (official) | full: all N steps from warm-up's end
-mem_virtual = "both"  # what a past step brings: both (MemVir) | embeddings | proxies | current
+mem_virtual = "both"  # a past step brings: both (MemVir) | embeddings | proxies | current
 xbm_size = 0  # XBM: past embeddings a pair loss remembers (--loss Contrastive); 0: off
 # optimisation
 optimizer = "adam"  # adam | adamw | rmsprop | sgd

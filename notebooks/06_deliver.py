@@ -166,8 +166,8 @@ display(
 
 
 # %% tags=["hide-input"]
-# The headline carries its regime: the budgets, how long MemVir trained with a full memory, whether the runs
-# had converged (the best epoch being the last says they had not).
+# The headline carries its regime: the budgets, how long MemVir trained with a full
+# memory, whether the runs had converged (the best epoch being the last says not).
 def regime_of(profile_name):
     """Budgets, full-memory spans of the MemVir rows, runs chosen at their last epoch."""
     memvir_rows = [r for r in load_profile(profile_name).rows if r.params.get("memvir")]

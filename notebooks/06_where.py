@@ -92,7 +92,7 @@ def selection_of(c):
     return "val" if "val" in set(c["selection"]) else "last"
 
 
-def said(c, row, metric=MAP):
+def words(c, row, metric=MAP):
     """A row against its baseline (or a contrast's other row), in words."""
     return report.said(c, row, metric, selection_of(c))
 
@@ -107,6 +107,19 @@ def tables(name, groups=None):
     for group in groups or dict.fromkeys(c["group"]):
         display(Markdown(f"**{group}**"))
         show(report.compact_table(c, group, selection_of(c), (MAP, R1)))
+
+
+def schedule(name):
+    """The MemVir rows of a profile: epochs, warm-up, steps with a full memory, spans."""
+    records = []
+    for r in load_profile(name).rows:
+        if r.params.get("memvir"):
+            s = report.memory_schedule(r.params)
+            records.append({"Row": r.label, "epochs": r.params["epochs"],
+                            "U": r.params["warm_epoch"], "N(M+1)": s["span"],
+                            "full-memory steps": s["full_memory_steps"],
+                            "spans": round(s["spans"], 1)})
+    return pd.DataFrame(records)
 
 
 def tally(name, rows):
@@ -223,10 +236,10 @@ if reports["splits"] and reports["splits"]["comparisons"] is not None:
     c = reports["splits"]["comparisons"]
     old = report.comparisons(study_dir)
     display(Markdown(
-        "- " + "\n- ".join(f"{row}: MAP@R {said(c, row)}" for row in
+        "- " + "\n- ".join(f"{row}: MAP@R {words(c, row)}" for row in
                           dict.fromkeys(c["row"]))
         + "\n\nIn the study (Norm-SoftMax at scale 23, Proxy-NCA at 12, rate 1e-3): "
-        + "; ".join(f"{row}: MAP@R {said(old, row)}"
+        + "; ".join(f"{row}: MAP@R {words(old, row)}"
                     for row in ("MemVir + Norm-SoftMax", "MemVir + Proxy-NCA")) + "."))
 
 # %% [markdown]
@@ -263,6 +276,7 @@ if reports["plateau"]:
 display(Markdown(status("converged")))
 if reports["converged"] and reports["converged"]["comparisons"] is not None:
     tables("converged")
+    show(schedule("converged"))
 
 # %% [markdown]
 # ## 2. The paper's protocol
@@ -275,6 +289,7 @@ if reports["converged"] and reports["converged"]["comparisons"] is not None:
 display(Markdown(status("protocol")))
 if reports["protocol"] and reports["protocol"]["comparisons"] is not None:
     tables("protocol")
+    show(schedule("protocol"))
 
 # %% [markdown]
 # ## 3. A pretrained backbone
@@ -287,3 +302,4 @@ if reports["protocol"] and reports["protocol"]["comparisons"] is not None:
 display(Markdown(status("pretrained")))
 if reports["pretrained"] and reports["pretrained"]["comparisons"] is not None:
     tables("pretrained")
+    show(schedule("pretrained"))
