@@ -66,14 +66,14 @@ def evaluate_checkpoint(path, device, data=None, workers=0) -> tuple[dict, list]
     """
     from .config import parse_k_list, resolve_config
     from .experiment import build
-    from .rundir import load_checkpoint
+    from .rundir import load_checkpoint, load_state
 
     if not os.path.exists(path):
         raise FileNotFoundError(f"--eval_best: {path} does not exist; train the model first (same --save_path)")
-    ckpt = load_checkpoint(path, device)
+    ckpt = load_checkpoint(path, device, fields=("config", "model", "epoch", "step"))
     saved = resolve_config({**ckpt["config"], "eval_best": False, **({"data": data} if data else {})})
     exp = build(saved, device, pretrained=False)
-    exp.net.load_state_dict(ckpt["model"])
+    load_state(exp.net, ckpt, "model", path)
     ks = parse_k_list(saved.k_list)
     ev = {"epoch": ckpt["epoch"], "step": ckpt["step"],
           **evaluate(exp.net, exp.splits.test, ks, device, workers, exp.splits, nmi=saved.do_nmi)}

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch.nn as nn
 
-__all__ = ["Experiment", "build", "build_splits", "build_criterion", "train_steps_per_epoch", "load_trained"]
+__all__ = ["Experiment", "build", "build_splits", "build_criterion", "train_steps_per_epoch", "check_input_size",
+           "load_trained"]
 
 
 @dataclass
@@ -91,9 +92,11 @@ def build(cfg, device="cpu", pretrained=True) -> Experiment:
         cfg: a resolved TrainConfig (memvir.config.resolve_config).
         pretrained: load cfg.pretrained into the backbone (training); False when a checkpoint brings the weights.
     """
-    from .models import build_model
+    from .models import WeightsUnavailable, build_model
     from .pretrain import PRETRAINED_GLYPHS, pretrain_backbone
 
+    in_channels = 1 if cfg.data_name == "glyphs" else 3
+    check_input_size(cfg, in_channels)  # before the data are read or rendered, and long before the first step
     splits = build_splits(cfg)
     C = splits.num_classes  # the classes of the train folder; -C may add proxies that are only negatives
     if cfg.C is not None:
@@ -107,8 +110,14 @@ def build(cfg, device="cpu", pretrained=True) -> Experiment:
     weights = cfg.pretrained if pretrained else "none"
     if weights == PRETRAINED_GLYPHS:  # a GlyphCNN taught the glyph classes this benchmark does not use, cached
         weights = pretrain_backbone(cfg)
-    net = build_model(cfg.backbone, cfg.dim, cfg.pooling_type, weights,
-                      in_channels=1 if cfg.data_name == "glyphs" else 3).to(device)
+    try:
+        net = build_model(cfg.backbone, cfg.dim, cfg.pooling_type, weights, in_channels=in_channels).to(device)
+    except WeightsUnavailable as exc:  # offline: say it in the flags' terms
+        raise WeightsUnavailable(
+            f"--pretrained {weights}: cannot download the ImageNet weights of --backbone {cfg.backbone} from "
+            f"{exc.url} ({exc.reason}); pass a local copy with --pretrained /path/to/{exc.file} (or put it in "
+            f"{exc.cache}), or train from random initialisation with --pretrained none", exc.url, exc.cache,
+            exc.reason) from None
     spe = None
     if cfg.memvir and cfg.mem_fill == "full":  # MemVir then starts recording that many steps before epoch U
         from .distributed import from_env
@@ -117,6 +126,23 @@ def build(cfg, device="cpu", pretrained=True) -> Experiment:
     loss, criterion = build_criterion(cfg, C, spe)
     criterion.to(device)
     return Experiment(splits, net, loss, criterion)
+
+
+def check_input_size(cfg, in_channels):
+    """Raise a ValueError naming --input_size and the sides that work when the images would not go through the
+    backbone (its feature map collapses, or BN-Inception's branches do not line up)."""
+    from .models import input_size_problem
+
+    problem = input_size_problem(cfg.backbone, cfg.input_size, in_channels)
+    if problem is None:
+        return
+    smallest, below, above = problem["smallest"], problem["below"], problem["above"]
+    if cfg.input_size < smallest:
+        expected = f"expected --input_size >= {smallest}, the smallest side that works"
+    else:
+        expected = f"expected a side that works, e.g. {below} or {above} (the smallest: {smallest})"
+    raise ValueError(f"--input_size={cfg.input_size}: {cfg.input_size} px images do not go through --backbone "
+                     f"{cfg.backbone} ({problem['reason'][:200]}); {expected}")
 
 
 def load_trained(run_dir, checkpoint="last", device="cpu"):
@@ -130,7 +156,7 @@ def load_trained(run_dir, checkpoint="last", device="cpu"):
         (net in eval mode, criterion, Splits, config dict, checkpoint epoch).
     """
     from .config import resolve_config
-    from .rundir import epoch_checkpoints, load_checkpoint
+    from .rundir import epoch_checkpoints, load_checkpoint, load_state
 
     ckpt_dir = Path(run_dir) / "checkpoints"
     if checkpoint == "last":
@@ -143,9 +169,9 @@ def load_trained(run_dir, checkpoint="last", device="cpu"):
         if not path.is_file():
             raise FileNotFoundError(f"{path} does not exist; checkpoints there: "
                                     f"{sorted(p.name for p in ckpt_dir.glob('*.pt'))}")
-    ckpt = load_checkpoint(path, device)
+    ckpt = load_checkpoint(path, device, fields=("config", "model", "criterion", "epoch"))
     exp = build(resolve_config(ckpt["config"]), device, pretrained=False)  # rebuilt exactly as trained
-    exp.net.load_state_dict(ckpt["model"])
+    load_state(exp.net, ckpt, "model", path)
     exp.net.eval()
-    exp.criterion.load_state_dict(ckpt["criterion"])
+    load_state(exp.criterion, ckpt, "criterion", path)
     return exp.net, exp.criterion, exp.splits, ckpt["config"], int(ckpt["epoch"])

@@ -1,7 +1,8 @@
 """Atomic files and booleans as people write them: the leaf every other module may import (standard library only).
 
 Every file the project writes goes through `atomic_write`: a temporary file in the same folder, fsync, then
-os.replace, so a reader (or a resume after a kill) sees the old file or the new one, never half of one.
+os.replace, so a reader (or a resume after a kill) sees the old file or the new one, never half of one. A folder
+written as a whole (a report, the book's staged source) goes through `atomic_folder` the same way.
 """
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ import errno
 import json
 import math
 import os
+import re
 import shutil
 
-__all__ = ["atomic_write", "atomic_json", "parse_bool", "os_error_line", "interrupted"]
+__all__ = ["atomic_write", "atomic_json", "as_written", "atomic_folder", "parse_bool", "os_error_line", "with_hint",
+           "interrupted"]
 
 
 def atomic_write(path, write, mode="wb"):
@@ -57,6 +60,11 @@ def atomic_json(obj, path):
     atomic_write(path, lambda fh: json.dump(_finite(obj), fh, indent=1), mode="w")
 
 
+def as_written(obj):
+    """`obj` as atomic_json writes it and json.load reads it back (NaN and inf as None, tuples as lists)."""
+    return json.loads(json.dumps(_finite(obj)))
+
+
 def _finite(obj):
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
@@ -65,6 +73,84 @@ def _finite(obj):
     if isinstance(obj, (list, tuple)):
         return [_finite(v) for v in obj]
     return obj
+
+
+@contextlib.contextmanager
+def atomic_folder(path, check_ours, hint):
+    """Build a folder whole in a temporary sibling (`<path>.tmp<pid>`, yielded), then swap it in for `path`.
+
+    A failure inside the block (a full disk, a read-only file system, any error) removes the temporary folder and
+    leaves `path` as it was; an OSError about a file in the temporary folder is reported under its final name.
+    The swap is two renames on one file system (the old folder aside, the new one in), then the old one removed:
+    no reader ever sees a half-built folder.
+
+    Args:
+        path: the folder to replace (created with its parents when missing).
+        check_ours: callable(path), called on an existing non-empty `path`: raises (one line) unless this writer
+            made it, so that a folder of the user's is never replaced.
+        hint: what the folder is, in the user's terms (e.g. "--out: the report's folder"), for os_error_line.
+    """
+    path = os.path.abspath(os.fspath(path))
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise with_hint(OSError(errno.EEXIST, os.strerror(errno.EEXIST), path), hint)
+    if _read_only(path):  # said before anything is built (the parent may be writable: the swap would fail late)
+        raise with_hint(OSError(errno.EROFS, os.strerror(errno.EROFS), path), hint)
+    if os.path.ismount(path):
+        raise ValueError(f"{path}: is a mount point, and the folder is replaced whole by a rename, which a mount "
+                         f"point cannot be; expected a folder inside it ({hint})")
+    if os.path.isdir(path) and os.listdir(path):
+        check_ours(path)
+    _remove_stale_siblings(path)
+    tmp, old = f"{path}.tmp{os.getpid()}", f"{path}.old{os.getpid()}"
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    try:
+        os.mkdir(tmp)
+        yield tmp
+        if os.path.isdir(path):
+            os.rename(path, old)
+        try:
+            os.rename(tmp, path)
+        except BaseException:
+            if os.path.isdir(old):
+                os.rename(old, path)
+            raise
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        for attr in ("filename", "filename2"):  # the names the user knows; the temporary folder is gone
+            name = getattr(exc, attr, None) if isinstance(exc, OSError) else None
+            if isinstance(name, str) and name.startswith(tmp):
+                setattr(exc, attr, path + name[len(tmp):])
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _read_only(path):
+    """True when `path` (or, when it does not exist, its nearest existing parent) is on a read-only file system."""
+    while path and not os.path.exists(path):
+        path = os.path.dirname(path)
+    try:
+        return bool(os.statvfs(path or ".").f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def _remove_stale_siblings(path):
+    """Remove the `<path>.tmp<pid>` / `.old<pid>` folders that killed writers left (their process is gone)."""
+    folder, name = os.path.split(path)
+    for entry in os.listdir(folder) if os.path.isdir(folder) else []:
+        match = re.fullmatch(re.escape(name) + r"\.(?:tmp|old)(\d+)", entry)
+        if match and int(match.group(1)) != os.getpid() and not _alive(int(match.group(1))):
+            shutil.rmtree(os.path.join(folder, entry), ignore_errors=True)
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: alive
+        return True
+    return True
 
 
 def parse_bool(text):
@@ -112,20 +198,30 @@ _OS_ERRORS = {errno.ENOSPC: "no space left on its device ({free} free{written}):
               errno.ELOOP: "too many levels of symbolic links (a link loop?)"}
 
 
+def with_hint(exc, hint):
+    """Attach what the user can do about `exc` in the writer's own terms (a flag, an environment variable):
+    os_error_line appends it after the system's words. Returns `exc`, to raise."""
+    exc.hint = hint
+    return exc
+
+
 def os_error_line(exc):
     """One line for an OSError: the path it concerns, what went wrong in words a user can act on, the space left
-    on a full disk. For `error: ...` lines of the command line, instead of a traceback. An OSError without a
-    file (ours, whose message names it already) is its message."""
+    on a full disk, and the writer's hint (with_hint). For `error: ...` lines of the command line, instead of a
+    traceback. An OSError without a file (ours, whose message names it already) is its message."""
+    hint = f" ({exc.hint})" if getattr(exc, "hint", None) else ""
     if exc.filename is None:
-        return str(exc)
+        return str(exc) + hint
     path = exc.filename
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS) and exc.filename2 is not None:
+        path = exc.filename2  # a copy (shutil) names its source first: the destination is what cannot be written
     what = _OS_ERRORS.get(exc.errno)
     if what is None:
-        return f"{path}: {exc.strerror or exc}"
+        return f"{path}: {exc.strerror or exc}{hint}"
     free = _free_bytes(os.path.dirname(os.path.abspath(os.fspath(path))))
     written = getattr(exc, "written", None)
-    return f"{path}: " + what.format(free=_size(free), written="" if written is None else
-                                     f"; the file needs more than the {_size(written)} it had reached")
+    return f"{path}: " + what.format(free=_size(free), written="" if not written else
+                                     f"; the file needs more than the {_size(written)} it had reached") + hint
 
 
 def _size(n):

@@ -12,17 +12,21 @@ ImageNet-pretrained BN-Inception whose 1024-channel feature map is globally pool
 - `GlyphCNN`: a small CNN for the 32 px, 1-channel glyph benchmark that trains in minutes on a CPU;
 - `GlobalPooling` (GAP, GMP, or their sum) and `Embedding` (linear, then optional L2 norm).
 
-`build_model` assembles them and loads pretrained weights; `freeze_bn` reproduces the official `--freeze_BN`.
+`build_model` assembles them and loads pretrained weights; `freeze_bn` reproduces the official `--freeze_BN`;
+`input_size_problem` says, before any training, when an input side does not go through a backbone.
 Each backbone expects its own input normalisation; `MODEL_INPUT` says which (see `INPUT_NORMALIZATION`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import http.client
+import io
 import os
 import pickle
 import socket
+import sys
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
@@ -57,6 +61,18 @@ INPUT_NORMALIZATION = {
 # official code was written.
 BNINCEPTION_URL = "http://data.lip6.fr/cadene/pretrainedmodels/bn_inception-52deb4733.pth"
 DOWNLOAD_TIMEOUT_S = 20.0  # seconds without a byte from the server before a download gives up
+
+
+class WeightsUnavailable(RuntimeError):
+    """Public weights that cannot be had here (offline, a failed or damaged download).
+
+    Attributes: url (where they are published), file (its name: what to pass as a local copy), cache (the folder
+    torch.hub takes them from), reason (what went wrong, in one line).
+    """
+
+    def __init__(self, message, url, cache, reason):
+        super().__init__(message)
+        self.url, self.file, self.cache, self.reason = url, url.rsplit("/", 1)[-1], cache, reason
 
 
 def model_input(backbone: str) -> str:
@@ -382,7 +398,7 @@ def build_model(
     Raises:
         ValueError: bad argument or a weights file that does not fit the backbone.
         FileNotFoundError: `pretrained` is neither "imagenet" nor "none" and no such file exists.
-        RuntimeError: "imagenet" weights cannot be downloaded (e.g. offline).
+        WeightsUnavailable (a RuntimeError): "imagenet" weights cannot be downloaded (e.g. offline).
     Paper: MemVir, implementation details (ImageNet-pretrained BN-Inception; the README's runs use `--dim=512`).
     """
     backbone = _check_backbone(backbone)
@@ -583,22 +599,72 @@ def _download_imagenet_weights(backbone: str) -> Mapping[str, torch.Tensor]:
     else:
         weights = torchvision.models.get_model_weights(backbone)
         url = weights.IMAGENET1K_V1.url
+    cache = os.path.join(torch.hub.get_dir(), "checkpoints")
+    said = io.StringIO()  # torch.hub's "Downloading: ..." line: shown once the download worked, else only our error
     try:
-        with _socket_timeout(DOWNLOAD_TIMEOUT_S):
+        with _socket_timeout(DOWNLOAD_TIMEOUT_S), contextlib.redirect_stdout(said):
             # Uses the file in torch.hub's cache (~/.cache/torch/hub/checkpoints) when it is there; the hash prefix in
             # the file name is checked after a download.
-            return torch.hub.load_state_dict_from_url(
+            state = torch.hub.load_state_dict_from_url(
                 url, map_location="cpu", progress=False, check_hash=True, weights_only=True
             )
+        sys.stdout.write(said.getvalue())
+        return state
     except UnicodeDecodeError:  # downloaded, but a Python 2 file with non-UTF-8 strings: read it as latin1
-        return _read_state_dict_file(os.path.join(torch.hub.get_dir(), "checkpoints", url.rsplit("/", 1)[-1]))
+        return _read_state_dict_file(os.path.join(cache, url.rsplit("/", 1)[-1]))
     except (OSError, http.client.HTTPException) as e:  # URLError, timeouts and refused connections are OSErrors
-        cache = os.path.join(torch.hub.get_dir(), "checkpoints")
-        raise RuntimeError(
-            f"cannot download the ImageNet weights for backbone {backbone!r} from {url} ({e}). Either download that "
-            f"file on a machine with internet and put it in {cache}, or pass its path as pretrained='/path/to/"
-            f"{url.rsplit('/', 1)[-1]}', or pass pretrained='none' to train from random initialisation."
-        ) from e
+        reason = " ".join(str(e).split()) or type(e).__name__
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as e:  # a hash that does not match, a damaged cache file
+        reason = f"the file does not read as the published weights: {' '.join(str(e).split())[:160]}"
+    raise WeightsUnavailable(
+        f"cannot download the ImageNet weights for backbone {backbone!r} from {url} ({reason}). Either download "
+        f"that file on a machine with internet and put it in {cache}, or pass its path as pretrained='/path/to/"
+        f"{url.rsplit('/', 1)[-1]}', or pass pretrained='none' to train from random initialisation.",
+        url, cache, reason) from None
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Which input sides go through a backbone: found on the meta device (shapes only, no arithmetic, no memory).
+
+
+def input_size_problem(backbone: str, size: int, in_channels: int | None = None) -> dict | None:
+    """Say whether a square input of `size` pixels goes through `backbone`, before any training does.
+
+    A backbone's feature map collapses below some side (BN-Inception: 31 px), and BN-Inception's branches only
+    line up for some sides (31-38, 63-70, ..., 223-230 px: its pooling rounds up, its convolutions down).
+
+    Returns:
+        None when it does; else {"reason": torch's words, "smallest": the smallest side that works, "below",
+        "above": the nearest sides that work (below is None when there is none)}.
+    """
+    backbone = _check_backbone(backbone)
+    in_channels = in_channels or (1 if backbone == "glyphcnn" else 3)
+    reason = _side_problem(backbone, size, in_channels)
+    if reason is None:
+        return None
+    fits = lambda side: _side_problem(backbone, side, in_channels) is None  # noqa: E731
+    smallest = next(side for side in range(1, 4097) if fits(side))
+    below = next((side for side in range(size - 1, smallest - 1, -1) if fits(side)), None)
+    above = next(side for side in range(max(size + 1, smallest), 8193) if fits(side))
+    return {"reason": reason, "smallest": smallest, "below": below, "above": above}
+
+
+@functools.lru_cache(maxsize=None)
+def _side_problem(backbone: str, side: int, in_channels: int) -> str | None:
+    with torch.device("meta"):
+        net = _meta_backbone(backbone, in_channels)
+        try:
+            with torch.no_grad():
+                net(torch.empty(1, in_channels, side, side))
+        except RuntimeError as e:
+            return " ".join(str(e).split())
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _meta_backbone(backbone: str, in_channels: int) -> nn.Module:
+    with torch.device("meta"):
+        return _make_backbone(backbone, in_channels).eval()
 
 
 def _adapt_first_conv(backbone: nn.Module, in_channels: int) -> None:

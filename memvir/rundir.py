@@ -8,7 +8,8 @@
       steps.csv            one row per step (StepLog.COLUMNS)
       events.out.tfevents* TensorBoard, the official scalar names
       checkpoints/         epoch_NNNNN.pt (the newest max_to_keep) and best_<metric>.pt
-      .lock                held (flock) by the one process training here
+      .lock                held (flock) by the one process training here (a regular file; anything else there is
+                           refused in one line)
 
 Every file is written by memvir.files.atomic_write (the old file or the new one, never half of one), as every other
 file the project writes.
@@ -18,19 +19,22 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import errno
 import glob
 import json
 import math
 import os
 import re
+import stat
 
-from .files import atomic_json, atomic_write, parse_bool
+from .files import as_written, atomic_json, atomic_write, parse_bool
 
-__all__ = ["run_name", "RunLock", "RunFolderBusy", "remove_stale_temporaries",
-           "CHECKPOINT_FORMAT", "BEST_METRICS", "CheckpointError", "checkpoint_path", "best_path",
-           "epoch_checkpoints", "save_checkpoint", "link_best", "load_checkpoint", "latest_checkpoint",
-           "new_history", "record_evaluation", "StepLog", "get_rng_state", "set_rng_state", "run_state",
-           "read_run", "RunOutputs", "write_eval_scalars", "check_same_run", "KERNELS_KEY"]
+__all__ = ["run_name", "run_folder", "RunLock", "RunFolderBusy", "remove_stale_temporaries",
+           "CHECKPOINT_FORMAT", "BEST_METRICS", "CheckpointError", "CheckpointRefused", "TRAINING_FIELDS",
+           "checkpoint_path", "best_path", "epoch_checkpoints", "save_checkpoint", "link_best", "load_checkpoint",
+           "load_state", "latest_checkpoint", "new_history", "record_evaluation", "check_history", "read_metrics",
+           "repair_metrics", "StepLog", "get_rng_state", "set_rng_state", "run_state", "read_run", "RunOutputs",
+           "write_eval_scalars", "check_same_run", "KERNELS_KEY"]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -73,6 +77,40 @@ class RunFolderBusy(RuntimeError):
     """Another process holds the run folder's lock."""
 
 
+@contextlib.contextmanager
+def run_folder(path):
+    """Create the run folder `path` (and its missing parents) for the block; when the block fails before anything
+    but the lock was written there (a bad flag found while building the data or the model, weights that cannot
+    be had, Ctrl-C), remove what it created: a failed start leaves no empty run folder behind."""
+    created, p = [], os.path.abspath(os.fspath(path))
+    while not os.path.lexists(p) and p != os.path.dirname(p):
+        created.append(p)  # deepest first
+        p = os.path.dirname(p)
+    os.makedirs(path, exist_ok=True)
+    try:
+        yield path
+    except BaseException:
+        for folder in created:
+            with contextlib.suppress(OSError):
+                if os.listdir(folder) == [".lock"] and folder == created[0]:
+                    os.remove(os.path.join(folder, ".lock"))
+                os.rmdir(folder)  # only when empty: a folder with anything in it stays
+        raise
+
+
+_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO, "a FIFO"),
+          (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"))
+
+
+def _not_a_file(path):
+    """What `path` is when it exists and is not a regular file ("a folder", "a FIFO", ...), else None."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return None
+    return None if stat.S_ISREG(mode) else next((kind for test, kind in _KINDS if test(mode)), "not a regular file")
+
+
 class RunLock:
     """An exclusive OS lock (flock) on <save_path>/.lock, held while a process trains there.
 
@@ -87,6 +125,10 @@ class RunLock:
     def __enter__(self):
         import fcntl
 
+        kind = _not_a_file(self.path)
+        if kind is not None:  # open() would fail on a folder, block on a FIFO, follow a link anywhere
+            raise ValueError(f"{self.path}: is {kind}, not the run folder's lock (a regular file that memvir "
+                             f"creates and holds while it trains there); remove it, then run again")
         fh = open(self.path, "a+")
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -127,7 +169,25 @@ BEST_METRICS = ("recall@1", "r_precision", "map_at_r")
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that cannot be used; the message names the file and what is wrong, in one line."""
+    """A checkpoint that cannot be used (damaged); the message names the file and what is wrong, in one line."""
+
+
+class CheckpointRefused(CheckpointError):
+    """A checkpoint that is whole but must not be used here: one that could run code, or one a newer memvir wrote.
+    Never moved aside (nothing is wrong with it)."""
+
+
+# What memvir.train writes in every checkpoint, and the type of each field: a checkpoint whose field is missing or
+# of another type is damaged (a hand edit, another program), moved aside like an unreadable one. A tuple: any of
+# those types; a dict: a mapping with these fields; "tensors": a mapping from names to tensors (a state_dict).
+TRAINING_FIELDS = {
+    "config": dict, "epoch": int, "step": int, "elapsed": (int, float), "model": "tensors", "criterion": "tensors",
+    "optimizer": {"state": dict, "param_groups": list}, "lrs": list, "scaler": dict, "sampler": dict,
+    "rng": {"torch": "tensor", "cuda": list, "numpy": {"name": str, "keys": "tensor", "pos": int, "has_gauss": int,
+                                                       "cached_gaussian": (int, float)},
+            "python": {"version": int, "state": list, "gauss_next": (float, type(None))}},
+    "history": "history", "early_stop_count": int}
+OPTIONAL_FIELDS = {"data": {"sha256": str}}  # absent in checkpoints made before the data were fingerprinted
 
 
 def checkpoint_path(ckpt_dir, epoch):
@@ -177,12 +237,17 @@ def link_best(path, ckpt_dir, metrics):
         os.replace(tmp, best)  # atomic: best_* is always a whole checkpoint
 
 
-def load_checkpoint(path, device="cpu"):
+def load_checkpoint(path, device="cpu", fields=()):
     """Load a checkpoint with torch.load(weights_only=True): tensors and plain Python values only.
 
+    Args:
+        fields: the fields of TRAINING_FIELDS the caller needs (a resume: all of them): each must be there, of its
+            type, else the checkpoint is damaged.
     Raises:
-        CheckpointError (one line, naming the file) for a truncated or damaged file, one that holds other objects
-        (a pickle that could run code is never unpickled), or one that is not a memvir.train checkpoint.
+        CheckpointError (one line, naming the file) for a truncated or damaged file, one that is not a memvir.train
+        checkpoint, or one that lacks a field of `fields` (or has it of another type). CheckpointRefused, its
+        subclass, for a file that holds other objects (a pickle that could run code is never unpickled) or one
+        written by a newer memvir (a newer checkpoint format).
     """
     import pickle
 
@@ -193,8 +258,8 @@ def load_checkpoint(path, device="cpu"):
     except pickle.UnpicklingError as exc:
         if re.search(r"global|unsupported class", str(exc), re.I):  # names objects beyond tensors: never unpickled
             # torch's message would advise weights_only=False, i.e. running the file's code: never relay that.
-            raise CheckpointError(f"{path}: refused: it holds objects other than tensors and plain values (a "
-                                  f"pickle that could run code); memvir never writes such a file") from None
+            raise CheckpointRefused(f"{path}: refused: it holds objects other than tensors and plain values (a "
+                                    f"pickle that could run code); memvir never writes such a file") from None
         reason = str(exc).split("WeightsUnpickler error:")[-1].strip().splitlines()[0][:120]
         raise CheckpointError(f"{path}: unreadable ({reason}); the file is damaged or truncated") from None
     except FileNotFoundError:
@@ -203,25 +268,117 @@ def load_checkpoint(path, device="cpu"):
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: unreadable ({type(exc).__name__}: {reason[:120]}); the file is damaged "
                               f"or truncated") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+    fmt = ckpt.get("format") if isinstance(ckpt, dict) else None
+    if type(fmt) is int and fmt > CHECKPOINT_FORMAT:
+        raise CheckpointRefused(f"{path}: written by a newer memvir (checkpoint format {fmt}; this memvir reads "
+                                f"format {CHECKPOINT_FORMAT}): upgrade memvir to use it, or use another --save_path")
+    if type(fmt) is not int or fmt != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not a memvir.train checkpoint (format {CHECKPOINT_FORMAT})")
+    problem = _field_problem(ckpt, {k: TRAINING_FIELDS[k] for k in fields}, optional=OPTIONAL_FIELDS)
+    if problem is not None:
+        raise CheckpointError(f"{path}: damaged: {problem}")
     return ckpt
 
 
-def latest_checkpoint(ckpt_dir, device="cpu", warn=print):
-    """Return (path, checkpoint) of the newest readable epoch checkpoint, or None when there is none.
+def _field_problem(obj, schema, where="", optional=None):
+    """The first field of `obj` that is missing or of another type than `schema` says, in words; None when none."""
+    fields = [(k, v, False) for k, v in schema.items()] + [(k, v, True) for k, v in (optional or {}).items()]
+    for key, kind, may_lack in fields:
+        if key not in obj:
+            if may_lack:
+                continue
+            return f"its field '{where}{key}' is missing"
+        problem = _value_problem(obj[key], kind, f"{where}{key}")
+        if problem is not None:
+            return problem
+    return None
 
-    An unreadable newest file is moved aside as <name>.corrupt (never deleted) and the next older one is tried,
-    with one line through `warn`; when no older one is left, a CheckpointError says so.
+
+def _value_problem(value, kind, name):
+    """What is wrong with the field `name` of a checkpoint, whose schema is `kind` (see TRAINING_FIELDS)."""
+    import torch
+
+    if kind == "history":
+        problem = _history_problem(value)
+        return None if problem is None else f"its field '{name}': {problem}"
+    if kind == "tensor":
+        return None if isinstance(value, torch.Tensor) else f"its field '{name}' is {_kind(value)}; expected a tensor"
+    if kind == "tensors":
+        if not isinstance(value, dict):
+            return f"its field '{name}' is {_kind(value)}; expected a mapping from names to tensors"
+        bad = next((k for k, t in value.items() if not isinstance(t, torch.Tensor)), None)
+        return None if bad is None else f"its field '{name}.{bad}' is {_kind(value[bad])}; expected a tensor"
+    if isinstance(kind, dict):
+        if not isinstance(value, dict):
+            return f"its field '{name}' is {_kind(value)}; expected a mapping"
+        return _field_problem(value, kind, f"{name}.")
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+        return f"its field '{name}' is {_kind(value)}; expected {_expected(kind)}"
+    return None
+
+
+def _kind(value):
+    """A value's type in words (JSON's where it has one): "a list", "null", "the text '...'"."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"{str(value).lower()} (a boolean)"
+    if isinstance(value, str):
+        return f"the text {value[:30]!r}"
+    if isinstance(value, (int, float)):
+        return f"the number {value!r}"
+    names = {list: "a list", tuple: "a list", dict: "a mapping"}
+    return next((n for t, n in names.items() if isinstance(value, t)), f"a {type(value).__name__}")
+
+
+def _expected(kind):
+    words = {int: "an integer", float: "a number", str: "a text", list: "a list", dict: "a mapping",
+             bool: "true or false", type(None): "null"}
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if kinds == (int, float):
+        return "a number"
+    return " or ".join(words.get(k, k.__name__) for k in kinds)
+
+
+def load_state(target, ckpt, key, path):
+    """target.load_state_dict(ckpt[key]); a state that does not fit (other shapes, keys, types) is a damaged
+    checkpoint (the caller checked that the flags and data are the run's), said in one line naming the field."""
+    try:
+        target.load_state_dict(ckpt[key])
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
+        raise CheckpointError(f"{path}: damaged: its field '{key}' does not fit the run its config describes "
+                              f"({' '.join(str(exc).split())[:200]})") from None
+
+
+def latest_checkpoint(ckpt_dir, device="cpu", warn=print, fields=(), damaged=None):
+    """Return (path, checkpoint) of the newest usable epoch checkpoint, or None when there is none.
+
+    An unreadable or damaged newest file (load_checkpoint with `fields`) is moved aside as <name>.corrupt (never
+    deleted) and the next older one is tried, with one line through `warn`; when no older one is left, a
+    CheckpointError says so. A refused one (CheckpointRefused: a newer memvir's, one that could run code) stops
+    the search: it is left where it is, and nothing is retrained over it.
+
+    Args:
+        damaged: (path, CheckpointError) of a checkpoint the caller found damaged after loading it (its tensors do
+            not fit the run its own config describes): moved aside first, then the search goes on.
     """
+    if os.path.lexists(ckpt_dir) and not os.path.isdir(ckpt_dir):  # said now, not when the first epoch is saved
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), os.fspath(ckpt_dir))
     paths = epoch_checkpoints(ckpt_dir) if os.path.isdir(ckpt_dir) else []
     bad = []
+    if damaged is not None:
+        path, exc = damaged
+        aside = _aside(path)
+        os.replace(path, aside)
+        bad.append((path, aside, exc))
+        paths = [p for p in paths if p != path]
     for path in reversed(paths):
         try:
-            ckpt = load_checkpoint(path, device)
+            ckpt = load_checkpoint(path, device, fields)
+        except CheckpointRefused:
+            raise
         except CheckpointError as exc:
-            if "refused" in str(exc):
-                raise
             aside = _aside(path)
             os.replace(path, aside)
             bad.append((path, aside, exc))
@@ -251,6 +408,100 @@ def _aside(path):
 
 def new_history():
     return {"evaluations": [], "best": {}, "last": None, "finished": False, "stopped_early": None}
+
+
+def check_history(history, where):
+    """Raise a ValueError naming `where` (metrics.json, a checkpoint) and the key when `history` is not what
+    new_history and record_evaluation make: the report and a resume read it by these keys and types."""
+    problem = _history_problem(history)
+    if problem is not None:
+        raise ValueError(f"{where}: {problem}")
+
+
+_HISTORY_KEYS = (("evaluations", list), ("best", dict), ("last", (dict, type(None))), ("finished", bool))
+
+
+def _history_problem(history):
+    """What is wrong with a history (metrics.json's content), in words; None when nothing is."""
+    keys = ", ".join(k for k, _ in _HISTORY_KEYS)
+    if not isinstance(history, dict):
+        return f"expected a mapping with keys {keys}, got {_kind(history)}"
+    for key, kind in (*_HISTORY_KEYS, ("stopped_early", (int, type(None))), ("full_memory_steps", int)):
+        if key not in history:
+            if key in ("stopped_early", "full_memory_steps"):  # optional (the latter: MemVir runs only)
+                continue
+            return f"missing key {key!r}; expected {keys} (see memvir/rundir.py)"
+        value = history[key]
+        if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
+            return f"{key!r} is {_kind(value)}; expected {_expected(kind)}"
+    evaluations = [(f"'evaluations'[{i}]", ev) for i, ev in enumerate(history["evaluations"])]
+    for where, ev in evaluations + ([("'last'", history["last"])] if history["last"] is not None else []):
+        problem = _evaluation_problem(ev)
+        if problem is not None:
+            return f"{where}: {problem}"
+    for metric, best in history["best"].items():
+        if not isinstance(best, dict) or not _is_int(best.get("epoch")) or not _is_number(best.get("value")):
+            return (f"'best'/{metric!r} is {_kind(best)}; expected a mapping with an integer 'epoch' and a number "
+                    f"'value'")
+    return None
+
+
+def _evaluation_problem(ev):
+    """What is wrong with one evaluation (record_evaluation's `ev`) in words; None when nothing is."""
+    if not isinstance(ev, dict):
+        return f"is {_kind(ev)}; expected a mapping (epoch, step, the metrics)"
+    if not _is_int(ev.get("epoch")):
+        return f"'epoch' is {_kind(ev.get('epoch'))}; expected an integer"
+    val = ev.get("val")
+    if val is not None and not isinstance(val, dict):
+        return f"'val' is {_kind(val)}; expected a mapping of validation metrics or null"
+    for key, value in [*ev.items(), *((val or {}).items())]:
+        if (key in BEST_METRICS or key.startswith("recall@")) and value is not None and not _is_number(value):
+            return f"{key!r} is {_kind(value)}; expected a number or null"
+    return None
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def read_metrics(folder):
+    """Read <folder>/metrics.json and check it (check_history); a ValueError names the file and what is wrong."""
+    path = os.path.join(folder, "metrics.json")
+    try:
+        with open(path) as fh:
+            metrics = json.load(fh)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not a text file ({exc.reason} at byte {exc.start})") from None
+    check_history(metrics, path)
+    return metrics
+
+
+def repair_metrics(folder, history, source):
+    """Make <folder>/metrics.json hold `history` (a checkpoint's: the truth) when it does not: damaged, missing,
+    or behind it (a kill between the checkpoint and the file). Returns one line saying what was repaired, or None.
+
+    Args:
+        source: the checkpoint the history comes from (named in the line).
+    """
+    path = os.path.join(folder, "metrics.json")
+    expected = as_written(history)
+    try:
+        if read_metrics(folder) == expected:
+            return None
+        problem = f"it differs from the history in {source}"
+    except FileNotFoundError:
+        problem = "missing"
+    except (ValueError, OSError) as exc:
+        problem = str(exc).split(": ", 1)[-1] if str(exc).startswith(path) else str(exc)
+    atomic_json(history, path)
+    return f"{path}: {problem}; rebuilt it from the history in {source}"
 
 
 def record_evaluation(history: dict, ev: dict) -> list[str]:
@@ -289,7 +540,9 @@ class RunOutputs:
             atomic_json(config, os.path.join(self.cfg.save_path, "config.json"))
             self.steps = StepLog(os.path.join(self.cfg.save_path, "steps.csv"), keep_below=self.step)
             # purge_step hides the events a killed run wrote after its last checkpoint (all of them when none).
-            self.writer = SummaryWriter(self.cfg.save_path, purge_step=self.step)
+            writer = SummaryWriter(self.cfg.save_path, purge_step=self.step)
+            events = getattr(getattr(writer.file_writer, "event_writer", None), "_file_name", self.cfg.save_path)
+            self.writer = _NamedErrors(writer, events)
         return self
 
     def __exit__(self, *exc):
@@ -317,6 +570,28 @@ def write_eval_scalars(writer, ev, history, improved, ks):
 
 
 
+class _NamedErrors:
+    """`target`'s methods, whose OSError without a file name (a buffered write on a full disk: "[Errno 28] No space
+    left on device") is given `path`, so that memvir.files.os_error_line names the file."""
+
+    def __init__(self, target, path):
+        self._target, self._path = target, path
+
+    def __getattr__(self, name):
+        attr = getattr(self._target, name)
+        if not callable(attr):
+            return attr
+
+        def named(*args, **kwargs):
+            try:
+                return attr(*args, **kwargs)
+            except OSError as exc:
+                if exc.filename is None:
+                    exc.filename = self._path
+                raise
+        return named
+
+
 class StepLog:
     """steps.csv: one row per step, appended; on resume the rows of steps after the checkpoint are dropped."""
 
@@ -333,7 +608,7 @@ class StepLog:
                     except (TypeError, ValueError, KeyError):
                         pass  # a line cut short by a kill
         atomic_write(path, lambda fh: csv.writer(fh).writerows([self.COLUMNS, *kept]), mode="w")
-        self.fh = open(path, "a", newline="")
+        self.fh = _NamedErrors(open(path, "a", newline=""), path)  # a full disk shows at a write or the flush
         self.writer = csv.writer(self.fh)
 
     def write(self, step, epoch, loss, lr, num_taken, classes, embeddings):
@@ -437,25 +712,23 @@ def read_run(folder):
     """
     import pandas as pd
 
-    out = []
     for name in ("config.json", "metrics.json"):
         path = os.path.join(folder, name)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path} does not exist: run {os.path.basename(os.fspath(folder))} has not "
                                     f"been trained (make runs, or python -m memvir pipeline --run NAME)")
-        try:
-            with open(path) as fh:
-                out.append(json.load(fh))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: not valid JSON ({exc})") from exc
-    metrics = out[1]
-    for key in ("evaluations", "best", "last", "finished"):
-        if key not in metrics:
-            raise ValueError(f"{os.path.join(folder, 'metrics.json')}: missing key {key!r}; expected evaluations, "
-                             f"best, last, finished (see memvir/rundir.py)")
+    path = os.path.join(folder, "config.json")
+    try:
+        with open(path) as fh:
+            config = json.load(fh)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: expected a mapping of flags, got {_kind(config)}")
+    metrics = read_metrics(folder)
     steps_path = os.path.join(folder, "steps.csv")
     try:
         steps = pd.read_csv(steps_path) if os.path.isfile(steps_path) else None
     except (ValueError, pd.errors.ParserError) as exc:  # EmptyDataError and ParserError are ValueErrors
         raise ValueError(f"{steps_path}: not a readable CSV ({' '.join(str(exc).split())[:120]})") from None
-    return out[0], metrics, steps
+    return config, metrics, steps

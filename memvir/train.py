@@ -67,9 +67,11 @@ from .evaluation import evaluate, evaluate_checkpoint
 from .experiment import build
 from .files import atomic_json, interrupted, os_error_line
 from .memory import MEM_FILLS, MEM_VIRTUALS
-from .rundir import (CHECKPOINT_FORMAT, KERNELS_KEY, RunFolderBusy, RunLock, RunOutputs, check_same_run,
-                     get_rng_state, latest_checkpoint, link_best, new_history, record_evaluation,
-                     save_checkpoint, set_rng_state, write_eval_scalars)
+from .models import WeightsUnavailable
+from .rundir import (CHECKPOINT_FORMAT, KERNELS_KEY, TRAINING_FIELDS, CheckpointError, RunFolderBusy, RunLock,
+                     RunOutputs, check_same_run, get_rng_state, latest_checkpoint, link_best, new_history,
+                     load_state, record_evaluation, repair_metrics, run_folder, save_checkpoint, set_rng_state,
+                     write_eval_scalars)
 
 __all__ = ["TrainConfig", "train", "main", "resolve_config", "learning_rates", "TrainingError", "build_parser",
            "config_from_argv"]
@@ -141,9 +143,11 @@ def train(config=None, *, on_step=None, on_epoch_end=None) -> dict:
                 history["finished"] = True
                 log(summary_line(history["last"], history, ks))
                 return _results(history, cfg)
-            os.makedirs(cfg.save_path, exist_ok=True)
-            if dist_info.is_main:
-                stack.enter_context(RunLock(cfg.save_path))  # one owner per run folder
+            if dist_info.is_main:  # the folder (removed again if the start fails with nothing written), one owner
+                stack.enter_context(run_folder(cfg.save_path))
+                stack.enter_context(RunLock(cfg.save_path))
+            else:
+                os.makedirs(cfg.save_path, exist_ok=True)
             return _train(cfg, dist_info, device, log, on_step, on_epoch_end)
         except torch.OutOfMemoryError:
             raise TrainingError(_oom_message(cfg, device)) from None
@@ -158,7 +162,8 @@ def _train(cfg, dist_info, device, log, on_step, on_epoch_end):
     from .data.samplers import BatchSampler, EpochSeeded
 
     ckpt_dir = os.path.join(cfg.save_path, "checkpoints")
-    resume = latest_checkpoint(ckpt_dir, device, warn=lambda s: log(f"warning: {s}"))  # log is quiet off rank 0
+    warn = lambda s: log(f"warning: {s}")  # noqa: E731  (log is quiet off rank 0)
+    resume = latest_checkpoint(ckpt_dir, device, warn, fields=TRAINING_FIELDS)
     check_same_run(cfg, resume, RESUME_MAY_DIFFER)
 
     # ====== seeds, data, model, loss: the initialisation is a function of cfg.seed ======
@@ -193,14 +198,17 @@ def _train(cfg, dist_info, device, log, on_step, on_epoch_end):
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.use_amp and device.type == "cuda")
 
     # ====== resume: everything that changes during training comes back from the checkpoint ======
-    progress = Progress(data=data_fingerprint(splits))
+    resume, progress = _resume(resume, ckpt_dir, device, warn, (net, criterion, optimizer, scaler, loss_fn), log,
+                               data_fingerprint(splits))
     if resume is not None:
-        progress = _restore(resume, net, criterion, optimizer, scaler, loss_fn, log, progress.data)
         if dist_info.is_main:  # a kill between the checkpoint and its best_* links: make them now
             best = [k for k, b in progress.history["best"].items() if b["epoch"] == progress.epoch]
             link_best(resume[0], ckpt_dir, best)
         history = progress.history
         if history["stopped_early"] is not None or (history["finished"] and progress.epoch >= cfg.epochs):
+            repaired = repair_metrics(cfg.save_path, history, resume[0]) if dist_info.is_main else None
+            if repaired:  # damaged, or behind the checkpoint (a kill between the two writes)
+                log(f"warning: {repaired}")
             log(f"{cfg.save_path}: the run is finished; nothing to train")
             return _results(history, cfg)
         history["finished"] = False
@@ -448,6 +456,19 @@ def data_fingerprint(splits):
     return {"sha256": digest.hexdigest()[:16], **sizes}
 
 
+def _resume(resume, ckpt_dir, device, warn, objects, log, data):
+    """Restore the newest checkpoint whose content fits the run's objects (net, criterion, optimizer, scaler, loss):
+    one that does not (a tensor of another shape, a state of another structure) is damaged, its flags and data
+    being the run's, and is set aside as an unreadable one is; the one before it is tried. Returns (the resumed
+    (path, checkpoint) or None, Progress)."""
+    while resume is not None:
+        try:
+            return resume, _restore(resume, *objects, log, data)
+        except CheckpointError as exc:
+            resume = latest_checkpoint(ckpt_dir, device, warn, fields=TRAINING_FIELDS, damaged=(resume[0], exc))
+    return None, Progress(data=data)
+
+
 def _restore(resume, net, criterion, optimizer, scaler, loss_fn, log, data) -> Progress:
     """Load a checkpoint into the run's objects; refuse one made for other data or another number of classes in
     one line."""
@@ -463,12 +484,16 @@ def _restore(resume, net, criterion, optimizer, scaler, loss_fn, log, data) -> P
         raise ValueError(f"{path}: the run was trained with {saved.shape[0]} proxies (classes) and D={saved.shape[1]}"
                          f", but the data and flags now give {loss_fn.proxies.shape[0]} and D="
                          f"{loss_fn.proxies.shape[1]}; point --data at the run's data set, or use another --save_path")
-    net.load_state_dict(ckpt["model"])
-    criterion.load_state_dict(ckpt["criterion"])
-    optimizer.load_state_dict(ckpt["optimizer"])
+    # Flags and data are the run's (checked above): a state that does not fit the objects they build is damaged.
+    for key, target in (("model", net), ("criterion", criterion), ("optimizer", optimizer)):
+        load_state(target, ckpt, key, path)
     if ckpt["scaler"] and scaler.is_enabled():  # empty when saved on a CPU (no GradScaler there)
-        scaler.load_state_dict(ckpt["scaler"])
-    set_rng_state(ckpt["rng"])
+        load_state(scaler, ckpt, "scaler", path)
+    try:
+        set_rng_state(ckpt["rng"])
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
+        raise CheckpointError(f"{path}: damaged: its field 'rng' does not restore the random generators "
+                              f"({' '.join(str(exc).split())[:200]})") from None
     log(f"resumed from {path} (epoch {ckpt['epoch']}, step {ckpt['step']})")
     return Progress(ckpt["epoch"], ckpt["step"], ckpt["elapsed"], ckpt["early_stop_count"], ckpt["history"], data)
 
@@ -525,7 +550,7 @@ def main(argv=None) -> int:
             train(cfg)
     except SystemExit as exc:  # --help
         return exc.code if isinstance(exc.code, int) else 0
-    except (ValueError, TrainingError, RunFolderBusy) as exc:
+    except (ValueError, TrainingError, RunFolderBusy, WeightsUnavailable) as exc:
         if os.environ.get("MEMVIR_TRACEBACK"):
             raise
         print(f"error: {_one_line(exc)}", file=sys.stderr)

@@ -2,6 +2,7 @@
 import json
 import os
 import pickle
+import re
 import warnings
 
 import numpy as np
@@ -339,8 +340,9 @@ def test_build_inshop_shares_item_labels(tmp_path):
     assert s.test.labels.tolist() == s.gallery.labels.tolist() + s.query.labels.tolist()
 
 
-@pytest.mark.parametrize("case", ["none", "missing", "no_train", "no_test", "empty_class", "interrupted",
-                                  "inshop_no_query", "unknown_name", "glyph_option"])
+@pytest.mark.parametrize("case", ["none", "missing", "a_file", "no_train", "no_test", "empty_class", "interrupted",
+                                  "damaged_manifest", "manifest_list", "inshop_no_query", "unknown_name",
+                                  "glyph_option"])
 def test_build_errors(tmp_path, case):
     name, data, kwargs = "cub200", tmp_path, {}
     make_tree(tmp_path / "train", {"a": 1})
@@ -358,9 +360,18 @@ def test_build_errors(tmp_path, case):
     elif case == "empty_class":
         (tmp_path / "test" / "c").mkdir()
         err, match = ValueError, str(tmp_path / "test" / "c")
+    elif case == "a_file":
+        (tmp_path / "notes.txt").write_text("mine")
+        data, err, match = tmp_path / "notes.txt", FileNotFoundError, f"{tmp_path / 'notes.txt'} is not a folder"
     elif case == "interrupted":
         (tmp_path / "memvir_prepare.json").write_text(json.dumps({"state": "writing"}))
         err, match = ValueError, "interrupted"
+    elif case == "damaged_manifest":
+        (tmp_path / "memvir_prepare.json").write_text('{"state": "comp')
+        err, match = ValueError, re.escape(f"{tmp_path / 'memvir_prepare.json'}: not valid JSON (Unterminated")
+    elif case == "manifest_list":
+        (tmp_path / "memvir_prepare.json").write_text("[]")
+        err, match = ValueError, re.escape(f"{tmp_path / 'memvir_prepare.json'}: expected a mapping")
     elif case == "inshop_no_query":
         name, err, match = "inshop", FileNotFoundError, str(tmp_path / "test" / "query")
     elif case == "unknown_name":

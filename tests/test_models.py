@@ -195,6 +195,34 @@ def test_bninception_feature_map_size(size, side):
         assert net(torch.zeros(1, 3, size, size)).shape == (1, 1024, side, side)
 
 
+@pytest.mark.parametrize("backbone,channels,sides,refused", [("bninception", 3, range(14, 72), 42),
+                                                            ("glyphcnn", 1, range(1, 20), 7),
+                                                            ("resnet18", 3, range(1, 6), 0)])
+def test_input_size_problem_agrees_with_a_real_forward(backbone, channels, sides, refused):
+    # Oracle: the backbone itself, run on the CPU at every side (the check runs it on the meta device).
+    net = models.build_model(backbone, dim=4, in_channels=channels).backbone.eval()
+
+    def works(side):
+        try:
+            with torch.no_grad():
+                net(torch.zeros(1, channels, side, side))
+        except RuntimeError:
+            return False
+        return True
+
+    real = {side: works(side) for side in sides}
+    said = {side: models.input_size_problem(backbone, side, channels) for side in sides}
+    assert {side: problem is None for side, problem in said.items()} == real
+    good = [side for side in sides if real[side]]
+    for side, problem in said.items():
+        if problem is not None and side > good[0]:  # the nearest sides that work, on both sides of it
+            assert problem["smallest"] == good[0]
+            assert problem["below"] == max(g for g in good if g < side)
+            if any(g > side for g in good):
+                assert problem["above"] == min(g for g in good if g > side)
+    assert len(real) - sum(real.values()) == refused  # BN-Inception: below 31, and 39-62 (its branches differ)
+
+
 def test_embedding_uses_nn_linear_default_init():
     # nn.Linear's default (as the official net/embedding.py): uniform in +-1/sqrt(fan_in) for weight and bias.
     torch.manual_seed(0)

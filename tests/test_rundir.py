@@ -137,6 +137,118 @@ def test_plain_pickle_file_is_refused(tmp_path):
     assert not (tmp_path / "PWNED").exists()
 
 
+def training_checkpoint(epoch):
+    """A checkpoint with every field memvir.train writes (R.TRAINING_FIELDS), of the types it writes them."""
+    history = R.new_history()
+    R.record_evaluation(history, {"epoch": epoch, "step": 4 * epoch, "recall@1": 0.5, "r_precision": 0.25,
+                                  "map_at_r": 0.125, "wall_time": 1.0})
+    return {"format": R.CHECKPOINT_FORMAT, "config": {"seed": 0}, "epoch": epoch, "step": 4 * epoch,
+            "elapsed": 1.5, "model": {"w": torch.ones(3)}, "criterion": {"proxies": torch.zeros(2, 3)},
+            "optimizer": {"state": {}, "param_groups": []}, "lrs": [0.1], "scaler": {},
+            "sampler": {"seed": 0, "epoch": epoch}, "rng": R.get_rng_state(), "history": history,
+            "early_stop_count": 0, "data": {"sha256": "0123456789abcdef"}}
+
+
+def test_a_newer_checkpoint_format_is_refused_and_left_in_place(tmp_path):
+    for epoch in (1, 2):
+        R.save_checkpoint({**training_checkpoint(epoch), "format": R.CHECKPOINT_FORMAT + (epoch == 2)},
+                          str(tmp_path), epoch, 0, [])
+    with pytest.raises(R.CheckpointRefused) as err:
+        R.latest_checkpoint(str(tmp_path), warn=pytest.fail, fields=R.TRAINING_FIELDS)
+    assert str(err.value) == (f"{tmp_path / 'epoch_00002.pt'}: written by a newer memvir (checkpoint format "
+                              f"{R.CHECKPOINT_FORMAT + 1}; this memvir reads format {R.CHECKPOINT_FORMAT}): "
+                              f"upgrade memvir to use it, or use another --save_path")
+    assert sorted(os.listdir(tmp_path)) == ["epoch_00001.pt", "epoch_00002.pt"]  # nothing moved aside
+
+
+def drop(key):
+    def edit(ckpt):
+        del ckpt[key]
+    return edit
+
+
+def put(path, value):
+    def edit(ckpt):
+        *outer, last = path.split(".")
+        target = ckpt
+        for k in outer:
+            target = target[k]
+        target[last] = value
+    return edit
+
+
+@pytest.mark.parametrize("edit,words", [
+    (drop("history"), "its field 'history' is missing"),
+    (drop("model"), "its field 'model' is missing"),
+    (drop("rng"), "its field 'rng' is missing"),
+    (put("epoch", "2"), "its field 'epoch' is the text '2'; expected an integer"),
+    (put("epoch", True), "its field 'epoch' is true (a boolean); expected an integer"),
+    (put("model", [1, 2]), "its field 'model' is a list; expected a mapping from names to tensors"),
+    (put("model.w", 3.0), "its field 'model.w' is the number 3.0; expected a tensor"),
+    (put("rng.numpy.pos", "x"), "its field 'rng.numpy.pos' is the text 'x'; expected an integer"),
+    (put("rng.torch", None), "its field 'rng.torch' is null; expected a tensor"),
+    (put("optimizer", {"state": {}}), "its field 'optimizer.param_groups' is missing"),
+    (put("history.finished", "yes"), "its field 'history': 'finished' is the text 'yes'; expected true or false"),
+    (put("history.best", []), "its field 'history': 'best' is a list; expected a mapping"),
+    (put("data", "abc"), "its field 'data' is the text 'abc'; expected a mapping"),
+])
+def test_a_checkpoint_missing_a_field_or_of_another_type_is_set_aside(tmp_path, edit, words):
+    for epoch in (1, 2):
+        R.save_checkpoint(training_checkpoint(epoch), str(tmp_path), epoch, 0, [])
+    ckpt = torch.load(tmp_path / "epoch_00002.pt", weights_only=True)
+    edit(ckpt)
+    torch.save(ckpt, tmp_path / "epoch_00002.pt")
+    said = []
+    path, loaded = R.latest_checkpoint(str(tmp_path), warn=said.append, fields=R.TRAINING_FIELDS)
+    assert path.endswith("epoch_00001.pt") and loaded["epoch"] == 1
+    assert said == [f"{tmp_path / 'epoch_00002.pt'}: damaged: {words}; moved it aside to epoch_00002.pt.corrupt "
+                    f"and resumed from epoch_00001.pt"]
+    assert sorted(os.listdir(tmp_path)) == ["epoch_00001.pt", "epoch_00002.pt.corrupt"]
+
+
+def test_a_checkpoint_the_caller_found_damaged_is_set_aside(tmp_path):
+    for epoch in (1, 2):
+        R.save_checkpoint(training_checkpoint(epoch), str(tmp_path), epoch, 0, [])
+    bad = R.CheckpointError(f"{tmp_path / 'epoch_00002.pt'}: damaged: its field 'model' does not fit")
+    said = []
+    path, _ = R.latest_checkpoint(str(tmp_path), warn=said.append, damaged=(str(tmp_path / "epoch_00002.pt"), bad))
+    assert path.endswith("epoch_00001.pt") and len(said) == 1 and said[0].startswith(str(bad))
+    assert sorted(os.listdir(tmp_path)) == ["epoch_00001.pt", "epoch_00002.pt.corrupt"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# metrics.json: checked, and rebuilt from a checkpoint's history
+
+
+@pytest.mark.parametrize("text,words", [
+    ('{"evaluations": [', "not valid JSON (Expecting value: line 1 column 18 (char 17))"),
+    ("[]", "expected a mapping with keys evaluations, best, last, finished, got a list"),
+    ('{"evaluations": 3, "best": {}, "last": null, "finished": true}', "'evaluations' is the number 3; expected a "
+                                                                       "list"),
+    ('{"evaluations": [], "best": {}, "last": null}', "missing key 'finished'; expected evaluations, best, last, "
+                                                      "finished (see memvir/rundir.py)"),
+    ('{"evaluations": [{"epoch": "1"}], "best": {}, "last": null, "finished": false}',
+     "'evaluations'[0]: 'epoch' is the text '1'; expected an integer"),
+    ('{"evaluations": [], "best": {"recall@1": 0.5}, "last": null, "finished": true}',
+     "'best'/'recall@1' is the number 0.5; expected a mapping with an integer 'epoch' and a number 'value'"),
+    ('{"evaluations": [{"epoch": 1, "map_at_r": "high"}], "best": {}, "last": null, "finished": true}',
+     "'evaluations'[0]: 'map_at_r' is the text 'high'; expected a number or null"),
+])
+def test_a_damaged_metrics_json_is_named_and_rebuilt_from_the_history(tmp_path, text, words):
+    history = training_checkpoint(2)["history"]
+    history["finished"] = True
+    R.atomic_json(history, tmp_path / "metrics.json")
+    written = (tmp_path / "metrics.json").read_bytes()
+    (tmp_path / "metrics.json").write_text(text)
+    with pytest.raises(ValueError) as err:
+        R.read_metrics(tmp_path)
+    assert str(err.value) == f"{tmp_path / 'metrics.json'}: {words}"
+    said = R.repair_metrics(tmp_path, history, "ckpt.pt")
+    assert said == f"{tmp_path / 'metrics.json'}: {words}; rebuilt it from the history in ckpt.pt"
+    assert (tmp_path / "metrics.json").read_bytes() == written  # what training wrote, byte for byte
+    assert R.repair_metrics(tmp_path, history, "ckpt.pt") is None  # whole now: nothing to do
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # One owner per run folder
 
@@ -161,6 +273,40 @@ def test_second_owner_is_refused_with_the_pid_and_a_kill_frees_the_folder(tmp_pa
         holder.wait()
     with R.RunLock(str(tmp_path)):  # the kernel released the lock with the process
         pass
+
+
+@pytest.mark.parametrize("make,kind", [(lambda p: p.mkdir(), "a folder"), (lambda p: os.mkfifo(p), "a FIFO"),
+                                       (lambda p: p.symlink_to(p.parent / "elsewhere"), "a symbolic link")])
+def test_a_lock_that_is_not_a_regular_file_is_one_line(tmp_path, make, kind):
+    make(tmp_path / ".lock")
+    with pytest.raises(ValueError) as err:
+        R.RunLock(str(tmp_path)).__enter__()  # a FIFO would block open() forever without the check
+    assert str(err.value) == (f"{tmp_path / '.lock'}: is {kind}, not the run folder's lock (a regular file that "
+                              f"memvir creates and holds while it trains there); remove it, then run again")
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_a_failed_start_removes_the_folders_it_made_and_nothing_else(tmp_path):
+    run = tmp_path / "a" / "b" / "run"
+    with pytest.raises(ValueError, match="bad flag"):
+        with R.run_folder(str(run)), R.RunLock(str(run)):
+            raise ValueError("bad flag")
+    assert os.listdir(tmp_path) == []  # run, b and a were made for it: all gone
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(ValueError):
+        with R.run_folder(str(tmp_path / "mine" / "run")), R.RunLock(str(tmp_path / "mine" / "run")):
+            raise ValueError("bad flag")
+    assert os.listdir(tmp_path) == ["mine"] and os.listdir(tmp_path / "mine") == []  # "mine" was there before
+    (tmp_path / "mine" / "run").mkdir()
+    with pytest.raises(ValueError):
+        with R.run_folder(str(tmp_path / "mine" / "run")), R.RunLock(str(tmp_path / "mine" / "run")):
+            raise ValueError("bad flag")
+    assert os.listdir(tmp_path / "mine" / "run") == [".lock"]  # an existing run folder is never removed
+    with pytest.raises(ValueError):
+        with R.run_folder(str(tmp_path / "x")):
+            (tmp_path / "x" / "config.json").write_text("{}")
+            raise ValueError("failed after writing")
+    assert os.listdir(tmp_path / "x") == ["config.json"]  # not empty: kept
 
 
 def test_new_owner_removes_stale_temporaries(tmp_path):

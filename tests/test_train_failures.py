@@ -252,3 +252,177 @@ def test_a_single_training_class_warns(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 0, err
     assert "warning: the training split has a single class: every proxy loss is 0" in err
+
+
+# ---- runs that repair themselves, or say in one line why they cannot -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def two_epochs(tmp_path_factory):
+    """A finished run of two epochs with every checkpoint kept, and its metrics.json after each epoch."""
+    run = tmp_path_factory.mktemp("two_epochs") / "run"
+    flags = ARGS + ["--check_epoch", "1", "--max_to_keep", "0", "--deterministic", "1", "--save_path", str(run)]
+    assert main(flags + ["--epochs", "1"]) == 0
+    first = (run / "metrics.json").read_bytes()
+    assert main(flags + ["--epochs", "2"]) == 0
+    return run, flags, first, (run / "metrics.json").read_bytes()
+
+
+def copy_run(two_epochs, tmp_path):
+    import shutil
+
+    run, flags, first, last = two_epochs
+    shutil.copytree(run, tmp_path / "run")
+    return tmp_path / "run", flags[:-1] + [str(tmp_path / "run")], first, last
+
+
+@pytest.mark.parametrize("damage", ["invalid", "truncated", "types", "list", "behind", "missing"])
+def test_a_finished_run_rebuilds_a_damaged_metrics_json_from_its_checkpoint(two_epochs, tmp_path, capsys, damage):
+    run, flags, first, last = copy_run(two_epochs, tmp_path)
+    metrics = run / "metrics.json"
+    if damage == "missing":
+        metrics.unlink()
+    else:
+        metrics.write_bytes({"invalid": b"{not json", "truncated": last[: len(last) // 2], "list": b"[]",
+                             "types": last.replace(b'"finished": true', b'"finished": "yes"'),
+                             "behind": first}[damage])  # behind: a kill between the checkpoint and this file
+    capsys.readouterr()
+    assert main(flags + ["--epochs", "2"]) == 0
+    out = capsys.readouterr().out
+    repaired = [ln for ln in out.splitlines() if "rebuilt it" in ln]
+    assert repaired == [f"warning: {metrics}: {repaired[0].split(': ', 2)[2].split('; rebuilt')[0]}; rebuilt it "
+                        f"from the history in {run / 'checkpoints' / 'epoch_00002.pt'}"], out
+    assert metrics.read_bytes() == last  # what training wrote at its last epoch, byte for byte
+    assert not list((run / "checkpoints").glob("epoch_00003.pt"))  # nothing was trained again
+
+
+def edit_checkpoint(path, edit):
+    ckpt = torch.load(path, weights_only=True)
+    edit(ckpt)
+    torch.save(ckpt, path)
+
+
+def test_a_checkpoint_of_a_newer_memvir_is_refused_in_one_line_and_kept(two_epochs, tmp_path, capsys):
+    run, flags, _, _ = copy_run(two_epochs, tmp_path)
+    newest = run / "checkpoints" / "epoch_00002.pt"
+    edit_checkpoint(newest, lambda c: c.update(format=c["format"] + 1))
+    before = sorted(p.name for p in (run / "checkpoints").iterdir()), (run / "steps.csv").read_bytes()
+    code, err = run_cli(flags[len(ARGS):] + ["--epochs", "3"], capsys)
+    assert code == 2 and err.strip() == (f"error: {newest}: written by a newer memvir (checkpoint format 2; this "
+                                         f"memvir reads format 1): upgrade memvir to use it, or use another "
+                                         f"--save_path")
+    assert (sorted(p.name for p in (run / "checkpoints").iterdir()), (run / "steps.csv").read_bytes()) == before
+
+
+def shrink(key):
+    def edit(ckpt):
+        ckpt["model"][key] = ckpt["model"][key][:3]
+    return edit
+
+
+@pytest.mark.parametrize("edit,words", [
+    (lambda c: c.pop("history"), "damaged: its field 'history' is missing"),
+    (lambda c: c.pop("optimizer"), "damaged: its field 'optimizer' is missing"),
+    (lambda c: c.update(epoch="2"), "damaged: its field 'epoch' is the text '2'; expected an integer"),
+    (lambda c: c["rng"]["python"].update(state="x"), "damaged: its field 'rng.python.state' is the text 'x'"),
+    (lambda c: c["history"].update(best=[]), "damaged: its field 'history': 'best' is a list; expected a mapping"),
+    (shrink("embedding.linear.weight"), "damaged: its field 'model' does not fit the run its config describes"),
+    (lambda c: c["criterion"].clear(), "damaged: its field 'criterion' does not fit the run its config describes"),
+    (lambda c: c["optimizer"].update(param_groups=[]), "damaged: its field 'optimizer' does not fit the run"),
+])
+def test_a_checkpoint_missing_a_field_or_of_another_type_is_set_aside_and_the_run_goes_on(two_epochs, tmp_path,
+                                                                                          capsys, edit, words):
+    run, flags, _, _ = copy_run(two_epochs, tmp_path)
+    newest = run / "checkpoints" / "epoch_00002.pt"
+    edit_checkpoint(newest, edit)
+    capsys.readouterr()
+    assert main(flags + ["--epochs", "3"]) == 0
+    out = capsys.readouterr().out
+    assert f"warning: {newest}: {words}" in out and "moved it aside to epoch_00002.pt.corrupt and resumed from " \
+                                                   "epoch_00001.pt" in out, out
+    assert (run / "checkpoints" / "epoch_00002.pt.corrupt").exists()
+    assert json.loads((run / "metrics.json").read_text())["last"]["epoch"] == 3  # epochs 2 and 3 trained again
+    assert main(flags + ["--epochs", "3"]) == 0 and "moved it aside" not in capsys.readouterr().out  # once only
+
+
+def test_the_only_checkpoint_missing_a_field_is_one_line(tmp_path, capsys):
+    assert main(ARGS + ["--epochs", "1", "--max_to_keep", "1", "--save_path", str(tmp_path)]) == 0
+    edit_checkpoint(tmp_path / "checkpoints" / "epoch_00001.pt", lambda c: c.pop("rng"))
+    code, err = run_cli(["--epochs", "2", "--max_to_keep", "1", "--save_path", str(tmp_path)], capsys)
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert err.startswith(f"error: {tmp_path / 'checkpoints' / 'epoch_00001.pt'}: damaged: its field 'rng' is "
+                          f"missing; moved it aside to epoch_00001.pt.corrupt. No older checkpoint is left")
+
+
+@pytest.mark.parametrize("make,kind", [(lambda p: p.mkdir(), "a folder"), (lambda p: os.mkfifo(p), "a FIFO"),
+                                       (lambda p: p.symlink_to("/dev/null"), "a symbolic link")])
+def test_a_lock_that_is_not_a_file_is_one_line_on_the_command_line(tmp_path, capsys, make, kind):
+    tmp_path.joinpath("run").mkdir()
+    make(tmp_path / "run" / ".lock")
+    code, err = run_cli(["--epochs", "1", "--save_path", str(tmp_path / "run")], capsys)
+    assert code == 2 and err.strip() == (f"error: {tmp_path / 'run' / '.lock'}: is {kind}, not the run folder's "
+                                         f"lock (a regular file that memvir creates and holds while it trains "
+                                         f"there); remove it, then run again")
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".lock"]  # nothing trained
+
+
+# ---- a start that fails: one line, and no run folder left behind -----------------------------------------------
+
+
+@pytest.mark.parametrize("flags,says", [
+    (["-C", "3"], "error: -C=3: the training data has 10 classes; expected -C >= 10"),
+    (["--data_name", "custom", "--data", "{tmp}/nowhere", *FOLDER[2:6]], "error: data folder {tmp}/nowhere does "
+     "not exist; expected layout"),
+    (["--data_name", "custom", "--data", "{tmp}/a_file", *FOLDER[2:6]], "error: data folder {tmp}/a_file is not a "
+     "folder; expected layout"),
+    (["--pretrained", "{tmp}/a_file"], "error: pretrained file '{tmp}/a_file' is not a torch weights file"),
+    (["--backbone", "bninception"], "error: --input_size=16: 16 px images do not go through --backbone "
+     "bninception"),
+])
+def test_a_failed_start_leaves_no_run_folder(tmp_path, capsys, flags, says):
+    (tmp_path / "a_file").write_text("notes")
+    run = tmp_path / "results" / "runs" / "one"
+    code, err = run_cli([f.format(tmp=tmp_path) for f in flags] + ["--epochs", "1", "--save_path", str(run)], capsys)
+    lines = [ln for ln in err.strip().splitlines() if not ln.startswith("warning:")]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith(says.format(tmp=tmp_path)), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]  # results/runs/one: all three made, all gone
+
+
+@pytest.mark.parametrize("size,expected", [(16, "expected --input_size >= 31, the smallest side that works"),
+                                           (40, "expected a side that works, e.g. 38 or 63 (the smallest: 31)"),
+                                           (150, "expected a side that works, e.g. 134 or 159 (the smallest: 31)")])
+def test_an_input_size_the_backbone_cannot_take_is_one_line_before_training(tmp_path, capsys, size, expected):
+    folder = make_folder(tmp_path / "data", 2, per_class=1)
+    code, err = run_cli([*FOLDER[:2], "--data", str(folder), "--backbone", "bninception", "--pretrained", "none",
+                         "--input_size", str(size), "--epochs", "1", "--save_path", str(tmp_path / "run")], capsys)
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    line = err.strip()
+    assert line.startswith(f"error: --input_size={size}: {size} px images do not go through --backbone bninception ")
+    assert line.endswith(expected) and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("failure", ["offline", "timeout", "garbage"])
+def test_imagenet_weights_that_cannot_be_had_are_one_line(tmp_path, capsys, monkeypatch, failure):
+    import socket
+    import urllib.error
+
+    def download(url, dst, *args, **kwargs):  # torch.hub's downloader, as it fails here
+        if failure == "garbage":  # a proxy's error page saved as the file
+            with open(dst, "w") as fh:
+                fh.write("<html>blocked</html>")
+            return
+        raise (urllib.error.URLError("[Errno -3] Temporary failure in name resolution") if failure == "offline"
+               else socket.timeout("timed out"))
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))  # an empty cache
+    monkeypatch.setattr(torch.hub, "download_url_to_file", download)
+    code, err = run_cli(["--backbone", "resnet18", "--pretrained", "imagenet", "--input_size", "32", "--epochs", "1",
+                         "--save_path", str(tmp_path / "run")], capsys)
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    line = err.strip()
+    assert line.startswith("error: --pretrained imagenet: cannot download the ImageNet weights of --backbone "
+                           "resnet18 from https://download.pytorch.org/models/resnet18-f37072fd.pth (")
+    assert line.endswith(f"pass a local copy with --pretrained /path/to/resnet18-f37072fd.pth (or put it in "
+                         f"{tmp_path / 'hub' / 'hub' / 'checkpoints'}), or train from random initialisation with "
+                         f"--pretrained none")
+    assert not (tmp_path / "run").exists()

@@ -113,11 +113,20 @@ def build_datasets(data_name, data=None, backbone="bninception", input_size=224,
         raise ValueError(f"data_name={data_name!r} needs data=<folder>; expected layout: {LAYOUT}")
     data = os.fspath(data)
     if not os.path.isdir(data):
-        raise FileNotFoundError(f"data folder {data} does not exist; expected layout: {LAYOUT}")
+        what = "is not a folder" if os.path.exists(data) else "does not exist"
+        raise FileNotFoundError(f"data folder {data} {what}; expected layout: {LAYOUT}")
     manifest = os.path.join(data, "memvir_prepare.json")
     if os.path.exists(manifest):
-        with open(manifest) as f:
-            state = json.load(f).get("state")
+        try:
+            with open(manifest) as f:
+                state = json.load(f)
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+            raise ValueError(f"{manifest}: not valid JSON ({exc}); expected `memvir prepare`'s manifest of {data}: "
+                             f"re-run the same prepare command") from None
+        if not isinstance(state, dict):
+            raise ValueError(f"{manifest}: expected a mapping (`memvir prepare`'s manifest of {data}), got a "
+                             f"{type(state).__name__}; re-run the same prepare command")
+        state = state.get("state")
         if state != "complete":
             raise ValueError(f"{manifest} says state={state!r}: `memvir prepare` was interrupted while writing "
                              f"{data}; expected 'complete': re-run the same prepare command")
@@ -131,7 +140,8 @@ def build_datasets(data_name, data=None, backbone="bninception", input_size=224,
         q_dir, g_dir = os.path.join(data, "test", "query"), os.path.join(data, "test", "gallery")
         for d in (q_dir, g_dir):
             if not os.path.isdir(d):
-                raise FileNotFoundError(f"{d} does not exist; expected layout: {LAYOUT}")
+                raise FileNotFoundError(f"{d} {'is not a folder' if os.path.exists(d) else 'does not exist'}; "
+                                        f"expected layout: {LAYOUT}")
         # One item -> label map for both, so that a query's label equals its gallery matches' labels.
         items = sorted({e.name for d in (q_dir, g_dir) for e in os.scandir(d) if e.is_dir()})
         query, gallery = _folder(q_dir, tf, items), _folder(g_dir, tf, items)
