@@ -26,9 +26,9 @@ import time
 from pathlib import Path
 
 from . import portable
-from .files import os_error_line
+from .files import atomic_folder, os_error_line
 from .profile import ROOT, Profile, load_profile, variables
-from .rundir import run_state
+from .rundir import read_metrics, run_state
 
 __all__ = ["notebook_complete", "run_finished", "execute_run",
            "run_command", "known_values", "chapters", "execute_chapters", "stage_book", "execute_defaults",
@@ -62,6 +62,10 @@ def run_finished(profile, run):
     taken for this run: run names hold only some of the flags.
     """
     if run_state(run.folder) != "finished":
+        return False
+    try:
+        read_metrics(run.folder)
+    except ValueError:  # damaged: training it again rebuilds the file from the run's checkpoint (memvir.train)
         return False
     check_run_folder(run)
     return notebook_complete(run.folder / profile.notebook.name)
@@ -108,9 +112,13 @@ def _papermill(input_path, output_path, parameters, kernel, log):
     if unknown:  # papermill would inject them anyway, and the notebook would ignore them
         raise ValueError(f"{input_path}: no parameter(s) {unknown} in its `parameters` cell; it has {sorted(known)}")
     log(f"papermill {Path(input_path).name} -> {output_path}")
-    nb = papermill.execute_notebook(str(input_path), str(output_path), parameters=parameters, kernel_name=kernel,
-                                    cwd=str(Path(input_path).resolve().parent), progress_bar=False,
-                                    log_output=False)
+    try:
+        nb = papermill.execute_notebook(str(input_path), str(output_path), parameters=parameters,
+                                        kernel_name=kernel, cwd=str(Path(input_path).resolve().parent),
+                                        progress_bar=False, log_output=False)
+    except papermill.PapermillExecutionError as exc:  # the cell's error in one line; its traceback is in the file
+        raise RuntimeError(f"{output_path}: cell {exc.exec_count} raised {exc.ename}: "
+                           f"{' '.join(str(exc.evalue).split())} (the executed notebook shows where)") from None
     # The injected cell repeats the parameters: fold it behind the theme's toggle. Papermill's metadata records
     # the absolute input and output paths: keep only the file names.
     for cell in nb.cells:
@@ -247,6 +255,10 @@ def stage_book(src, chapters_dir, root=ROOT, log=print):
     the committed notebooks): a missing one is an error, never a silent substitute.
     """
     src, chapters_dir = Path(src), Path(chapters_dir)
+    if not chapters_dir.is_dir():
+        what = "is not a folder" if chapters_dir.exists() else "does not exist"
+        raise FileNotFoundError(f"--from {chapters_dir}: {what}; expected the folder of executed chapters (`make "
+                                f"chapters` writes one)")
     wanted = [nb.name for nb in chapters(root)]
     missing = [n for n in wanted if not notebook_complete(chapters_dir / n) and chapters_dir.resolve() !=
                (Path(root) / "notebooks").resolve()]
@@ -254,18 +266,24 @@ def stage_book(src, chapters_dir, root=ROOT, log=print):
     if missing:
         raise FileNotFoundError(f"{chapters_dir}: chapter(s) {missing} not executed; run `make chapters PROFILE=...` "
                                 f"first, or `make book CHAPTERS_FROM=notebooks` for the committed notebooks")
-    if src.exists():
-        shutil.rmtree(src)
-    (src / "chapters").mkdir(parents=True)
-    book = Path(root) / "book"
-    for f in [*book.glob("*.yml"), *book.glob("*.md"), *book.glob("*.bib")]:
-        shutil.copy(f, src / f.name)
-    if (book / "_static").is_dir():  # the theme's extra CSS
-        shutil.copytree(book / "_static", src / "_static")
-    for n in wanted:
-        shutil.copy(chapters_dir / n, src / "chapters" / n)
+    with atomic_folder(src, _check_staged, "--stage-book: the book's source folder") as tmp:
+        (Path(tmp) / "chapters").mkdir()
+        book = Path(root) / "book"
+        for f in [*book.glob("*.yml"), *book.glob("*.md"), *book.glob("*.bib")]:
+            shutil.copy(f, Path(tmp) / f.name)
+        if (book / "_static").is_dir():  # the theme's extra CSS
+            shutil.copytree(book / "_static", Path(tmp) / "_static")
+        for n in wanted:
+            shutil.copy(chapters_dir / n, Path(tmp) / "chapters" / n)
     log(f"book source: {len(wanted)} chapters from {chapters_dir} -> {src}")
     return src
+
+
+def _check_staged(folder):
+    """Refuse to replace a folder that stage_book did not write (no _toc.yml beside chapters/): it is the user's."""
+    if not ((Path(folder) / "_toc.yml").is_file() and (Path(folder) / "chapters").is_dir()):
+        raise ValueError(f"{folder}: holds files but is not a staged book (no _toc.yml and chapters/), and staging "
+                         f"replaces the folder whole: choose another --stage-book folder (or move those files away)")
 
 
 def execute_defaults(paths, kernel="python3", log=print):
@@ -366,9 +384,10 @@ def main(argv=None):
     except OSError as exc:  # ours name the file already; the system's (a full disk, a read-only folder) in one line
         print(f"error: {os_error_line(exc)}", file=sys.stderr)
         return 1
-    except Exception as exc:  # papermill's execution errors: say which notebook failed, briefly
+    except Exception as exc:  # nbclient's execution errors (make sync): say which notebook failed, in one line
         if type(exc).__name__ in ("PapermillExecutionError", "CellExecutionError"):
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"error: {getattr(exc, 'ename', '')}: {' '.join(str(getattr(exc, 'evalue', exc)).split())}",
+                  file=sys.stderr)
             return 1
         raise
     return 0

@@ -272,6 +272,9 @@ def load_profile(profile, runs_root=None, report_root=None):
         raise FileNotFoundError(f"{path}: notebook {notebook} does not exist")
     runs_root = Path(runs_root).resolve() if runs_root else root / "results" / "runs"
     report_root = Path(report_root).resolve() if report_root else root / "results" / "report"
+    for flag, folder in (("--runs-root", runs_root), ("--report-root", report_root)):
+        if folder.exists() and not folder.is_dir():  # a folder of folders, or nothing there yet
+            raise ValueError(f"{flag} {folder}: is a file; expected a folder (or nothing there)")
     prof = Profile(path.stem, path, str(spec.get("description", "")).strip(), notebook, root, list(spec["seeds"]),
                    rows, runs_dir=runs_root / (options["shares"] or path.stem), report_dir=report_root / path.stem,
                    reference_dir=root / "results" / "reference" / path.stem, **options)

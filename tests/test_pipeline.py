@@ -271,6 +271,33 @@ def test_execute_run_trains_then_skips(tmp_path):
     assert pipeline.execute_run(prof, run.name, log=lambda s: None) == "skipped"
 
 
+def test_a_damaged_metrics_json_is_rebuilt_by_running_again_and_a_failing_run_is_one_line(tmp_path, capsys):
+    import torch
+
+    prof = load_profile(make_repo(tmp_path, TINY))
+    (run,) = prof.runs
+    pipeline.execute_run(prof, run.name, log=lambda s: None)
+    written = (run.folder / "metrics.json").read_bytes()
+    argv = ["--profile", str(prof.path), "--runs-root", str(prof.runs_dir.parent), "--run", run.name]
+    for damage in (b'{"evaluations": [', written.replace(b'"finished": true', b'"finished": 1')):
+        (run.folder / "metrics.json").write_bytes(damage)
+        assert not pipeline.run_finished(prof, run)  # damaged: not finished, whatever it says
+        assert pipeline.main(argv) == 0, capsys.readouterr().err
+        assert (run.folder / "metrics.json").read_bytes() == written  # rebuilt from the checkpoint, not retrained
+    capsys.readouterr()
+    newest = run.folder / "checkpoints" / "epoch_00003.pt"
+    ckpt = torch.load(newest, weights_only=True)
+    torch.save({**ckpt, "format": ckpt["format"] + 1}, newest)
+    (run.folder / "metrics.json").write_text("{")
+    assert pipeline.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith(f"error: {run.folder / '05_training.ipynb'}: cell ") and "raised CheckpointRefused: " in err
+    assert err.endswith("checkpoints/epoch_00003.pt: written by a newer memvir (checkpoint format 2; this memvir "
+                        "reads format 1): upgrade memvir to use it, or use another --save_path (the executed "
+                        "notebook shows where)\n")
+
+
 def test_executed_run_notebook_shows_no_absolute_path(tmp_path):
     prof = load_profile(make_repo(tmp_path, TINY))
     (run,) = prof.runs

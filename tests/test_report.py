@@ -144,6 +144,63 @@ def test_report_refuses_unfinished_runs(finished_profile):
     assert len(pd.read_csv(out / "runs.csv")) == 3 and json.loads((out / "report.json").read_text())["partial"]
 
 
+@pytest.mark.parametrize("partial", [[], ["--partial"]])
+@pytest.mark.parametrize("text,words", [
+    ("{", "not valid JSON (Expecting property name enclosed in double quotes: line 1 column 2 (char 1))"),
+    ("[1, 2]", "expected a mapping with keys evaluations, best, last, finished, got a list"),
+    ('{"evaluations": [], "best": {}, "last": [], "finished": true}', "'last' is a list; expected a mapping or null"),
+    ('{"evaluations": [], "best": {}, "last": null, "finished": "true"}', "'finished' is the text 'true'; expected "
+                                                                          "true or false"),
+])
+def test_a_damaged_metrics_json_is_one_line_naming_it_and_the_repair(finished_profile, capsys, partial, text,
+                                                                      words):
+    run = finished_profile.runs[2]
+    (run.folder / "metrics.json").write_text(text)
+    assert report.main(["--profile", str(finished_profile.path), *partial]) == 1
+    err = capsys.readouterr().err
+    assert err == (f"error: {run.folder / 'metrics.json'}: {words}; the run's checkpoint holds its history: its "
+                   f"training command (python -m memvir pipeline --profile {finished_profile.path} --run {run.name}, "
+                   f"with the same --runs-root) rebuilds the file\n")
+    assert not finished_profile.report_dir.exists()
+
+
+def snapshot(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+def test_a_failed_report_leaves_the_previous_one_whole(finished_profile, monkeypatch):
+    out = report.build_report(finished_profile, log=lambda s: None)
+    before = snapshot(out)
+    (finished_profile.runs[0].folder / "metrics.json").write_text(
+        (finished_profile.runs[0].folder / "metrics.json").read_text().replace("0.5", "0.45"))
+
+    def fails(*args, **kwargs):  # half-way: the tables are written, the figures are not
+        raise RuntimeError("the figure failed")
+
+    monkeypatch.setattr(report.build, "curriculum_figure", fails)
+    with pytest.raises(RuntimeError, match="the figure failed"):
+        report.build_report(finished_profile, log=lambda s: None)
+    assert snapshot(out) == before  # the previous report, not half of the new one
+    assert sorted(p.name for p in out.parent.iterdir()) == [out.name]  # no temporary folder left
+
+
+def test_a_report_never_replaces_a_folder_that_is_not_one(finished_profile, tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    (tmp_path / "notes.txt").write_text("mine too")
+    for out in (mine, tmp_path / "notes.txt"):
+        assert report.main(["--profile", str(finished_profile.path), "--out", str(out)]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"error: {mine}: holds files but no report.json, so it is not a memvir report; the report "
+                   f"replaces its folder whole: choose another --out (or move those files away)",
+                   f"error: {tmp_path / 'notes.txt'}: exists and is not a folder; expected a folder (or nothing "
+                   f"there) (--out: the report's folder)"]
+    assert (mine / "thesis.tex").read_text() == "years of work" and (tmp_path / "notes.txt").read_text() == "mine too"
+    assert report.main(["--profile", str(finished_profile.path), "--out", str(tmp_path / "new")]) == 0
+    assert report.main(["--profile", str(finished_profile.path), "--out", str(tmp_path / "new")]) == 0  # ours
+
+
 def test_cli(finished_profile):
     path = str(finished_profile.path)
     assert report.main(["--profile", "no_such_profile"]) == 1

@@ -1,5 +1,6 @@
 """The report of a profile, assembled and written (`python -m memvir report`): runs.csv, evaluations.csv,
-machine.csv, the tables (CSV and tables.md), the figures, report.json; every file written atomically.
+machine.csv, the tables (CSV and tables.md), the figures, report.json; the folder written as a whole
+(memvir.files.atomic_folder: a failure, a full disk included, leaves the previous report as it was).
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..files import atomic_write, os_error_line, parse_bool
+from ..files import atomic_folder, atomic_write, os_error_line, parse_bool
 from ..profile import Profile, load_profile
 from ..rundir import epoch_checkpoints, read_run
 from .embedding import mechanism_comparisons, mechanism_diagnostics, tsne_epochs_figure, tsne_figures
@@ -102,10 +103,33 @@ def build_report(profile, out=None, partial=False, log=print):
 
     matplotlib.use("Agg")  # files only, no window
     profile = load_profile(profile) if not isinstance(profile, Profile) else profile
-    out = Path(out) if out else profile.report_dir
+    final = Path(out) if out else profile.report_dir
     runs, evaluations = collect(profile, partial=partial)
     if runs.empty:
         raise ValueError(f"no finished run in {profile.runs_dir}: nothing to report")
+    with atomic_folder(final, _check_report, "--out: the report's folder") as tmp:
+        _write_report(profile, Path(tmp), runs, evaluations, log)
+    log(f"report: {len(runs)} of {len(profile.runs)} runs -> {final}")
+    return final
+
+
+def _check_report(folder):
+    """Refuse to replace a folder that is not a memvir report (no report.json): it is the user's."""
+    if not (Path(folder) / "report.json").is_file():
+        raise ValueError(f"{folder}: holds files but no report.json, so it is not a memvir report; the report "
+                         f"replaces its folder whole: choose another --out (or move those files away)")
+
+
+def promote(out, reference):
+    """Copy the report `out` over the committed reference, as a whole (atomic_folder)."""
+    import shutil
+
+    with atomic_folder(reference, _check_report, "the reference report's folder") as tmp:
+        shutil.copytree(out, tmp, dirs_exist_ok=True)
+
+
+def _write_report(profile, out, runs, evaluations, log):
+    """Every file of the report, into the (temporary) folder `out`."""
     (out / "figures").mkdir(parents=True, exist_ok=True)
     write_csv(runs[["row", "seed", "name", *MACHINE_COLUMNS]], out / MACHINE_FILE, "%.1f")
     runs = runs.drop(columns=MACHINE_COLUMNS)
@@ -121,8 +145,6 @@ def build_report(profile, out=None, partial=False, log=print):
     atomic_write(out / "tables.md", lambda fh: fh.write("\n".join(md)), mode="w")
     _figures(profile, runs, evaluations, out / "figures", log)
     atomic_write(out / "report.json", lambda fh: fh.write(json.dumps(summary, indent=1) + "\n"), mode="w")
-    log(f"report: {len(runs)} of {len(profile.runs)} runs -> {out}")
-    return out
 
 
 def write_csv(df, path, float_format=None):
@@ -266,11 +288,7 @@ def main(argv=None):
         out = build_report(profile, args.out, partial=args.partial, log=lambda s: print(s, flush=True))
         reference = profile.reference_dir
         if args.promote:
-            import shutil
-
-            if reference.exists():
-                shutil.rmtree(reference)
-            shutil.copytree(out, reference)
+            promote(out, reference)
             print(f"report: promoted to the reference {reference}")
         elif (reference / "report.json").is_file():  # say, never silently, whether the reference was reproduced
             result = against_reference(out, reference)

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ..profile import Profile, load_profile
-from ..rundir import KERNELS_KEY, read_run, run_state
+from ..rundir import KERNELS_KEY, read_metrics, read_run, run_state
 
 __all__ = ["METRICS", "SELECTIONS", "SELECTION_NAMES", "SELECTION_MEANING", "MACHINE_COLUMNS", "MACHINE_FILE",
            "collect", "selections", "values_by_row", "baselines_of", "validation_choice", "plateau_budget"]
@@ -81,6 +81,13 @@ def collect(profile, partial=False):
     for run in profile.runs:
         folder = run.folder
         state = run_state(folder)
+        if state != "missing":  # damaged: never taken for unfinished (or finished), whatever --partial says
+            try:
+                read_metrics(folder)
+            except ValueError as exc:
+                raise ValueError(f"{exc}; the run's checkpoint holds its history: its training command (python -m "
+                                 f"memvir pipeline --profile {profile.path} --run {run.name}, with the same "
+                                 f"--runs-root) rebuilds the file") from None
         if state != "finished":
             if partial:
                 continue
