@@ -541,3 +541,66 @@ def test_an_empty_annotation_file_is_refused_even_with_force(tmp_path, capsys):
     assert run("cars196", "--src", src, "--out", out, "--force") != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cars_annos.txt lists no image" in err[0] and not out.exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Archive members are streamed: memory does not grow with a member's size (a 110 KB zip held a 100 MB member).
+
+BIG = 100 << 20  # bytes of zeros after a valid JPEG: compresses ~1000:1, decodes (a JPEG ends at its EOI marker)
+
+
+def bomb_archive(src, kind):
+    """make_inshop (zip: the official img.zip) or make_cars (tgz) with one image grown by BIG zero bytes; returns
+    the sha1 of the grown image."""
+    if kind == "zip":
+        make_inshop(str(src))
+        image = src / "Img" / "img" / "MEN" / "Denim" / "id_00000001" / "01_1_front.jpg"
+    else:
+        make_cars(str(src))
+        image = src / "car_ims" / "000001.jpg"
+    with open(image, "ab") as f:
+        f.write(bytes(BIG))
+    expected = hashlib.sha1(image.read_bytes()).hexdigest()
+    if kind == "zip":
+        with zipfile.ZipFile(src / "Img" / "img.zip", "w", zipfile.ZIP_DEFLATED) as zf:
+            for path in sorted((src / "Img" / "img").rglob("*.jpg")):
+                zf.write(path, path.relative_to(src / "Img").as_posix())
+        shutil.rmtree(src / "Img" / "img")
+    else:
+        tar_and_remove(str(src), "car_ims", "car_ims.tgz")
+    return expected
+
+
+@pytest.mark.parametrize("verify", [[], ["--no-verify"]])
+@pytest.mark.parametrize("mode", ["copy", "symlink"])
+@pytest.mark.parametrize("kind", ["zip", "tgz"])
+def test_archive_members_are_streamed_not_held_in_memory(tmp_path, capsys, kind, mode, verify):
+    import tracemalloc
+
+    src, out = tmp_path / "src", tmp_path / "out"
+    expected = bomb_archive(src, kind)
+    assert max(p.stat().st_size for p in src.rglob("*")) < BIG // 100  # the archive is small; its member is not
+    tracemalloc.start()
+    try:
+        code = run("inshop" if kind == "zip" else "cars196", "--src", src, "--out", out, "--mode", mode, "--force",
+                   *verify)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert code == 0, capsys.readouterr().err
+    assert peak < BIG // 4, f"peak {peak / 1e6:.1f} MB for a {BIG / 1e6:.0f} MB member"  # was 2 x BIG
+    found = [p for split in ("train", "test") for p in (out / split).rglob("*.jpg") if p.stat().st_size > BIG]
+    assert len(found) == 1 and hashlib.sha1(found[0].read_bytes()).hexdigest() == expected
+
+
+def test_an_annotation_file_the_size_of_a_bomb_is_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(P, "TEXT_LIMIT", 1 << 20)  # a 1 MB limit stands for the 256 MB one
+    src = tmp_path / "src"
+    make_inshop(str(src))
+    listing = src / "Eval" / "list_eval_partition.txt"
+    with zipfile.ZipFile(src / "Eval.zip", "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("Eval/list_eval_partition.txt", listing.read_bytes() + b" " * (2 << 20))
+    shutil.rmtree(src / "Eval")
+    assert run("inshop", "--src", src, "--out", tmp_path / "out", "--force") == 1
+    assert capsys.readouterr().err == (f"error: {src / 'Eval.zip'}: Eval/list_eval_partition.txt: more than 1 MB; "
+                                       f"expected an annotation file (the four benchmarks' are a few MB)\n")

@@ -47,11 +47,12 @@ import os
 import shutil
 import sys
 import tarfile
+import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from ..files import atomic_json  # the project's one atomic writer (standard library only: cheap to import)
+from ..files import atomic_json, os_error_line  # the project's atomic writer (standard library only: cheap)
 from . import canonical_data_name  # the one table of data-set names and aliases
 from .folder import IMAGE_SUFFIXES, check_images  # folder.py imports numpy only, no torch
 
@@ -68,6 +69,12 @@ STAGING = ".memvir-staging"
 RAW = "raw"
 EXTRACTED_MARKER = ".memvir-extracted.json"
 MODES = ("symlink", "hardlink", "copy")
+# Archive members are streamed, never held whole in memory: a member is copied in chunks of CHUNK bytes, and one
+# decoded for --verify is spooled (in memory up to SPOOL_BYTES, on disk beyond). An annotation file is kept in
+# memory; the four benchmarks' largest is ~4 MB, so one over TEXT_LIMIT is refused (a zip bomb, not annotations).
+CHUNK = 1 << 20
+SPOOL_BYTES = 8 << 20
+TEXT_LIMIT = 256 << 20
 
 
 class PrepareError(ValueError):
@@ -157,7 +164,7 @@ class SourceIndex:
             unsafe = []
 
             def members():
-                for name, read in _iter_archive(archive):
+                for name, open_member in _iter_archive(archive):
                     member = _safe_member(name)
                     if member is None:
                         unsafe.append(name)
@@ -168,9 +175,11 @@ class SourceIndex:
                     self.items[key] = Item(key, archive=archive, member=name)
                     base = member.rsplit("/", 1)[-1]
                     if base in self.text_names:
-                        self.blobs[key] = read()
+                        with open_member() as fh:
+                            self.blobs[key] = _read_text(fh, f"{archive}: {name}")
                     elif self.verify and base.lower().endswith(IMAGE_SUFFIXES):
-                        yield key, read()
+                        with open_member() as fh:
+                            yield key, _spool(fh)  # check_image reads and closes it
 
             try:
                 self.bad.update(check_images(members(), self.workers))
@@ -190,22 +199,42 @@ class SourceIndex:
         item = self.items[key]
         if item.path:
             with open(item.path, "rb") as f:
-                return f.read()
+                return _read_text(f, item.path)
         return self.blobs[key]
 
 
 def _iter_archive(path):
-    """Yield (member name, read()) for the regular files of a tar or zip archive, in stored order."""
+    """Yield (member name, open()) for the regular files of a tar or zip archive, in stored order; open() gives a
+    binary file object of the member, read as it is decompressed (a member is never read whole at once)."""
     if path.lower().endswith(".zip"):
         with zipfile.ZipFile(path) as zf:
             for info in zf.infolist():
                 if not info.is_dir():
-                    yield info.filename, (lambda info=info: zf.read(info))
+                    yield info.filename, (lambda info=info: zf.open(info))
     else:
         with tarfile.open(path, "r:*") as tf:
             for m in tf:  # streaming: a .tgz is decompressed once
                 if m.isfile():
-                    yield m.name, (lambda m=m: tf.extractfile(m).read())
+                    yield m.name, (lambda m=m: tf.extractfile(m))
+
+
+def _read_text(fh, where):
+    """The bytes of an annotation file, at most TEXT_LIMIT of them (read in chunks: read(n) would allocate n)."""
+    data = bytearray()
+    while chunk := fh.read(CHUNK):
+        data += chunk
+        if len(data) > TEXT_LIMIT:
+            raise PrepareError(f"{where}: more than {TEXT_LIMIT >> 20} MB; expected an annotation file (the four "
+                               f"benchmarks' are a few MB)")
+    return bytes(data)
+
+
+def _spool(fh):
+    """Copy a member into a file object that stays in memory up to SPOOL_BYTES and spills to disk beyond."""
+    spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)
+    shutil.copyfileobj(fh, spool, CHUNK)
+    spool.seek(0)
+    return spool
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -541,14 +570,15 @@ def _extract(archive, targets, log):
     """Write archive members to files: targets maps member name -> list of destination paths."""
     log(f"extracting {len(targets):,} files from {archive} ...")
     left = dict(targets)
-    for name, read in _iter_archive(archive):
+    for name, open_member in _iter_archive(archive):
         dests = left.pop(name, None)
         if dests:
-            data = read()
             for dest in dests:
                 os.makedirs(os.path.dirname(dest), exist_ok=True)
-                with open(dest, "wb") as f:
-                    f.write(data)
+            with open_member() as src, open(dests[0], "wb") as f:
+                shutil.copyfileobj(src, f, CHUNK)  # streamed: a member of any size costs CHUNK bytes of memory
+            for dest in dests[1:]:
+                shutil.copyfile(dests[0], dest)
         if not left:
             break
     if left:
@@ -569,8 +599,12 @@ def _extract_raw(out, archive, members, log):
     partial = dest + ".partial"
     if os.path.exists(partial):  # ours: left by an interrupted run
         shutil.rmtree(partial)
-    _extract(archive, {m: [os.path.join(partial, *_safe_member(m).split("/"))] for m in members}, log)
-    atomic_json(marker, os.path.join(partial, EXTRACTED_MARKER))  # inside .partial, renamed into place whole below
+    try:
+        _extract(archive, {m: [os.path.join(partial, *_safe_member(m).split("/"))] for m in members}, log)
+        atomic_json(marker, os.path.join(partial, EXTRACTED_MARKER))  # inside .partial, renamed into place below
+    except BaseException:  # a full disk, Ctrl-C: no half extraction is left (the next run would remove it too)
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     if os.path.exists(dest):  # an older extraction of a changed archive (it has our marker)
         shutil.rmtree(dest)
     os.rename(partial, dest)
@@ -855,8 +889,11 @@ def main(argv=None):
     try:
         prepare(args.name, args.src, args.out, mode=args.mode, force=args.force, verify=args.verify,
                 workers=args.workers, log=lambda s: print(s, flush=True))
-    except (PrepareError, OSError) as exc:  # OSError: also permissions, a full disk, ...
+    except PrepareError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # permissions, a full disk, a read-only --out: the path and what to do, in one line
+        print(f"error: {os_error_line(exc)}", file=sys.stderr)
         return 1
     return 0
 
