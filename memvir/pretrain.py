@@ -71,10 +71,14 @@ def pretrain_backbone(cfg, cache_dir=None, log=print) -> Path:
 
     import torch
 
-    from .files import atomic_write
+    from .files import atomic_write, with_hint
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda fh: torch.save(state, fh))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda fh: torch.save(state, fh))
+    except OSError as exc:  # a full disk, a read-only cache: where the cache can go instead
+        raise with_hint(exc, "the pretrained backbone's cache: set MEMVIR_CACHE to a writable folder with room") \
+            from None
     return path
 
 

@@ -98,7 +98,9 @@ def test_a_folder_where_checkpoints_is_a_file(tmp_path):
     (run / "checkpoints").write_text("not a folder")
     done = memvir_cli("train", *TINY, "--save_path", str(run))
     assert done.returncode == 2
-    assert error_line(done).startswith(f"error: {run / 'checkpoints'}"), done.stderr[-2000:]
+    assert error_line(done) == (f"error: {run / 'checkpoints'}: exists and is not a folder; expected a folder (or "
+                                f"nothing there)"), done.stderr[-2000:]
+    assert sorted(p.name for p in run.iterdir()) == [".lock", "checkpoints"]  # found before an epoch was trained
 
 
 @pytest.mark.parametrize("code,words", [(errno.EACCES, "permission denied"), (errno.EISDIR, "is a folder; expected a "
@@ -133,3 +135,143 @@ def test_ctrl_c_inside_a_write_stays_an_interrupt(tmp_path):
         atomic_write(tmp_path / "ckpt.pt", interrupted_then_cleanup_fails)
     assert (tmp_path / "ckpt.pt").read_bytes() == b"the previous checkpoint"
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
+
+
+# ---- folders written as a whole (a report, the staged book) and caches: the previous one stays whole ------------
+
+
+@pytest.fixture
+def disk(tmp_path):
+    disk = mounted(tmp_path / "disk4m", "size=4m")
+    yield disk
+    subprocess.run(["umount", str(disk)], check=False)
+
+
+def fill(folder, leave):
+    """Fill the disk of `folder` until about `leave` bytes are free."""
+    import shutil
+
+    free = shutil.disk_usage(folder).free
+    (folder / "filler").write_bytes(b"x" * max(free - leave, 0))
+
+
+def snapshot(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_full_disk_keeps_the_previous_report_whole(disk, tmp_path, capsys):
+    import runfolders
+    from memvir import report
+
+    (tmp_path / "repo").mkdir()
+    profile = runfolders.finished_profile(tmp_path / "repo")
+    out = disk / "report"
+    assert report.main(["--profile", str(profile.path), "--out", str(out)]) == 0
+    before = snapshot(out)
+    metrics = profile.runs[0].folder / "metrics.json"
+    metrics.write_text(metrics.read_text().replace("0.5", "0.45"))  # the next report differs
+    fill(disk, 64 * 1024)
+    capsys.readouterr()
+    assert report.main(["--profile", str(profile.path), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {out}/") and "no space left on its device" in err and err.count("\n") == 1, err
+    assert ".tmp" not in err  # named where the file was going, not after the temporary folder
+    assert snapshot(out) == before
+    assert sorted(p.name for p in disk.iterdir()) == ["filler", "report"]  # no temporary folder left
+
+
+def test_a_report_on_a_read_only_file_system_is_one_line(read_only, tmp_path, capsys):
+    import runfolders
+    from memvir import report
+
+    (tmp_path / "repo").mkdir()
+    profile = runfolders.finished_profile(tmp_path / "repo")
+    for out in (read_only / "report", read_only):
+        assert report.main(["--profile", str(profile.path), "--out", str(out)]) == 1
+        assert capsys.readouterr().err == (f"error: {out}: read-only file system: write elsewhere (--out: the "
+                                           f"report's folder)\n")
+
+
+def fake_book(root, text):
+    (root / "book").mkdir(parents=True)
+    for name in ("_toc.yml", "_config.yml", "intro.md"):
+        (root / "book" / name).write_text(f"{name}\n")
+    (root / "notebooks").mkdir()
+    (root / "notebooks" / "01_a.ipynb").write_text(text)
+
+
+def test_a_full_disk_keeps_the_previous_staged_book_whole(disk, tmp_path):
+    from memvir import pipeline
+
+    root = tmp_path / "repo"
+    fake_book(root, "x" * 300_000)
+    src = disk / "src"
+    pipeline.stage_book(src, root / "notebooks", root=root, log=lambda s: None)
+    before = snapshot(src)
+    (root / "notebooks" / "01_a.ipynb").write_text("y" * 600_000)  # more than the old one frees: never fits
+    fill(disk, 100 * 1024)
+    with pytest.raises(OSError) as err:
+        pipeline.stage_book(src, root / "notebooks", root=root, log=lambda s: None)
+    assert err.value.errno == errno.ENOSPC
+    assert os_error_line(err.value).startswith(f"{src}/chapters/01_a.ipynb: no space left on its device (")
+    assert snapshot(src) == before
+    assert sorted(p.name for p in disk.iterdir()) == ["filler", "src"]
+
+
+def test_staging_never_replaces_a_folder_that_is_not_a_staged_book(tmp_path):
+    from memvir import pipeline
+
+    root = tmp_path / "repo"
+    fake_book(root, "{}")
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "thesis.tex").write_text("years of work")
+    with pytest.raises(ValueError, match="not a staged book"):
+        pipeline.stage_book(tmp_path / "home", root / "notebooks", root=root, log=lambda s: None)
+    assert (tmp_path / "home" / "thesis.tex").read_text() == "years of work"
+    with pytest.raises(FileNotFoundError, match="--from .*does not exist; expected the folder of executed chapters"):
+        pipeline.stage_book(tmp_path / "src", tmp_path / "nowhere", root=root, log=lambda s: None)
+
+
+def test_the_glyph_cache_on_a_full_disk_is_one_line_and_nothing_half_written(tmp_path):
+    import shutil
+
+    from memvir.data import glyphs
+
+    pool = glyphs.default_cache_dir() / f"glyph_pool_{glyphs._load_pool()['key']}.json"  # computed once if missing
+    cache = mounted(tmp_path / "cache", f"size={pool.stat().st_size // 1024 + 24}k")
+    try:
+        shutil.copy(pool, cache)  # the pool fits; the rendered set (~57 KB) does not
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MEMVIR_CACHE": str(cache)}
+        done = subprocess.run([sys.executable, "-m", "memvir", "train", *TINY, "--save_path", str(tmp_path / "run")],
+                              capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+        assert done.returncode == 2
+        line = error_line(done)
+        assert line.startswith(f"error: {cache}/glyphs_") and ".npz: no space left on its device (" in line, line
+        assert line.endswith(": free some, or write elsewhere (the glyph cache: set MEMVIR_CACHE to a writable "
+                             "folder with room)")
+        assert sorted(p.name for p in cache.iterdir()) == [pool.name]  # no half-written set, no temporary file
+        assert not (tmp_path / "run").exists()  # the start failed: no run folder left behind
+    finally:
+        subprocess.run(["umount", str(cache)], check=False)
+
+
+def test_a_read_only_glyph_cache_is_one_line(read_only, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MEMVIR_CACHE": str(read_only / "cache")}
+    done = subprocess.run([sys.executable, "-m", "memvir", "train", *TINY, "--save_path", str(tmp_path / "run")],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert done.returncode == 2
+    assert error_line(done) == (f"error: {read_only / 'cache'}: read-only file system: write elsewhere (the glyph "
+                                f"cache: set MEMVIR_CACHE to a writable folder with room)")
+
+
+def test_steps_csv_on_a_full_disk_names_the_file(small_disk):
+    from memvir.rundir import StepLog
+
+    log = StepLog(str(small_disk / "steps.csv"))
+    fill(small_disk, 0)
+    with pytest.raises(OSError) as err:
+        for step in range(100_000):  # the buffer fills, then its write fails: Python names no file there
+            log.write(step, 1, 0.5, 0.1, 0, 10, 32)
+        log.flush()
+    assert err.value.errno == errno.ENOSPC
+    assert os_error_line(err.value).startswith(f"{small_disk / 'steps.csv'}: no space left on its device (")

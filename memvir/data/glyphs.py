@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..files import atomic_write  # standard library only: cheap to import
+from ..files import atomic_write, with_hint  # standard library only: cheap to import
 
 FORMAT_VERSION = 1  # bump when anything below changes the pixels or the pool; it is part of every cache key
 
@@ -386,9 +386,13 @@ def _select_pool(fonts) -> dict:
 
 
 def _cache_write(path: Path, write) -> None:
-    """Write a cache file atomically (memvir.files.atomic_write), creating the cache folder first."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, write)
+    """Write a cache file atomically (memvir.files.atomic_write), creating the cache folder first; an OSError (a
+    full disk, a read-only or misplaced cache folder) carries the hint of where the cache can go instead."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, write)
+    except OSError as exc:
+        raise with_hint(exc, "the glyph cache: set MEMVIR_CACHE to a writable folder with room") from None
 
 
 def _load_pool(cache_dir=None) -> dict:
