@@ -275,3 +275,5 @@ def test_steps_csv_on_a_full_disk_names_the_file(small_disk):
         log.flush()
     assert err.value.errno == errno.ENOSPC
     assert os_error_line(err.value).startswith(f"{small_disk / 'steps.csv'}: no space left on its device (")
+    (small_disk / "filler").unlink()
+    log.close()  # room again: the buffered rows go out, and the disk can be unmounted
