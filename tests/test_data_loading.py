@@ -73,15 +73,44 @@ def test_a_fifo_named_like_an_image_is_refused_not_read(tmp_path):
         ImageFolderDataset(tmp_path)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any folder")
-def test_an_unreadable_class_folder_is_named(tmp_path):
-    make_tree(tmp_path, {"a": 1, "b": 1})
-    os.chmod(tmp_path / "b", 0)
+def test_an_unreadable_class_folder_is_named():
+    """Mode 0 on a class folder: an error naming it, not an empty class. Root reads any folder, so as root (CI)
+    the reader runs in a child process that drops to the user `nobody` first."""
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    from memvir.files import os_error_line
+
+    root = tempfile.mkdtemp(prefix="memvir-unreadable-")  # /tmp: a child as `nobody` can reach it
     try:
-        with pytest.raises(PermissionError):
-            ImageFolderDataset(tmp_path)
+        make_tree(root, {"a": 1, "b": 1})
+        for folder, _, _ in os.walk(root):
+            os.chmod(folder, 0o755)
+        os.chmod(os.path.join(root, "b"), 0)
+        if os.geteuid() != 0:
+            with pytest.raises(PermissionError) as info:
+                ImageFolderDataset(root)
+            line = os_error_line(info.value)
+        else:
+            # The interpreter may live under /root (mode 700): the child starts as root, imports what the reader
+            # needs, then becomes `nobody`, for whom mode 0 denies.
+            code = ("import os, sys\nfrom memvir.data.folder import ImageFolderDataset\n"
+                    "from memvir.files import os_error_line\nImageFolderDataset(sys.argv[2])\n"
+                    "os.setgid(65534)\nos.setuid(65534)\ntry:\n    ImageFolderDataset(sys.argv[1])\n"
+                    "except PermissionError as e:\n    print(os_error_line(e))\n")
+            readable = tempfile.mkdtemp(prefix="memvir-readable-")  # warms the reader's lazy imports as root
+            make_tree(readable, {"a": 1})
+            done = subprocess.run([sys.executable, "-c", code, root, readable], capture_output=True, text=True,
+                                  cwd="/")
+            shutil.rmtree(readable)
+            line = done.stdout.strip()
+            assert done.returncode == 0, done.stderr[-2000:]
+        assert os.path.join(root, "b") in line and "\n" not in line, line
     finally:
-        os.chmod(tmp_path / "b", 0o755)
+        os.chmod(os.path.join(root, "b"), 0o755)
+        shutil.rmtree(root)
 
 
 def test_folder_imposed_classes(tmp_path):
