@@ -306,7 +306,10 @@ def _value_problem(value, kind, name):
     if kind == "tensors":
         if not isinstance(value, dict):
             return f"its field '{name}' is {_kind(value)}; expected a mapping from names to tensors"
-        bad = next((k for k, t in value.items() if not isinstance(t, torch.Tensor)), None)
+        # A module's get_extra_state() is saved under '<prefix>_extra_state' and may be any object (XBM's
+        # memory saves a mapping): torch's state_dict format allows it, so it is not ours to refuse.
+        bad = next((k for k, t in value.items() if not isinstance(t, torch.Tensor)
+                    and not str(k).endswith("_extra_state")), None)
         return None if bad is None else f"its field '{name}.{bad}' is {_kind(value[bad])}; expected a tensor"
     if isinstance(kind, dict):
         if not isinstance(value, dict):
