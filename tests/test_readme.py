@@ -76,3 +76,19 @@ LIBRARY_PRINTS = ["196 classes in the last step", "40 classes in the last step"]
 def test_readme_library_examples_run_as_written(capsys, block):
     exec(compile(library_blocks()[block], "README.md", "exec"), {})
     assert capsys.readouterr().out.strip() == LIBRARY_PRINTS[block]
+
+
+def test_readme_where_table_is_the_committed_splits_report():
+    """The "Where MemVir delivers" rows equal report.compact_table of results/reference/splits (MAP@R, best
+    validation epoch), cell for cell, and every comparison of the report is quoted."""
+    import memvir.report as report
+
+    section = README[README.index("**Where MemVir delivers.**"):README.index("## Layout")]
+    quoted = {cells[0]: cells[1:] for cells in ([c.strip() for c in ln.split("|")] for ln in section.splitlines()
+                                                 if ln.startswith("MemVir + ") and " | " in ln)}
+    c = report.comparisons(ROOT / "results" / "reference" / "splits")
+    want = {}
+    for group in dict.fromkeys(c["group"]):
+        for _, row in report.compact_table(c, group, "val", ("map_at_r",)).iterrows():
+            want[row["Row"]] = [row["Δ MAP@R [95% CI]"], row["k/n"], row["Holm p"]]
+    assert quoted == want
