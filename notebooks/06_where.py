@@ -162,6 +162,15 @@ if reports["controls"] and reports["controls"]["comparisons"] is not None:
             verdict.append(
                 f"Against {words} (as many classes): {len(gains)} of {n} significant"
                 f" gains, {len(losses)} losses.")
+if reports["pretrained"] and reports["pretrained"]["comparisons"] is not None:
+    c = reports["pretrained"]["comparisons"]
+    rows = list(dict.fromkeys(c.loc[c["group"] == "memvir", "row"]))
+    n, gains, losses = tally("pretrained", rows)
+    verdict.append(
+        "**From a pretrained backbone** (section 3 checks it helps the baselines):"
+        f" {len(gains)}"
+        f" of {n} MemVir comparisons are significant MAP@R gains, {len(losses)} losses"
+        + (f" ({', '.join(losses)})" if losses else "") + ".")
 if not verdict:
     verdict.append("No profile of this chapter has been run yet.")
 display(Markdown("\n\n".join(verdict)))
@@ -316,3 +325,15 @@ display(Markdown(status("pretrained")))
 if reports["pretrained"] and reports["pretrained"]["comparisons"] is not None:
     tables("pretrained")
     show(schedule("pretrained"))
+    c = reports["pretrained"]["comparisons"]
+    gate = [report.pick(c, row, MAP, selection_of(c)) for row in
+            dict.fromkeys(c.loc[c["group"] == "pretraining", "row"])]
+    helps = all(g["significant"] and g["diff_mean"] > 0 for g in gate)
+    display(Markdown(
+        "- " + "\n- ".join(f"{g['row']} against {g['baseline']}: MAP@R"
+                           f" {words(c, g['row'])}" for g in gate)
+        + ("\n\nThe pretraining helps both baselines: by the rule, this is the paper's"
+           " regime." if helps else "\n\nThe pretraining does not help every baseline:"
+           " by the rule, this is not the paper's regime.")
+        + "\n\n- " + "\n- ".join(f"{row}: MAP@R {words(c, row)}" for row in
+                                   dict.fromkeys(c.loc[c["group"] == "memvir", "row"]))))
