@@ -122,15 +122,26 @@ def schedule(name):
     return pd.DataFrame(records)
 
 
-def tally(name, rows):
-    """Significant MAP@R gains and losses among `rows` of a profile."""
+def tally(name, rows, groups=None):
+    """Significant MAP@R gains and losses among `rows` (in `groups` if given)."""
     c = reports[name]["comparisons"]
     sel = selection_of(c)
     c = c[(c["metric"] == MAP) & (c["selection"] == sel) & c["row"].isin(rows)]
+    if groups is not None:  # a contrast, or the profile's own groups (against baselines)
+        c = c[c["group"].isin(groups)]
     c = c.drop_duplicates(["row", "baseline"])
     gains = c[c["significant"] & (c["diff_mean"] > 0)]
     losses = c[c["significant"] & (c["diff_mean"] < 0)]
     return len(c), list(gains["row"]), list(losses["row"])
+
+
+def counted(intro, name, rows, groups=None):
+    """One verdict sentence: significant gains and losses among `rows`."""
+    n, gains, losses = tally(name, rows, groups)
+    return (f"{intro} {len(gains)} of {n} comparisons are significant MAP@R gains and"
+            f" {len(losses)} significant losses"
+            + (f" (losses: {', '.join(losses)})" if losses else "")
+            + (f" (gains: {', '.join(gains)})" if gains else "") + ".")
 
 
 # %% [markdown]
@@ -140,37 +151,25 @@ def tally(name, rows):
 verdict = []
 if reports["splits"] and reports["splits"]["comparisons"] is not None:
     c = reports["splits"]["comparisons"]
-    rows = [r for r in dict.fromkeys(c["row"]) if r.startswith("MemVir")]
-    n, gains, losses = tally("splits", rows)
-    verdict.append(
-        f"**At the tuned values, on three glyph splits, 24 epochs:** {len(gains)} of {n}"
-        f" MemVir comparisons are significant MAP@R gains and {len(losses)} significant"
-        " losses" + (f" (losses: {', '.join(losses)})" if losses else "")
-        + (f" (gains: {', '.join(gains)})" if gains else "") + ".")
+    memvir_rows = [r for r in dict.fromkeys(c["row"]) if r.startswith("MemVir")]
+    verdict.append(counted("**MemVir at the tuned values, on three glyph splits, 24"
+                           " epochs:**", "splits", memvir_rows))
 if reports["controls"] and reports["controls"]["comparisons"] is not None:
     c = reports["controls"]["comparisons"]
     past = [r for r in dict.fromkeys(c["row"]) if r.startswith("past proxies +")]
-    n, gains, losses = tally("controls", past)
-    verdict.append(
-        f"**A past step's proxies alone (N=5), six losses:** {len(gains)} of {n} are"
-        f" significant MAP@R gains over the baseline, {len(losses)} losses.")
-    for contrast, words in (("past_vs_current", "the current proxies' copies"),
-                            ("past_vs_learned", "learned extra negatives")):
-        pairs = c[(c["group"] == contrast)]
-        if len(pairs):
-            n, gains, losses = tally("controls", list(dict.fromkeys(pairs["row"])))
-            verdict.append(
-                f"Against {words} (as many classes): {len(gains)} of {n} significant"
-                f" gains, {len(losses)} losses.")
+    own = list(load_profile("controls").groups)  # per loss: rows against baselines
+    verdict.append(counted("**A past step's proxies alone (N=5) against the baseline,"
+                           " each loss:**", "controls", past, own))
+    for contrast, against in (("past_vs_current", "the current proxies' copies"),
+                              ("past_vs_learned", "learned extra negatives")):
+        if (c["group"] == contrast).any():
+            verdict.append(counted(f"Against {against} (as many classes):", "controls",
+                                   past, [contrast]))
 if reports["pretrained"] and reports["pretrained"]["comparisons"] is not None:
     c = reports["pretrained"]["comparisons"]
-    rows = list(dict.fromkeys(c.loc[c["group"] == "memvir", "row"]))
-    n, gains, losses = tally("pretrained", rows)
-    verdict.append(
-        "**From a pretrained backbone** (section 3 checks it helps the baselines):"
-        f" {len(gains)}"
-        f" of {n} MemVir comparisons are significant MAP@R gains, {len(losses)} losses"
-        + (f" ({', '.join(losses)})" if losses else "") + ".")
+    verdict.append(counted("**MemVir from a pretrained backbone** (section 3 checks it"
+                           " helps the baselines):", "pretrained",
+                           list(dict.fromkeys(c.loc[c["group"] == "memvir", "row"]))))
 if not verdict:
     verdict.append("No profile of this chapter has been run yet.")
 display(Markdown("\n\n".join(verdict)))
