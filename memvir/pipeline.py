@@ -315,19 +315,17 @@ def warm_data(profile, log=print):
     from .pretrain import PRETRAINED_GLYPHS, pretrain_backbone
 
     profile = load_profile(profile) if not isinstance(profile, Profile) else profile
-    seen = set()
+    seen, pretrained = set(), set()
     for row in profile.rows:
         cfg = resolve_config({k: v for k, v in row.params.items() if k != "resume"})
         key = (cfg.data_name, cfg.input_size, cfg.num_classes, cfg.instances_per_class, cfg.min_fonts,
                cfg.glyph_seed)
-        if cfg.data_name != "glyphs" or key in seen:
-            continue
-        seen.add(key)
-        build_splits(cfg)  # renders into the cache, or reads it
-        log(f"glyphs ready: {cfg.num_classes} classes x {cfg.instances_per_class} at {cfg.input_size} px")
-    for row in profile.rows:  # a backbone pretrained on the other glyph classes, once per benchmark (cached)
-        cfg = resolve_config({k: v for k, v in row.params.items() if k != "resume"})
-        if cfg.pretrained == PRETRAINED_GLYPHS:
+        if cfg.data_name == "glyphs" and key not in seen:
+            seen.add(key)
+            build_splits(cfg)  # renders into the cache, or reads it
+            log(f"glyphs ready: {cfg.num_classes} classes x {cfg.instances_per_class} at {cfg.input_size} px")
+        if cfg.pretrained == PRETRAINED_GLYPHS and (key, cfg.backbone) not in pretrained:
+            pretrained.add((key, cfg.backbone))  # a backbone taught the other glyph classes, once (cached)
             log(f"pretrained backbone ready: {pretrain_backbone(cfg, log=log)}")
 
 
