@@ -170,7 +170,9 @@ def load_trained(run_dir, checkpoint="last", device="cpu"):
             raise FileNotFoundError(f"{path} does not exist; checkpoints there: "
                                     f"{sorted(p.name for p in ckpt_dir.glob('*.pt'))}")
     ckpt = load_checkpoint(path, device, fields=("config", "model", "criterion", "epoch"))
-    exp = build(resolve_config(ckpt["config"]), device, pretrained=False)  # rebuilt exactly as trained
+    with warnings.catch_warnings():  # what build warns of (e.g. -C's negative-only proxies) was said in training
+        warnings.simplefilter("ignore", UserWarning)
+        exp = build(resolve_config(ckpt["config"]), device, pretrained=False)  # rebuilt exactly as trained
     load_state(exp.net, ckpt, "model", path)
     exp.net.eval()
     load_state(exp.criterion, ckpt, "criterion", path)

@@ -313,34 +313,14 @@ if "ablations" in have:
 # %% tags=["hide-input"]
 if (out / "mechanism.csv").exists():
     mech = pd.read_csv(out / "mechanism.csv")
-    wanted = [
-        "train_map_at_r",
-        "test_map_at_r",
-        "gap_map_at_r",
-        "gap_recall@1",
-        "test_uniformity",
-        "test_pca_share@10",
-        "test_effective_rank",
-    ]
-    mech = mech[mech["quantity"].isin(wanted)]
+    mech = mech[mech["quantity"].isin(report.MECHANISM_SHOWN)]
     table = report.mechanism_table(mech)
     for row in dict.fromkeys(table["Row"]):  # a narrow table per MemVir row
         one = table[table["Row"] == row]
         base, n = one["vs"].iloc[0], one["n"].iloc[0]
         display(Markdown(f"**{row}** against {base} ({n} seeds)"))
         show(one.drop(columns=["Row", "vs", "n"]))
-    said = []
-    for row in dict.fromkeys(mech["row"]):
-        m = mech[mech["row"] == row].set_index("quantity")
-        gap, test = m.loc["gap_map_at_r"], m.loc["test_map_at_r"]
-        said.append(
-            f"{row}: the seen-minus-unseen MAP@R gap moves by"
-            f" {100 * gap['diff_mean']:+.2f} points [{100 * gap['ci_low']:+.2f},"
-            f" {100 * gap['ci_high']:+.2f}], unseen MAP@R by"
-            f" {100 * test['diff_mean']:+.2f} points, the unseen classes' uniformity by"
-            f" {m.loc['test_uniformity', 'diff_mean']:+.2f} (lower: more spread)"
-        )
-    display(Markdown("- " + "\n- ".join(said)))
+    display(Markdown("- " + "\n- ".join(report.mechanism_sentences(mech))))
 if (out / "figures" / "tsne_epochs.png").exists():
     display(
         Markdown(

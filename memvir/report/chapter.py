@@ -12,7 +12,8 @@ import pandas as pd
 from .stats import describe, study_comparisons
 from .tables import formatted
 
-__all__ = ["comparisons", "pick", "said", "STYLES", "html_table", "download_link", "memory_schedule"]
+__all__ = ["comparisons", "pick", "said", "mechanism_sentences", "STYLES", "html_table", "download_link",
+           "memory_schedule"]
 
 # The chapters' table styles: right-aligned numbers; a study table's first column (its row labels) on the left.
 STYLES = {"results": "<style>.results td, .results th {padding: 0.15em 0.6em; text-align: right}</style>",
@@ -44,6 +45,20 @@ def pick(table, row, metric, selection, group=None):
 def said(table, row, metric, selection, group=None):
     """That comparison in words (stats.describe): difference, interval, seeds ahead, Holm p, verdict."""
     return describe(pick(table, row, metric, selection, group))
+
+
+def mechanism_sentences(mech):
+    """The mechanism's paired diagnostics (mechanism.csv's lines) in words, one sentence a row: how the seen-minus-
+    unseen MAP@R gap, the unseen classes' MAP@R and their uniformity move against the row's baseline."""
+    lines = []
+    for row in dict.fromkeys(mech["row"]):
+        m = mech[mech["row"] == row].set_index("quantity")
+        gap, test = m.loc["gap_map_at_r"], m.loc["test_map_at_r"]
+        lines.append(f"{row}: the seen-minus-unseen MAP@R gap moves by {100 * gap['diff_mean']:+.2f} points "
+                     f"[{100 * gap['ci_low']:+.2f}, {100 * gap['ci_high']:+.2f}], unseen MAP@R by "
+                     f"{100 * test['diff_mean']:+.2f} points, the unseen classes' uniformity by "
+                     f"{m.loc['test_uniformity', 'diff_mean']:+.2f} (lower: more spread)")
+    return lines
 
 
 def html_table(table, kind="results", style=True):

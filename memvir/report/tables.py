@@ -13,7 +13,7 @@ from .runs import METRICS, baselines_of, collect, values_by_row
 from .stats import paired_comparison
 
 __all__ = ["runs_table", "paired_differences", "table_from_runs", "paired_from_runs", "table4_comparison",
-           "study_table", "compact_table", "mechanism_table", "CALIBRATION_RULE", "calibration_choice", "paper_results",
+           "study_table", "compact_table", "MECHANISM_SHOWN", "mechanism_table", "CALIBRATION_RULE", "calibration_choice", "paper_results",
            "paper_table", "formatted", "markdown_table"]
 
 
@@ -171,6 +171,12 @@ def compact_table(comparisons, group, selection, metrics=("map_at_r",)):
             rec[f"{name}Holm p"] = f"{c['p_holm']:.3f}"
         records.append(rec)
     return pd.DataFrame(records)
+
+
+# The diagnostics a chapter shows of mechanism.csv (the rest stay in the file): retrieval on the seen (train) and
+# unseen (test) classes, their gap, and how the unseen classes' embeddings spread.
+MECHANISM_SHOWN = ("train_map_at_r", "test_map_at_r", "gap_map_at_r", "gap_recall@1", "test_uniformity",
+                   "test_pca_share@10", "test_effective_rank")
 
 
 def mechanism_table(compared):
