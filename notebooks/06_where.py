@@ -345,6 +345,8 @@ if reports["splits"] and reports["splits"]["comparisons"] is not None:
 # Table 4: the current proxies' own detached copies as those classes (as many, on the same schedule, none from
 # the past: `--mem_virtual current`), and as many learnable extra proxies that no image belongs to (the
 # official `-C`); and the number of past steps N = 1, 5, 10. Three seeds a row (126 runs), for cost.
+# (N = 5 and N = 10 take the same past steps for their first 5(M+1) = 105 steps after the warm-up, 3.75 epochs:
+# where both runs' best validation epoch is 20, the first evaluation after U = 16, their numbers are the same.)
 #
 # The same question is asked in the regimes of sections 1 and 3: a past step's proxies alone at the converged
 # budget (`PROFILE=converged`) and from the pretrained backbone (`PROFILE=pretrained`); not under the paper's
