@@ -181,6 +181,15 @@ def tally(name, rows, groups=None):
             list(zip(losses["row"], losses["baseline"])))
 
 
+def sides(name, rows, groups):
+    """How many comparisons have every seed ahead, and every seed behind (MAP@R)."""
+    c = reports[name]["comparisons"]
+    c = c[(c["metric"] == MAP) & (c["selection"] == selection_of(c)) & c["row"].isin(rows)
+          & c["group"].isin(groups)].drop_duplicates(["row", "baseline"])
+    k = c["positive"].str.split("/", expand=True).astype(int)
+    return int((k[0] == k[1]).sum()), int((k[0] == 0).sum()), len(c)
+
+
 def counted(intro, name, rows, groups=None):
     """One verdict sentence: significant gains and losses among `rows`."""
     n, gains, losses = tally(name, rows, groups)
@@ -375,6 +384,22 @@ if has("controls"):
             f" {short(c, f'MemVir + {base}', 'memvir_vs_past')} against past proxies")
     display(Markdown("MAP@R differences in points, 95% interval (\"*\": passes"
                      " Holm):\n\n- " + "\n- ".join(per_loss)))
+    past = rows_where("controls", lambda r: r.startswith("past proxies +"))
+    said_sides = []
+    for what, rows, groups in (
+            ("past proxies against the baseline", past,
+             [g for g in load_profile("controls").groups if g != "mechanism"]),
+            ("past proxies against the current proxies' copies", past,
+             ["past_vs_current"]),
+            ("past proxies against learned negatives", past, ["past_vs_learned"]),
+            ("MemVir against past proxies", rows_where("controls", lambda r: r.startswith(
+                "MemVir")), ["memvir_vs_past"])):
+        ahead, behind, n = sides("controls", rows, groups)
+        said_sides.append(f"{what}: every seed ahead in {ahead} of {n} losses, every seed"
+                          f" behind in {behind}")
+    display(Markdown("Read by direction only (not a test, and uncorrected; with three"
+                     " seeds a coin puts all three on one side a quarter of the time): "
+                     + "; ".join(said_sides) + "."))
     tables("controls")
 
 # %% [markdown]
