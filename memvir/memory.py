@@ -29,7 +29,9 @@ Two ablations change one rule each (`fill`, `virtual`; the flags --mem_fill and 
     virtual="proxies": it brings its proxies as C more classes, which no label points at (negatives only), and no
     embeddings. virtual="current", the control of "proxies": it brings the *current* proxies, detached (as this
     step would store them), as those C more classes: as many negatives on the same schedule, none of them from the
-    past. All three take the plain path below (the fast path's cache is rule 4's).
+    past. All three take the plain path below (the fast path's cache is rule 4's). They are for asking what part of
+    MemVir does the work, not recommended settings: "proxies" gained on glyphs at an untuned scale but not at
+    scales chosen on validation classes (the chapter "Where MemVir delivers", question 4).
 
 Two ways to compute step 4, equal to float tolerance (tests/test_memory.py checks values and gradients):
   * plain: concatenate everything and call the loss, as the official code does. Cost O(N^2 B C D).

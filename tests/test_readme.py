@@ -78,17 +78,74 @@ def test_readme_library_examples_run_as_written(capsys, block):
     assert capsys.readouterr().out.strip() == LIBRARY_PRINTS[block]
 
 
-def test_readme_where_table_is_the_committed_splits_report():
-    """The "Where MemVir delivers" rows equal report.compact_table of results/reference/splits (MAP@R, best
-    validation epoch), cell for cell, and every comparison of the report is quoted."""
+WHERE_QUOTED = {  # profile: the groups of its report whose every comparison the README's table must quote
+    "splits": None,  # all
+    "pretrained": ["pretraining", "memvir", "proxies"],
+    "controls": ["normsoftmax", "proxynca", "softmax", "cosface", "arcface", "proxyanchor", "past_vs_current"],
+}
+
+
+def _where_section():
+    return README[README.index("**Where MemVir delivers.**"):README.index("## Layout")]
+
+
+def _reference_lines(profile, groups):
+    """{(row, against): [Δ [95% CI], k/n, Holm p]} of a committed report, as report.compact_table writes them."""
     import memvir.report as report
 
-    section = README[README.index("**Where MemVir delivers.**"):README.index("## Layout")]
-    quoted = {cells[0]: cells[1:] for cells in ([c.strip() for c in ln.split("|")] for ln in section.splitlines()
-                                                 if ln.startswith("MemVir + ") and " | " in ln)}
-    c = report.comparisons(ROOT / "results" / "reference" / "splits")
-    want = {}
-    for group in dict.fromkeys(c["group"]):
+    c = report.comparisons(ROOT / "results" / "reference" / profile)
+    lines = {}
+    for group in groups or dict.fromkeys(c["group"]):
+        mine = c[(c["group"] == group) & (c["metric"] == "map_at_r") & (c["selection"] == "val")]
         for _, row in report.compact_table(c, group, "val", ("map_at_r",)).iterrows():
-            want[row["Row"]] = [row["Δ MAP@R [95% CI]"], row["k/n"], row["Holm p"]]
-    assert quoted == want
+            against = mine.loc[mine["row"] == row["Row"], "baseline"].iloc[0]
+            lines[(row["Row"], against)] = [row["Δ MAP@R [95% CI]"], row["k/n"], row["Holm p"]]
+    return lines
+
+
+def test_readme_where_table_is_the_committed_reports():
+    """Every line of the "Where MemVir delivers" table equals report.compact_table of its profile's committed
+    report (MAP@R, best validation epoch), cell for cell; and the groups WHERE_QUOTED names are quoted whole
+    (controls: its past-proxies rows)."""
+    quoted = {}
+    for ln in _where_section().splitlines():
+        cells = [c.strip() for c in ln.split("|")]
+        if len(cells) == 6 and cells[0] in WHERE_QUOTED:
+            quoted.setdefault(cells[0], {})[(cells[1], cells[2])] = cells[3:]
+    assert set(quoted) == set(WHERE_QUOTED)
+    for profile, groups in WHERE_QUOTED.items():
+        want = _reference_lines(profile, groups)
+        if profile == "controls":
+            want = {k: v for k, v in want.items() if k[0].startswith("past proxies +")}
+        assert quoted[profile] == want, profile
+
+
+def test_readme_where_prose_numbers_are_the_reports():
+    """The numbers the section's prose states: the pretraining's gains, the controls' run and comparison counts,
+    and how many losses have past proxies ahead in every seed (of the current copies, of the baseline)."""
+    import json
+
+    import memvir.report as report
+
+    section = " ".join(_where_section().split())
+    pre = report.comparisons(ROOT / "results" / "reference" / "pretrained")
+    gate = pre[(pre["group"] == "pretraining") & (pre["metric"] == "map_at_r") & (pre["selection"] == "val")]
+    assert "(+{:.1f} and +{:.1f} MAP@R)".format(*gate["diff_mean"]) in section
+    folder = ROOT / "results" / "reference" / "controls"
+    c = report.comparisons(folder)
+    c = c[(c["metric"] == "map_at_r") & (c["selection"] == "val")]
+    runs = json.loads((folder / "report.json").read_text())["runs"]
+    family = len(c.drop_duplicates(["row", "baseline"]))
+    assert f"three seeds, {runs} runs" in section and f"(three seeds, {family} comparisons)" in section
+
+    def all_ahead(groups):
+        lines = c[c["group"].isin(groups) & c["row"].str.startswith("past proxies +")]
+        return [r for r, k in zip(lines["row"], lines["positive"]) if k == "3/3"]
+
+    words = ["no", "one", "two", "three", "four", "five", "six"]
+    assert f"seed for {words[len(all_ahead(['past_vs_current']))]} of six losses" in section
+    ahead = all_ahead(["normsoftmax", "proxynca", "softmax", "cosface", "arcface", "proxyanchor"])
+    named = ", ".join(r.removeprefix("past proxies + ") for r in ahead)
+    assert f"ahead of the baseline in every seed for {words[len(ahead)]}, {named}." in section
+
+
