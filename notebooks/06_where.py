@@ -84,8 +84,13 @@ def status(name):
                 f" rule are in `configs/{name}.yml`).*")
     s = r["summary"]
     partial = " (**partial**: the numbers will change as the rest finish)"
+    cost = ""
+    if (r["folder"] / "machine.csv").is_file():  # each run's wall time, as measured
+        hours = pd.read_csv(r["folder"] / "machine.csv")["wall_time"].sum() / 3600
+        cost = (f"; its runs took {hours:.1f} hours of one core in all, so `make -j2"
+                f" reproduce PROFILE={name}` about half that on two")
     return (f"`PROFILE={name}`: {s['runs']} runs of {s['expected_runs']}"
-            + (partial if s["partial"] else "") + ".")
+            + (partial if s["partial"] else "") + cost + ".")
 
 
 def selection_of(c):

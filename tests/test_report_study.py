@@ -387,6 +387,18 @@ def test_mechanism_diagnostics_of_a_real_checkpoint(tiny_run):
     assert (got.loc[0, "row"], got.loc[0, "seed"], got.loc[0, "epoch"]) == ("B", 0, 3)
     assert got.loc[0, "test_recall@1"] == pytest.approx(last["recall@1"])
     assert got.loc[0, "test_map_at_r"] == pytest.approx(last["map_at_r"])
+    assert set(report.MECHANISM_SHOWN) <= set(got.columns)  # what a chapter shows is what the diagnostics write
+
+
+def test_mechanism_sentences_say_each_rows_numbers():
+    # mechanism.csv's lines for one row: the fractions become points (x100), the uniformity stays as it is.
+    lines = pd.DataFrame({"row": ["B"] * 3, "baseline": ["A"] * 3,
+                          "quantity": ["gap_map_at_r", "test_map_at_r", "test_uniformity"],
+                          "diff_mean": [-0.0066, 0.0123, -0.05], "ci_low": [-0.0113, 0.0, -0.08],
+                          "ci_high": [-0.0019, 0.02, -0.02]})
+    (said,) = report.mechanism_sentences(lines)
+    assert said == ("B: the seen-minus-unseen MAP@R gap moves by -0.66 points [-1.13, -0.19], unseen MAP@R by "
+                    "+1.23 points, the unseen classes' uniformity by -0.05 (lower: more spread)")
 
 
 def test_tsne_figures_are_the_same_every_time(tiny_run, tmp_path):
