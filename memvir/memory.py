@@ -96,8 +96,9 @@ class MemVir(nn.Module):
         fill: "curriculum" (the official rule 2: pushes from epoch U on, the taken steps grow 0..N) or "full"
             (pushes from epoch U - ceil(N*(M+1) / steps_per_epoch) on, taken from epoch U on: all N at once).
         virtual: what a taken step brings: "both" (rule 4), "embeddings" (its rows with their own labels, against
-            the current proxies) or "proxies" (its proxies as C more classes, negatives only). The two ablations
-            always take the plain path (simple and exact; `fast` is for rule 4).
+            the current proxies), "proxies" (its proxies as C more classes, negatives only) or "current" (the
+            current proxies' detached copies in their place: the control of "proxies"). The ablations always take
+            the plain path (simple and exact; `fast` is for rule 4), and are not recommended settings (above).
         steps_per_epoch: the training steps of one epoch (the loader's batches); needed by fill="full" only.
         check: how a step that takes past steps checks the batch's values (labels in [0, C), finite embeddings;
             with `check` the wrapped loss checks the warm-up's batch itself; the plain path hands it the
