@@ -272,6 +272,26 @@ if checks:
                    " correction lets through; a profile not run yet is not in this list.")
 else:
     verdict.append("No profile of this chapter has been run yet.")
+if has("controls"):  # what part does the work: the controls' contrasts, read by direction
+    past = rows_where("controls", lambda r: r.startswith("past proxies +"))
+    a_mv, b_mv, n = sides("controls", rows_where("controls", lambda r: r.startswith(
+        "MemVir")), ["memvir_vs_past"])
+    a_cur, b_cur, _ = sides("controls", past, ["past_vs_current"])
+    own = [g for g in load_profile("controls").groups if g != "mechanism"]
+    a_base, b_base, _ = sides("controls", past, own)
+    embeddings = ("its past *embeddings* cost more than its past proxies bring"
+                  if b_mv > a_mv else "its past *embeddings* add to its past proxies"
+                  if a_mv > b_mv else "no direction")
+    pastness = ("as many classes do better when they are *past*" if a_cur > b_cur
+                else "as many classes do better when they are *present*" if b_cur > a_cur
+                else "no direction")
+    verdict.append(
+        f"**Which part does the work** (the controls, by direction only: all three seeds"
+        f" on one side, no test): MemVir is behind a past step's proxies alone in {b_mv}"
+        f" of {n} losses and ahead in {a_mv}: {embeddings}. The past proxies are ahead"
+        f" of the current proxies' copies in {a_cur} of {n} and behind in {b_cur}:"
+        f" {pastness}; against the loss alone they are ahead in {a_base} and behind"
+        f" in {b_base} (section 4).")
 display(Markdown("\n\n".join(verdict)))
 
 # %% [markdown]
