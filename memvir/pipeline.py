@@ -184,8 +184,7 @@ def run_command(profile, run):
 
 def known_values(profile):
     """Every value the pipeline can give a chapter, by parameter name (paths absolute; made relative later)."""
-    values = {"profile": profile.path, "report_dir": profile.report_dir, "figure_dir": profile.report_dir / "figures",
-              "reference_dir": profile.reference_dir}
+    values = {"profile": profile.path, "report_dir": profile.report_dir, "reference_dir": profile.reference_dir}
     if profile.compare == "table4":  # the Table-4 chapter reads this profile's report
         values["table4_dir"] = profile.report_dir
     if len(profile.groups) > 1 and "main" in profile.groups:  # a study: the study chapter reads its report
@@ -203,6 +202,7 @@ def known_values(profile):
         if not base:
             raise ValueError(f"{profile.path}: book.tsne row {row!r} needs a baseline")
         values["memvir_run"], values["baseline_run"] = profile.run(row).folder, profile.run(base).folder
+        values["figure_dir"] = profile.report_dir / "figures"  # the report draws the t-SNE figures of book.tsne only
     return values
 
 

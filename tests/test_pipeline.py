@@ -411,6 +411,16 @@ def test_a_study_profile_offers_its_report_to_the_study_chapter(tmp_path):
     assert "study_dir" not in pipeline.known_values(other)
 
 
+def test_figures_are_offered_only_by_a_profile_whose_report_draws_them(tmp_path, finished_profile):
+    """The report draws the t-SNE figures for book.tsne only: a profile without it must not send the embedding
+    chapter to read figures that are not there (it draws its own from small runs instead)."""
+    assert pipeline.known_values(finished_profile)["figure_dir"] == finished_profile.report_dir / "figures"
+    (tmp_path / "plain").mkdir()
+    plain = load_profile(make_repo(tmp_path / "plain", GOOD.replace(", tsne: MemVir + A", "")))
+    assert "tsne" not in plain.book
+    assert not {"figure_dir", "memvir_run", "baseline_run"} & set(pipeline.known_values(plain))
+
+
 def test_every_profile_offers_its_report_by_name(tmp_path):
     """A chapter that reads several profiles declares <profile>_dir for each: it gets the report made here."""
     prof = load_profile(make_repo(tmp_path, GOOD))
