@@ -82,6 +82,7 @@ WHERE_QUOTED = {  # profile: the groups of its report whose every comparison the
     "splits": None,  # all
     "pretrained": ["pretraining", "memvir", "proxies"],
     "controls": ["normsoftmax", "proxynca", "softmax", "cosface", "arcface", "proxyanchor", "past_vs_current"],
+    "converged": ["budgets_normsoftmax", "budgets_proxynca", "memvir_vs_past"],
 }
 
 
@@ -142,6 +143,11 @@ def test_readme_where_prose_numbers_are_the_reports():
         lines = c[c["group"].isin(groups) & c["row"].str.startswith("past proxies +")]
         return [r for r, k in zip(lines["row"], lines["positive"]) if k == "3/3"]
 
+    conv = report.comparisons(ROOT / "results" / "reference" / "converged")
+    conv = conv[(conv["metric"] == "map_at_r") & (conv["selection"] == "val")
+                & conv["row"].str.startswith("MemVir") & conv["group"].str.startswith("budgets")]
+    assert (conv["diff_mean"] < 0).all()
+    assert "by {:.1f} to {:.1f} points".format(-conv["diff_mean"].max(), -conv["diff_mean"].min()) in section
     words = ["no", "one", "two", "three", "four", "five", "six"]
     assert f"seed for {words[len(all_ahead(['past_vs_current']))]} of six losses" in section
     ahead = all_ahead(["normsoftmax", "proxynca", "softmax", "cosface", "arcface", "proxyanchor"])
