@@ -171,15 +171,21 @@ def schedule(name):
     return pd.DataFrame(records)
 
 
+def lines(name, rows, groups=None):
+    """The MAP@R comparisons (trusted selection) of `rows` in `groups` (a contrast, or the
+    profile's own groups: against baselines; any if None), each (row, baseline) once."""
+    c = reports[name]["comparisons"]
+    c = c[(c["metric"] == MAP) & (c["selection"] == selection_of(c))
+          & c["row"].isin(rows)]
+    if groups is not None:
+        c = c[c["group"].isin(groups)]
+    return c.drop_duplicates(["row", "baseline"])
+
+
 def tally(name, rows, groups=None):
     """Significant MAP@R gains and losses among `rows` (in `groups` if given): the
     number of comparisons, and the (row, baseline) pairs of each."""
-    c = reports[name]["comparisons"]
-    sel = selection_of(c)
-    c = c[(c["metric"] == MAP) & (c["selection"] == sel) & c["row"].isin(rows)]
-    if groups is not None:  # a contrast, or the profile's own groups (against baselines)
-        c = c[c["group"].isin(groups)]
-    c = c.drop_duplicates(["row", "baseline"])
+    c = lines(name, rows, groups)
     gains = c[c["significant"] & (c["diff_mean"] > 0)]
     losses = c[c["significant"] & (c["diff_mean"] < 0)]
     return (len(c), list(zip(gains["row"], gains["baseline"])),
@@ -188,9 +194,7 @@ def tally(name, rows, groups=None):
 
 def sides(name, rows, groups):
     """How many comparisons have every seed ahead, and every seed behind (MAP@R)."""
-    c = reports[name]["comparisons"]
-    c = c[(c["metric"] == MAP) & (c["selection"] == selection_of(c)) & c["row"].isin(rows)
-          & c["group"].isin(groups)].drop_duplicates(["row", "baseline"])
+    c = lines(name, rows, groups)
     k = c["positive"].str.split("/", expand=True).astype(int)
     return int((k[0] == k[1]).sum()), int((k[0] == 0).sum()), len(c)
 
@@ -208,6 +212,11 @@ def counted(intro, name, rows, groups=None):
 # ## The verdict
 
 # %% tags=["hide-input"]
+# The controls' groups of one loss each: {group: its baseline row} (not "mechanism")
+LOSSES = {g: rows[0] for g, rows in load_profile("controls").groups.items()
+          if g != "mechanism"}
+
+
 def has(name):
     return reports[name] is not None and reports[name]["comparisons"] is not None
 
@@ -226,13 +235,13 @@ if has("splits"):
                    " 24 epochs:**",
                    rows_where("splits", lambda r: r.startswith("MemVir")), None))
 if has("converged"):
-    budgets = [g for g in load_profile("converged").groups]
+    budgets = list(load_profile("converged").groups)
     checks.append(("converged", "**MemVir at converged budgets (B and 2B):**",
                    rows_where("converged", lambda r: r.startswith("MemVir")), budgets))
     checks.append(("converged", "A past step's proxies alone at B:",
                    rows_where("converged", lambda r: r.startswith("past")), budgets))
 if has("protocol"):
-    budgets = [g for g in load_profile("protocol").groups]
+    budgets = list(load_profile("protocol").groups)
     memvir_rows = rows_where("protocol", lambda r: r.startswith("MemVir"))
     checks.append(("protocol", "**The paper's protocol, MemVir 8x longer than the decayed"
                    " baseline, as the paper compares:**", memvir_rows, budgets))
@@ -246,14 +255,14 @@ if has("pretrained"):
     checks.append(("pretrained", "A past step's proxies alone from it:",
                    rows_where("pretrained", lambda r: True, "proxies"), ["proxies"]))
 if has("controls"):
-    own = [g for g in load_profile("controls").groups if g != "mechanism"]  # per loss
-    past = rows_where("controls", lambda r: r.startswith("past proxies +"))
+    past_rows = rows_where("controls", lambda r: r.startswith("past proxies +"))
     checks.append(("controls", "**A past step's proxies alone (N=5) against the"
-                   " baseline, the six losses of Table 4, 24 epochs:**", past, own))
+                   " baseline, the six losses of Table 4, 24 epochs:**", past_rows,
+                   list(LOSSES)))
     checks.append(("controls", "Against the current proxies' copies (as many classes, no"
-                   " past):", past, ["past_vs_current"]))
+                   " past):", past_rows, ["past_vs_current"]))
     checks.append(("controls", "Against learned extra negatives (as many classes,"
-                   " learned):", past, ["past_vs_learned"]))
+                   " learned):", past_rows, ["past_vs_learned"]))
     checks.append(("controls", "MemVir against a past step's proxies alone (what the"
                    " past embeddings add):",
                    rows_where("controls", lambda r: r.startswith("MemVir")),
@@ -273,12 +282,10 @@ if checks:
 else:
     verdict.append("No profile of this chapter has been run yet.")
 if has("controls"):  # what part does the work: the controls' contrasts, read by direction
-    past = rows_where("controls", lambda r: r.startswith("past proxies +"))
     a_mv, b_mv, n = sides("controls", rows_where("controls", lambda r: r.startswith(
         "MemVir")), ["memvir_vs_past"])
-    a_cur, b_cur, _ = sides("controls", past, ["past_vs_current"])
-    own = [g for g in load_profile("controls").groups if g != "mechanism"]
-    a_base, b_base, _ = sides("controls", past, own)
+    a_cur, b_cur, _ = sides("controls", past_rows, ["past_vs_current"])
+    a_base, b_base, _ = sides("controls", past_rows, list(LOSSES))
     embeddings = ("its past *embeddings* cost more than its past proxies bring"
                   if b_mv > a_mv else "its past *embeddings* add to its past proxies"
                   if a_mv > b_mv else "no direction")
@@ -393,9 +400,9 @@ if has("controls"):
     display(Markdown(power("controls")))
     c = reports["controls"]["comparisons"]
     per_loss = []
-    for group, members in load_profile("controls").groups.items():
-        base, past = members[0], f"past proxies + {members[0]}"
-        if group == "mechanism" or past not in set(c["row"]):
+    for group, base in LOSSES.items():
+        past = f"past proxies + {base}"
+        if past not in set(c["row"]):
             continue
         sweep = [f"past proxies N={k} + {base}" if k != 5 else past for k in (1, 5, 10)]
         sweep = ", ".join(
@@ -409,14 +416,12 @@ if has("controls"):
             f" {short(c, f'MemVir + {base}', 'memvir_vs_past')} against past proxies")
     display(Markdown("MAP@R differences in points, 95% interval (\"*\": passes"
                      " Holm):\n\n- " + "\n- ".join(per_loss)))
-    past = rows_where("controls", lambda r: r.startswith("past proxies +"))
     said_sides = []
     for what, rows, groups in (
-            ("past proxies against the baseline", past,
-             [g for g in load_profile("controls").groups if g != "mechanism"]),
-            ("past proxies against the current proxies' copies", past,
+            ("past proxies against the baseline", past_rows, list(LOSSES)),
+            ("past proxies against the current proxies' copies", past_rows,
              ["past_vs_current"]),
-            ("past proxies against learned negatives", past, ["past_vs_learned"]),
+            ("past proxies against learned negatives", past_rows, ["past_vs_learned"]),
             ("MemVir against past proxies", rows_where("controls", lambda r: r.startswith(
                 "MemVir")), ["memvir_vs_past"])):
         ahead, behind, n = sides("controls", rows, groups)
@@ -438,14 +443,14 @@ if has("controls"):
 if has("controls"):
     c = reports["controls"]["comparisons"]
     passed = []
-    for group, members in load_profile("controls").groups.items():
-        past = f"past proxies + {members[0]}"
-        if group == "mechanism" or past not in set(c["row"]):
+    for group, base in LOSSES.items():
+        past = f"past proxies + {base}"
+        if past not in set(c["row"]):
             continue
         both = [report.pick(c, past, MAP, selection_of(c), g)
                 for g in (group, "past_vs_current")]
         if all(d["significant"] and d["diff_mean"] > 0 for d in both):
-            passed.append(members[0])
+            passed.append(base)
     display(Markdown(
         f"By the rule: {len(passed)} of six losses pass"
         + (f" ({', '.join(passed)})" if passed else "") + ". "

@@ -13,8 +13,8 @@ from .runs import METRICS, baselines_of, collect, values_by_row
 from .stats import paired_comparison
 
 __all__ = ["runs_table", "paired_differences", "table_from_runs", "paired_from_runs", "table4_comparison",
-           "study_table", "compact_table", "MECHANISM_SHOWN", "mechanism_table", "CALIBRATION_RULE", "calibration_choice", "paper_results",
-           "paper_table", "formatted", "markdown_table"]
+           "study_table", "compact_table", "MECHANISM_SHOWN", "mechanism_table", "CALIBRATION_RULE",
+           "calibration_choice", "paper_results", "paper_table", "formatted", "markdown_table"]
 
 
 def _values(label, values):
