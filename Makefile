@@ -80,14 +80,15 @@ reproduce: setup
 	echo "make reproduce PROFILE=$(PROFILE): done in $$(( $$(date +%s) - start )) s;" \
 	     "results: book/_build/html/chapters/06_results.html"
 
-# One Make target per run, so that -j2 trains two at once; each run uses one thread (OMP_NUM_THREADS=1).
+# One Make target per unfinished run, so that -j2 trains two at once; each run uses one thread (OMP_NUM_THREADS=1).
+# Finished runs are not listed: a finished profile of 126 runs would otherwise start Python 126 times to skip them.
 ifneq ($(filter runs,$(MAKECMDGOALS)),)
-RUN_NAMES := $(shell $(PIPELINE) --list-runs)
+RUN_NAMES := $(shell $(PIPELINE) --list-runs --unfinished)
 ifneq ($(.SHELLSTATUS),0)
 $(error cannot list the runs of PROFILE=$(PROFILE) (the message above says why; `make setup` first?))
 endif
 endif
-runs: $(addprefix run/,$(RUN_NAMES))
+runs: data-ready $(addprefix run/,$(RUN_NAMES))
 run/%: data-ready
 	@$(PIPELINE) --run $*
 

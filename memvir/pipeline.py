@@ -1,7 +1,8 @@
 """The pipeline of `make reproduce`: profiles, their runs (papermill), the book's chapters, and cluster commands.
 
     configs/<profile>.yml         the runs of a profile: rows (a loss, with or without MemVir) x seeds
-    python -m memvir pipeline --profile P --list-runs        the run names, one a line (Make's targets)
+    python -m memvir pipeline --profile P --list-runs        the run names, one a line
+    python -m memvir pipeline --profile P --list-runs --unfinished   those not finished (Make's targets)
     python -m memvir pipeline --profile P --run NAME         train one run: notebooks/05_training.ipynb, papermill
     python -m memvir pipeline --profile P --print-commands   a shell line per unfinished run (xargs -P, Slurm, ...)
     python -m memvir pipeline --profile P --chapters DIR     execute the chapters on P's runs and report
@@ -345,6 +346,8 @@ def main(argv=None):
     parser.add_argument("--from", dest="chapters_from", metavar="DIR", help="with --stage-book: executed chapters")
     action = parser.add_mutually_exclusive_group(required=True)
     action.add_argument("--list-runs", action="store_true", help="print the profile's run names, one a line")
+    parser.add_argument("--unfinished", action="store_true",
+                        help="with --list-runs: only the runs not finished (make runs skips the rest unspawned)")
     action.add_argument("--print-commands", action="store_true",
                         help="print one self-contained shell command per unfinished run")
     action.add_argument("--run", metavar="NAME", help="train one run (papermill); skipped when finished")
@@ -367,7 +370,7 @@ def main(argv=None):
             return 0
         profile = load_profile(args.profile, args.runs_root, args.report_root)
         if args.list_runs:
-            print("\n".join(r.name for r in profile.runs))
+            print("\n".join(r.name for r in profile.runs if not (args.unfinished and run_finished(profile, r))))
         elif args.print_commands:
             print("\n".join(run_command(profile, r) for r in profile.runs if not run_finished(profile, r)))
         elif args.run:

@@ -233,6 +233,20 @@ def test_print_commands_lists_the_unfinished_runs_as_shell_lines(finished_profil
     assert "OMP_NUM_THREADS=1" in words
 
 
+def test_list_runs_unfinished_names_exactly_the_runs_print_commands_would_run(finished_profile, capsys):
+    """Make's targets (`--list-runs --unfinished`): a run whose notebook is missing or incomplete is listed, a
+    finished one is not; plain `--list-runs` still names every run."""
+    complete_notebook(finished_profile.runs[1].folder / "05_training.ipynb")
+    complete_notebook(finished_profile.runs[2].folder / "05_training.ipynb", status="running")
+    for run in finished_profile.runs[3:]:
+        complete_notebook(run.folder / "05_training.ipynb")
+    path = str(finished_profile.path)
+    assert pipeline.main(["--profile", path, "--list-runs", "--unfinished"]) == 0
+    assert capsys.readouterr().out.split() == [finished_profile.runs[i].name for i in (0, 2)]
+    assert pipeline.main(["--profile", path, "--list-runs"]) == 0
+    assert len(capsys.readouterr().out.split()) == len(finished_profile.runs) == 4
+
+
 def test_stage_book_refuses_a_missing_chapter(tmp_path):
     executed = tmp_path / "executed"
     executed.mkdir()
