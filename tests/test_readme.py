@@ -83,6 +83,7 @@ WHERE_QUOTED = {  # profile: the groups of its report whose every comparison the
     "pretrained": ["pretraining", "memvir", "proxies"],
     "controls": ["normsoftmax", "proxynca", "softmax", "cosface", "arcface", "proxyanchor", "past_vs_current"],
     "converged": ["budgets_normsoftmax", "budgets_proxynca", "memvir_vs_past"],
+    "protocol": None,  # all: against the decayed baseline, against the long one, the epochs alone
 }
 
 
@@ -155,3 +156,35 @@ def test_readme_where_prose_numbers_are_the_reports():
     assert f"ahead of the baseline in every seed for {words[len(ahead)]}, {named}." in section
 
 
+
+
+def test_readme_where_protocol_prose_is_its_report():
+    """The protocol bullet's numbers: MemVir against the decayed baseline, the long baseline against it, MemVir
+    against the long one (best validation epoch), the last epoch's lead in every seed, and each long row's fall
+    from its best test epoch to its last."""
+    import memvir.report as report
+
+    section = " ".join(_where_section().split())
+    c = report.comparisons(ROOT / "results" / "reference" / "protocol")
+    c = c[c["metric"] == "map_at_r"]
+
+    def diffs(group_test, selection="val"):
+        lines = c[c["group"].map(group_test) & (c["selection"] == selection)].drop_duplicates(["row", "baseline"])
+        return lines.set_index("row")
+
+    short = diffs(lambda g: g.startswith("budgets_"))
+    alone = diffs(lambda g: g == "epochs_alone")
+    long, long_last = diffs(lambda g: g.endswith("_vs_long")), diffs(lambda g: g.endswith("_vs_long"), "last")
+    assert short["significant"].all() and not long["significant"].any()
+    assert "against the decayed baseline: {:+.1f} (Norm-SoftMax) and {:+.1f} (Proxy-NCA), both passing Holm".format(
+        *short["diff_mean"]) in section
+    assert "gains {:+.1f} and {:+.1f} over the same decayed one".format(*alone["diff_mean"]) in section
+    assert "MemVir against it, {:+.1f} and {:+.1f}, ahead in every seed but within the noise".format(
+        *long["diff_mean"]) in section and (long["positive"] == "3/3").all()
+    assert (long_last["positive"] == "3/3").all() and long_last["significant"].all()
+    assert {f"{d:+.1f}" for d in long_last["diff_mean"]} == {"+2.2"}
+    assert "MemVir is ahead of the long baseline by +2.2 in every seed for both losses" in section
+    best = diffs(lambda g: g.endswith("_vs_long"), "best")
+    falls = best["baseline_mean"] - long_last["baseline_mean"], best["row_mean"] - long_last["row_mean"]
+    assert ("the long baseline falls by {:.1f} and {:.1f} points, MemVir by {:.1f} and {:.1f}".format(
+        *falls[0], *falls[1])) in section
