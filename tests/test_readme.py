@@ -188,3 +188,14 @@ def test_readme_where_protocol_prose_is_its_report():
     falls = best["baseline_mean"] - long_last["baseline_mean"], best["row_mean"] - long_last["row_mean"]
     assert ("the long baseline falls by {:.1f} and {:.1f} points, MemVir by {:.1f} and {:.1f}".format(
         *falls[0], *falls[1])) in section
+
+
+def test_readme_where_costs_are_the_reports_machine_files():
+    """Each profile's cost the section states: its runs' summed wall times in hours and its number of runs."""
+    import pandas as pd
+
+    section = " ".join(_where_section().split())
+    for profile in ["tune", "splits", "plateau", "pretrained", "controls", "converged", "protocol"]:
+        times = pd.read_csv(ROOT / "results" / "reference" / profile / "machine.csv")["wall_time"]
+        stated = f"{profile} {times.sum() / 3600:.1f}" + (" hours" if profile == "tune" else "")
+        assert f"{stated} ({len(times)}" in section, profile
