@@ -80,3 +80,17 @@ def test_one_python_minimum_everywhere():
     assert pinned, env
     version = tuple(int(x) for x in pinned.group(2).split("."))
     assert version >= tuple(int(x) for x in minimum.split(".")), (pinned.group(0), minimum)
+
+
+def test_every_profile_a_file_names_exists():
+    """A profile retired or renamed leaves no pointer to it: every `configs/<name>.yml` and `PROFILE=<name>` that
+    the library, the profiles, the chapters, the book, the README or the Makefile names is a file (the tests' own
+    skeletons aside; `PROFILE=P` is the README's placeholder)."""
+    sources = [ROOT / "README.md", ROOT / "Makefile", *(ROOT / "memvir").rglob("*.py"),
+               *(ROOT / "configs").glob("*.yml"), *(ROOT / "notebooks").glob("*.py"), *(ROOT / "book").glob("*.md")]
+    named = {(path.relative_to(ROOT), m) for path in sources
+             for m in re.findall(r"configs/([A-Za-z0-9_]+)\.yml|PROFILE=([a-z0-9_]+)\b", path.read_text())}
+    assert named  # the pattern finds something, so an empty result below means something
+    named = {(path, file or name) for path, (file, name) in named}
+    missing = sorted(f"{path}: configs/{m}.yml" for path, m in named if not (ROOT / "configs" / f"{m}.yml").is_file())
+    assert not missing, missing
