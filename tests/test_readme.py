@@ -188,6 +188,19 @@ def test_readme_where_protocol_prose_is_its_report():
     falls = best["baseline_mean"] - long_last["baseline_mean"], best["row_mean"] - long_last["row_mean"]
     assert ("the long baseline falls by {:.1f} and {:.1f} points, MemVir by {:.1f} and {:.1f}".format(
         *falls[0], *falls[1])) in section
+    import pandas as pd
+
+    mean = {p: 100 * pd.read_csv(ROOT / "results" / "reference" / p / "runs.csv").groupby("row")["val_map_at_r"].mean()
+            for p in ("protocol", "converged")}
+    from memvir.profile import load_profile
+
+    budget = {r.label: r.params["epochs"] for r in load_profile("protocol").rows}  # B of each decayed baseline
+    bar = [(mean["protocol"][f"{loss}, paper schedule"],
+            mean["converged"][f"{loss}, {budget[f'{loss}, paper schedule']} epochs"])
+           for loss in ("Norm-SoftMax", "Proxy-NCA")]
+    assert all(decayed < constant for decayed, constant in bar)
+    assert ("(mean MAP@R {:.1f} against {:.1f} for Norm-SoftMax, {:.1f} against {:.1f} for Proxy-NCA)".format(
+        *bar[0], *bar[1])) in section
 
 
 def test_readme_where_costs_are_the_reports_machine_files():
