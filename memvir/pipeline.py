@@ -1,8 +1,7 @@
 """The pipeline of `make reproduce`: profiles, their runs (papermill), the book's chapters, and cluster commands.
 
     configs/<profile>.yml         the runs of a profile: rows (a loss, with or without MemVir) x seeds
-    python -m memvir pipeline --profile P --list-runs        the run names, one a line
-    python -m memvir pipeline --profile P --list-runs --unfinished   those not finished (Make's targets)
+    python -m memvir pipeline --profile P --list-runs [--unfinished]   the run names (not finished: Make's targets)
     python -m memvir pipeline --profile P --run NAME         train one run: notebooks/05_training.ipynb, papermill
     python -m memvir pipeline --profile P --print-commands   a shell line per unfinished run (xargs -P, Slurm, ...)
     python -m memvir pipeline --profile P --chapters DIR     execute the chapters on P's runs and report
@@ -360,6 +359,9 @@ def main(argv=None):
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0)
+    if args.unfinished and not args.list_runs:
+        print("error: --unfinished goes with --list-runs only", file=sys.stderr)
+        return 1
     log = lambda s: print(s, flush=True)  # noqa: E731
     try:
         if args.execute_defaults:

@@ -229,25 +229,28 @@ def rows_where(name, test, group=None):
     return [r for r in dict.fromkeys(c["row"]) if test(r)]
 
 
+PROTOCOL = load_profile("protocol")  # its rows, baselines and contrasts, read once
+PROTOCOL_EPOCHS = {r.label: r.params["epochs"] for r in PROTOCOL.rows}
+
+
 def protocol_rows():
     """PROFILE=protocol's MemVir rows as (row, its loss, the long baseline's row, the
     contrast of the two): MemVir is compared with the short baseline and the long one."""
-    contrasts = load_profile("protocol").contrasts
     out = []
     for row in rows_where("protocol", lambda r: r.startswith("MemVir")):
         loss = row.removeprefix("MemVir + ").removesuffix(", paper schedule")
         long = f"{loss}, as long as MemVir"
-        vs_long = next(g for g, pairs in contrasts.items() if (row, long) in pairs)
+        vs_long = next(g for g, pairs in PROTOCOL.contrasts.items()
+                       if (row, long) in pairs)
         out.append((row, loss, long, vs_long))
     return out
 
 
-def protocol_ratio():
-    """How many times longer than its decayed baseline MemVir trains, from the profile."""
-    prof = load_profile("protocol")
-    epochs = {r.label: r.params["epochs"] for r in prof.rows}
-    ratios = {epochs[row] / epochs[prof.baselines[row]] for row, *_ in protocol_rows()}
-    return "/".join(f"{x:g}" for x in sorted(ratios))
+PROTOCOL_ROWS = protocol_rows() if has("protocol") else []
+# How many times longer than its decayed baseline MemVir trains ("8"; "8/15" if unequal)
+PROTOCOL_RATIO = "/".join(f"{x:g}" for x in sorted(
+    {PROTOCOL_EPOCHS[row] / PROTOCOL_EPOCHS[PROTOCOL.baselines[row]]
+     for row, *_ in PROTOCOL_ROWS}))
 
 
 # (profile, intro, rows, groups): every verdict line, in the chapter's order of regimes
@@ -263,14 +266,12 @@ if has("converged"):
     checks.append(("converged", "A past step's proxies alone at B:",
                    rows_where("converged", lambda r: r.startswith("past")), budgets))
 if has("protocol"):
-    budgets = list(load_profile("protocol").groups)
-    memvir_rows = rows_where("protocol", lambda r: r.startswith("MemVir"))
-    checks.append(("protocol", f"**The paper's protocol, MemVir {protocol_ratio()}x"
+    memvir_rows = [row for row, *_ in PROTOCOL_ROWS]
+    checks.append(("protocol", f"**The paper's protocol, MemVir {PROTOCOL_RATIO}x"
                    " longer than the decayed baseline, as the paper compares:**",
-                   memvir_rows, budgets))
+                   memvir_rows, list(PROTOCOL.groups)))
     checks.append(("protocol", "Against the baseline trained as long as MemVir:",
-                   memvir_rows, [g for g in load_profile("protocol").contrasts
-                                 if g.endswith("_vs_long")]))
+                   memvir_rows, [vs_long for *_, vs_long in PROTOCOL_ROWS]))
 if has("pretrained"):
     checks.append(("pretrained", "**MemVir from a pretrained backbone** (section 3"
                    " checks it helps the baselines):",
@@ -297,10 +298,10 @@ verdict = [counted(intro, name, rows, groups) for name, intro, rows, groups in c
 def caveat(name, row, baseline):
     """What a reader must know of a gain: in `protocol`, whether the baseline trained as
     long as MemVir gets it too (MemVir not significantly ahead of that one)."""
-    for r, _, long, vs_long in (protocol_rows() if name == "protocol" else []):
-        d = report.pick(reports["protocol"]["comparisons"], r, MAP,
-                        selection_of(reports["protocol"]["comparisons"]), vs_long)
-        if r == row and baseline != long and not d["significant"]:
+    c = reports["protocol"]["comparisons"] if name == "protocol" else None
+    for r, _, long, vs_long in (PROTOCOL_ROWS if name == "protocol" else []):
+        if (r == row and baseline != long
+                and not report.pick(c, r, MAP, selection_of(c), vs_long)["significant"]):
             return "; but not against the baseline trained as long, next paragraph"
     return ""
 
@@ -321,17 +322,17 @@ if has("protocol"):  # the paper's comparison beside its control: what the epoch
     c = reports["protocol"]["comparisons"]
     verdict.append(
         "**The paper's comparison, with the control it lacks** (section 2, MAP@R):"
-        f" MemVir {protocol_ratio()}x longer against the decayed baseline, the baseline"
+        f" MemVir {PROTOCOL_RATIO}x longer against the decayed baseline, the baseline"
         " trained as long"
         " against the same decayed one (the epochs alone), and MemVir against the"
         " baseline trained as long (what MemVir adds to the epochs), in that order: "
         + "; ".join(
             f"{loss} {short(c, row)}, {short(c, long, 'epochs_alone')},"
-            f" {short(c, row, vs_long)}" for row, loss, long, vs_long in protocol_rows())
+            f" {short(c, row, vs_long)}" for row, loss, long, vs_long in PROTOCOL_ROWS)
         + ". At the last epoch instead (no early stopping), MemVir against the baseline"
         " trained as long: " + "; ".join(
             f"{loss} {short(c, row, vs_long, 'last')}"
-            for row, loss, long, vs_long in protocol_rows()) + ".")
+            for row, loss, long, vs_long in PROTOCOL_ROWS) + ".")
 if has("controls"):  # what part does the work: the controls' contrasts, read by direction
     a_mv, b_mv, n = sides("controls", rows_where("controls", lambda r: r.startswith(
         "MemVir")), ["memvir_vs_past"])
@@ -581,12 +582,12 @@ if has("converged"):
 # %% tags=["hide-input"]
 display(Markdown(status("protocol")))
 if has("protocol"):
-    for group in load_profile("protocol").groups:
+    for group in PROTOCOL.groups:
         figure("protocol", f"curves_{group}")
     display(Markdown(power("protocol")))
     c = reports["protocol"]["comparisons"]
     said = []
-    for row, _, long, vs_long in protocol_rows():
+    for row, _, long, vs_long in PROTOCOL_ROWS:
         said.append(f"{row}: against the decayed baseline, as the paper compares,"
                     f" {words(c, row)}; against the baseline trained as long,"
                     f" {words(c, row, group=vs_long)};"
@@ -600,15 +601,14 @@ if has("protocol"):
         " against the baseline trained as long: " + "; ".join(
             f"{loss} {short(c, row, vs_long, 'last')}, the long baseline against the"
             f" short one {short(c, long, 'epochs_alone', 'last')}"
-            for row, loss, long, vs_long in protocol_rows())
+            for row, loss, long, vs_long in PROTOCOL_ROWS)
         + ". The chapter's verdict reads the best validation epoch, the rule of every"
         " profile here."))
     if has("converged"):  # the decayed baseline beside the constant-rate one, same B
         mean = {name: 100 * pd.read_csv(reports[name]["folder"] / "runs.csv")
                 .groupby("row")["val_map_at_r"].mean()
                 for name in ("protocol", "converged")}
-        epochs = {r.label: r.params["epochs"] for r in load_profile("protocol").rows}
-        bases = load_profile("protocol").baselines
+        epochs, bases = PROTOCOL_EPOCHS, PROTOCOL.baselines
         display(Markdown(
             "The paper's decay at 50/130 of the run, against the constant rate at the"
             " same budget and seeds (`PROFILE=converged`; mean MAP@R at the best"
@@ -616,7 +616,7 @@ if has("protocol"):
                 f"{loss} at {epochs[bases[row]]} epochs"
                 f" {mean['protocol'][bases[row]]:.1f} decayed,"
                 f" {mean['converged'][f'{loss}, {epochs[bases[row]]} epochs']:.1f}"
-                " constant" for row, loss, _, _ in protocol_rows())
+                " constant" for row, loss, _, _ in PROTOCOL_ROWS)
             + ". The decayed baseline is the one the paper's comparison measures"
             " against."))
     tables("protocol")

@@ -245,6 +245,8 @@ def test_list_runs_unfinished_names_exactly_the_runs_print_commands_would_run(fi
     assert capsys.readouterr().out.split() == [finished_profile.runs[i].name for i in (0, 2)]
     assert pipeline.main(["--profile", path, "--list-runs"]) == 0
     assert len(capsys.readouterr().out.split()) == len(finished_profile.runs) == 4
+    assert pipeline.main(["--profile", path, "--print-commands", "--unfinished"]) == 1
+    assert capsys.readouterr().err.strip() == "error: --unfinished goes with --list-runs only"
 
 
 def test_stage_book_refuses_a_missing_chapter(tmp_path):
