@@ -16,6 +16,8 @@ COMMANDS = {
     "train": ("memvir.train", "train (and periodically evaluate) a model; accepts the official main.py flags"),
     "report": ("memvir.report.build", "build the result tables and figures from run folders"),
     "pipeline": ("memvir.pipeline", "the runs, chapters and book of a profile (what `make reproduce` drives)"),
+    "keep": ("memvir.kept", "keep a profile's finished runs' small files in results/kept/ (git), or --restore them"),
+    "kernels": ("memvir.kernels", "hash the CPU kernels a training uses, op by op (compare two machines' tables)"),
 }
 
 

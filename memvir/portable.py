@@ -3,8 +3,12 @@
 Torch, oneDNN, MKL, OpenBLAS, numpy and faiss each look at the CPU's instruction set when they load and choose
 kernels for it: on an AVX-512 machine they sum in other orders and fuse other operations than on an AVX2 one, so
 the same run gives other floats from its first step, and a committed table cannot be reproduced elsewhere. Capped
-at AVX2 (x86-64-v3: Intel since Haswell, 2013; AMD since Zen, 2017), every such machine runs the same kernels
-and the same run gives the same bits.
+at AVX2 (x86-64-v3: Intel since Haswell, 2013; AMD since Zen, 2017), they run the same kernels on every such
+machine, with one exception that the instruction set does not cover: MKL also picks its code by the CPU's vendor.
+Its AVX2 branch gave other matrix products on an Intel Xeon than on an AMD EPYC; its COMPATIBLE branch gave the
+same bits on both, op by op (`python -m memvir kernels`; tests/kernels.json is this project's table). MKL's vector
+math (torch's sqrt, behind the default Adam step) differs by vendor on every branch, so memvir.train uses torch's
+fused Adam step, which does not call it.
 
 `apply()` sets the caps as environment variables, so it must run before torch, numpy or faiss is imported; child
 processes (papermill's kernels, torchrun's workers) inherit them. `python -m memvir` calls it first thing (see
@@ -31,7 +35,10 @@ CAPS = {
     "ATEN_CPU_CAPABILITY": "avx2",  # torch's vectorised ATen kernels (default, avx2, avx512)
     "ONEDNN_MAX_CPU_ISA": "AVX2",  # oneDNN: torch's CPU convolutions and pooling
     "DNNL_MAX_CPU_ISA": "AVX2",  # oneDNN's name for it before version 2.5
-    "MKL_CBWR": "AVX2",  # MKL (torch's matrix products): conditional numerical reproducibility, AVX2 path
+    # MKL (torch's matrix products, and the vector math behind torch.exp): conditional numerical reproducibility.
+    # Its AVX2 branch is one path on Intel CPUs and another on AMD ones; COMPATIBLE is the branch that gives the
+    # same bits on both (measured op by op: `python -m memvir kernels`, tests/kernels.json).
+    "MKL_CBWR": "COMPATIBLE",
     "MKL_ENABLE_INSTRUCTIONS": "AVX2",  # MKL's dispatch cap (on Intel CPUs MKL would take AVX-512)
     "OPENBLAS_CORETYPE": "Haswell",  # OpenBLAS of numpy, scipy (t-SNE, statistics) and faiss: its AVX2 kernels
     "FAISS_SIMD_LEVEL": "AVX2",  # faiss built with dynamic dispatch (1.12 and later): the search's SIMD code

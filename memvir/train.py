@@ -415,11 +415,16 @@ def _quiet(*args, **kwargs):
 
 
 def make_optimizer(cfg: TrainConfig, groups):
-    """Build the official optimiser: adam (eps), adamw (eps), rmsprop (alpha 0.99, momentum 0.9), sgd (Nesterov)."""
+    """Build the official optimiser: adam (eps), adamw (eps), rmsprop (alpha 0.99, momentum 0.9), sgd (Nesterov).
+
+    Adam and AdamW take torch's fused step: the same update in one ATen loop. Torch's default step on a CPU is a
+    chain of tensor ops whose sqrt is MKL's vector math, which gives other bits on Intel and AMD CPUs whatever
+    MKL_CBWR says; the fused loop's do not (tests/kernels.json). RMSprop has no fused step: its sqrt is MKL's.
+    """
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(groups, eps=cfg.eps, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(groups, eps=cfg.eps, weight_decay=cfg.weight_decay, fused=True)
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, eps=cfg.eps, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(groups, eps=cfg.eps, weight_decay=cfg.weight_decay, fused=True)
     if cfg.optimizer == "rmsprop":
         return torch.optim.RMSprop(groups, alpha=0.99, weight_decay=cfg.weight_decay, momentum=0.9)
     return torch.optim.SGD(groups, weight_decay=cfg.weight_decay, momentum=0.9, nesterov=True)
