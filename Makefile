@@ -68,7 +68,7 @@ PIPELINE = OMP_NUM_THREADS=1 $(PY) -m memvir pipeline --profile $(PROFILE)
 CHAPTERS := $(basename $(notdir $(wildcard notebooks/[0-9][0-9]_*.py)))
 export DATA PRETRAINED
 
-.PHONY: reproduce runs data-ready report reference chapters book sync
+.PHONY: reproduce runs data-ready keep report reference chapters book sync
 
 # The steps run as sub-makes (each reads the run list it needs); -o setup: the set-up is done once, here.
 reproduce: setup
@@ -82,8 +82,10 @@ reproduce: setup
 
 # One Make target per unfinished run, so that -j2 trains two at once; each run uses one thread (OMP_NUM_THREADS=1).
 # Finished runs are not listed: a finished profile of 126 runs would otherwise start Python 126 times to skip them.
+# Runs kept in git (results/kept/, `make keep`) are laid back into results/runs/ first, so a fresh machine skips them.
+KEEP = OMP_NUM_THREADS=1 $(PY) -m memvir keep --profile $(PROFILE)
 ifneq ($(filter runs,$(MAKECMDGOALS)),)
-RUN_NAMES := $(shell $(PIPELINE) --list-runs --unfinished)
+RUN_NAMES := $(shell $(KEEP) --restore >&2 && $(PIPELINE) --list-runs --unfinished)
 ifneq ($(.SHELLSTATUS),0)
 $(error cannot list the runs of PROFILE=$(PROFILE) (the message above says why; `make setup` first?))
 endif
@@ -91,6 +93,10 @@ endif
 runs: data-ready $(addprefix run/,$(RUN_NAMES))
 run/%: data-ready
 	@$(PIPELINE) --run $*
+
+# A long profile spans sessions: copy its finished runs' small files (no checkpoints) into results/kept/ to commit.
+keep: setup
+	@$(KEEP)
 
 # The glyph profile renders its data set once here, before the parallel runs would each render it.
 data-ready: setup

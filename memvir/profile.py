@@ -34,6 +34,7 @@ class Row:
     params: dict  # parameters of notebooks/05_training.py (the train flags), common ones included
     baseline: str = ""  # the row this one is compared with ("" for a baseline)
     tag: str = ""  # appended to the run names when two rows would otherwise share them
+    seeds: list = None  # this row's seeds when not the profile's (a row whose other seeds another profile ran)
 
 
 @dataclass
@@ -74,7 +75,7 @@ class Profile:
         """Every run, row by row, seed by seed."""
         out = []
         for row in self.rows:
-            for seed in self.seeds:
+            for seed in row.seeds or self.seeds:
                 params = dict(row.params, seed=int(seed))
                 name = run_name(params, row.tag)
                 out.append(Run(name, row.label, int(seed), params, self.runs_dir / name))
@@ -172,10 +173,15 @@ def _rows(spec, path):
     for i, r in enumerate(spec["rows"]):
         if not isinstance(r, dict) or "label" not in r:
             raise ValueError(f"{path}: rows[{i}] must be a mapping with a label and params")
-        extra = set(r) - {"label", "params", "baseline", "tag"}
+        extra = set(r) - {"label", "params", "baseline", "tag", "seeds"}
         if extra:
             raise ValueError(f"{path}: rows[{i}] has unknown keys {sorted(extra)}; expected label, params, "
-                             f"baseline, tag")
+                             f"baseline, tag, seeds")
+        seeds = r.get("seeds")
+        if seeds is not None and not (isinstance(seeds, list) and seeds and len(set(seeds)) == len(seeds) and all(
+                type(s) is int and s >= 0 for s in seeds)):
+            raise ValueError(f"{path}: rows[{i}].seeds must be a non-empty list of distinct integers >= 0, got "
+                             f"{seeds!r}")
         if r["label"] in labels:
             raise ValueError(f"{path}: two rows are labelled {r['label']!r}")
         labels.add(r["label"])
@@ -186,7 +192,7 @@ def _rows(spec, path):
         for k in ("seed", "save_path"):
             if k in params:
                 raise ValueError(f"{path}: rows[{i}] sets {k!r}; the pipeline sets it per run")
-        rows.append(Row(r["label"], params, r.get("baseline") or "", str(r.get("tag") or "")))
+        rows.append(Row(r["label"], params, r.get("baseline") or "", str(r.get("tag") or ""), seeds))
     for r in rows:
         if r.baseline and r.baseline not in labels:
             raise ValueError(f"{path}: row {r.label!r} has baseline {r.baseline!r}, which is not a row label")

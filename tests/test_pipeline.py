@@ -477,3 +477,16 @@ def test_a_broken_profile_is_one_line_with_its_line_and_column(tmp_path, capsys)
     assert str(err.value) == f"{path}:5:7: not valid YAML (expected ',' or ']', but got ':')"
     assert pipeline.main(["--profile", str(path), "--list-runs"]) == 1
     assert capsys.readouterr().err.strip().splitlines() == [f"error: {err.value}"]
+
+
+def test_a_row_may_run_its_own_seeds(tmp_path):
+    """A row whose other seeds another profile ran (PROFILE=decisive reuses protocol's) lists only its own."""
+    text = GOOD.replace("  - label: MemVir + A\n", "  - label: MemVir + A\n    seeds: [1, 5]\n")
+    prof = load_profile(make_repo(tmp_path, text))
+    assert [(r.row, r.seed) for r in prof.runs] == [("A", 0), ("A", 1), ("MemVir + A", 1), ("MemVir + A", 5)]
+    for bad in ("[]", "[1, 1]", "[-1]", "[true]", "3", "[1.5]"):
+        (tmp_path / bad.replace("[", "_")).mkdir()
+        path = make_repo(tmp_path / bad.replace("[", "_"), GOOD.replace(
+            "  - label: MemVir + A\n", f"  - label: MemVir + A\n    seeds: {bad}\n"))
+        with pytest.raises(ValueError, match=r"rows\[1\]\.seeds must be a non-empty list of distinct integers"):
+            load_profile(path)
