@@ -35,7 +35,6 @@ __all__ = ["notebook_complete", "run_finished", "execute_run",
            "warm_data", "main"]
 
 
-
 # ----------------------------------------------------------------------------------------------------------------
 # Runs: the training notebook executed once per run
 # ----------------------------------------------------------------------------------------------------------------
@@ -372,7 +371,8 @@ def main(argv=None):
             return 0
         profile = load_profile(args.profile, args.runs_root, args.report_root)
         if args.list_runs:
-            print("\n".join(r.name for r in profile.runs if not (args.unfinished and run_finished(profile, r))))
+            by_seed = sorted(profile.runs, key=lambda r: r.seed)  # Make starts a seed's rows together: whole pairs
+            print("\n".join(r.name for r in by_seed if not (args.unfinished and run_finished(profile, r))))
         elif args.print_commands:
             print("\n".join(run_command(profile, r) for r in profile.runs if not run_finished(profile, r)))
         elif args.run:
