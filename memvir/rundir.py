@@ -54,9 +54,26 @@ def run_name(params, tag=""):
     for key in ("data_name", "loss", "epochs", "seed"):
         if key not in params:
             raise ValueError(f"run parameters: missing {key!r} (needed to name the run folder)")
+    # Every value in the name must be one plain word: a loss "Norm_SoftMax/../../x" or epochs "1/../x" would put
+    # the run folder (and all it writes) elsewhere. Checked here, where every run name is made, before any write.
+    keys = ["data_name", "loss", "epochs", "seed"]
+    try:
+        memvir = parse_bool(params.get("memvir", False))
+    except Exception:  # argparse's ArgumentTypeError: not a ValueError
+        raise ValueError(f"parameter memvir={params['memvir']!r}: expected true or false") from None
+    if memvir:
+        keys += ["mem_num_step", "mem_step_gap", "warm_epoch"]
+        for key in ("mem_num_step", "mem_step_gap"):
+            if key not in params:
+                raise ValueError(f"run parameters: memvir is on but {key!r} is missing (needed to name the run "
+                                 f"folder)")
+    for key in keys:
+        if key in params and not re.fullmatch(r"[A-Za-z0-9.+_-]+", str(params[key])):
+            raise ValueError(f"parameter {key}={params[key]!r} would be part of the run folder's name; expected "
+                             f"letters, digits, '.', '+', '_' or '-' (no '/', space or other character)")
     loss = str(params["loss"]).lower().replace("_", "").replace("-", "")
     parts = [str(params["data_name"]).lower(), loss]
-    if parse_bool(params.get("memvir", False)):
+    if memvir:
         parts.append(f"memvir1_N{params['mem_num_step']}_M{params['mem_step_gap']}_U{params.get('warm_epoch', 0)}")
     else:
         parts.append("memvir0")
