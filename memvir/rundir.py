@@ -34,7 +34,7 @@ __all__ = ["run_name", "run_folder", "RunLock", "RunFolderBusy", "remove_stale_t
            "checkpoint_path", "best_path", "epoch_checkpoints", "save_checkpoint", "link_best", "load_checkpoint",
            "load_state", "latest_checkpoint", "new_history", "record_evaluation", "check_history", "read_metrics",
            "repair_metrics", "StepLog", "get_rng_state", "set_rng_state", "run_state", "read_run", "RunOutputs",
-           "write_eval_scalars", "check_same_run", "KERNELS_KEY"]
+           "write_eval_scalars", "check_same_run", "KERNELS_KEY", "is_run_config", "start_afresh"]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -166,6 +166,65 @@ class RunLock:
     def __exit__(self, *exc):
         self.fh.close()  # closing the file releases the flock
         self.fh = None
+
+
+# What a run folder holds (the module docstring): the only names start_afresh may remove. Beside them a run folder
+# may hold notebooks (papermill writes the executed training notebook there); they are left where they are.
+RUN_FILES = re.compile(r"config\.json|metrics\.json|steps\.csv|\.lock|events\.out\.tfevents\..+|.+\.tmp\d+")
+CHECKPOINT_FILES = re.compile(r"(epoch_\d+|best_[a-z0-9_]+)\.pt(\.corrupt\d*|\.tmp\d+)?")
+RUN_KEYS = ("data_name", "loss", "epochs", "seed")  # in every config.json memvir.train writes (run_name's keys)
+
+
+def is_run_config(config):
+    """True when `config` (a parsed config.json) is one that memvir.train wrote: a mapping with the run's keys."""
+    return isinstance(config, dict) and all(k in config for k in RUN_KEYS)
+
+
+def start_afresh(folder):
+    """Remove a previous run from `folder` so that a new run starts there; refuse when anything else is there.
+
+    Only a run's own files are removed (config.json, metrics.json, steps.csv, TensorBoard events, checkpoints/ with
+    epoch_*.pt and best_*.pt, the lock, killed writers' temporaries), and only when config.json is one memvir
+    wrote; notebooks stay. A folder holding anything else (a thesis, a source tree, a config.json of another
+    program) is the user's: a ValueError names what is there, and nothing is removed. Returns the removed names.
+    """
+    folder = os.fspath(folder)
+    if not os.path.isdir(folder):
+        return []
+    config = os.path.join(folder, "config.json")
+    try:
+        with open(config) as fh:
+            ours = is_run_config(json.load(fh))
+    except FileNotFoundError:
+        ours = True  # no config.json: only run files (a run killed before it wrote one) may be removed
+    except (OSError, ValueError):
+        ours = False
+    names, foreign = sorted(os.listdir(folder)), []
+    for name in names:
+        path = os.path.join(folder, name)
+        if name == "checkpoints" and stat.S_ISDIR(os.lstat(path).st_mode):
+            foreign += [f"checkpoints/{n}" for n in sorted(os.listdir(path)) if not CHECKPOINT_FILES.fullmatch(n)
+                        or not stat.S_ISREG(os.lstat(os.path.join(path, n)).st_mode)]
+        elif not (RUN_FILES.fullmatch(name) or name.endswith(".ipynb")) or stat.S_ISDIR(os.lstat(path).st_mode):
+            foreign.append(name)
+    if not ours or foreign:
+        what = f"{', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}" if foreign else \
+            "a config.json that memvir did not write (no " + ", ".join(RUN_KEYS) + ")"
+        raise ValueError(f"{folder}: holds {what}, which is not a memvir run's; starting afresh removes only a "
+                         f"run's own files: choose another save_path (or move those files away)")
+    removed = []
+    with RunLock(folder):  # refused while another process trains here; its files are not ours to remove
+        for name in names:
+            path = os.path.join(folder, name)
+            if name == "checkpoints":
+                for n in sorted(os.listdir(path)):
+                    os.remove(os.path.join(path, n))
+                    removed.append(f"checkpoints/{n}")
+                os.rmdir(path)
+            elif name not in (".lock",) and not name.endswith(".ipynb") and os.path.lexists(path):
+                os.remove(path)
+                removed.append(name)
+    return removed
 
 
 def remove_stale_temporaries(folder):
@@ -655,8 +714,9 @@ def check_same_run(cfg, resume, may_differ):
         except ValueError as exc:
             raise ValueError(f"{path}: not valid JSON ({exc}); it says which flags made the run: restore it, or "
                              f"remove it to start the run afresh") from None
-        if not isinstance(saved, dict):
-            raise ValueError(f"{path}: expected a mapping of flags, got {type(saved).__name__}")
+        if not is_run_config(saved):  # another program's config.json: listing "differences" would invent them
+            raise ValueError(f"{path}: not a memvir run's config (expected a mapping with {', '.join(RUN_KEYS)}, "
+                             f"as memvir.train writes); this folder is not a run folder: use another --save_path")
     now = dataclasses.asdict(cfg)
     # A flag added after the run was made is absent from its config: the run had that flag's default behaviour.
     defaults = {f.name: f.default for f in dataclasses.fields(cfg)}

@@ -426,3 +426,76 @@ def test_imagenet_weights_that_cannot_be_had_are_one_line(tmp_path, capsys, monk
                          f"{tmp_path / 'hub' / 'hub' / 'checkpoints'}), or train from random initialisation with "
                          f"--pretrained none")
     assert not (tmp_path / "run").exists()
+
+
+# ---- starting afresh removes only a run's own files (issue 32, finding 4) --------------------------------------
+
+
+def snapshot(folder):
+    """{relative path: bytes (None for a folder)} of everything under folder."""
+    return {str(p.relative_to(folder)): (None if p.is_dir() else p.read_bytes()) for p in sorted(folder.rglob("*"))}
+
+
+def test_start_afresh_removes_a_real_run_and_keeps_its_notebooks(two_epochs, tmp_path):
+    from memvir.rundir import start_afresh
+
+    run, *_ = copy_run(two_epochs, tmp_path)
+    (run / "05_training.ipynb").write_text("{}")  # papermill's executed notebook beside the run
+    written = sorted(p.name for p in run.rglob("*") if p.is_file())
+    assert {"config.json", "metrics.json", "steps.csv", "epoch_00002.pt"} <= set(written)
+    start_afresh(run)
+    assert sorted(os.listdir(run)) == [".lock", "05_training.ipynb"]
+
+
+@pytest.mark.parametrize("config", ['{"documentclass": "article"}', '["not", "a", "mapping"]', "{not json", None])
+def test_start_afresh_refuses_a_folder_that_is_not_a_run(tmp_path, config):
+    from memvir.rundir import start_afresh
+
+    folder = tmp_path / "thesis"
+    (folder / "src").mkdir(parents=True)
+    (folder / "thesis.tex").write_text("\\documentclass{article}")
+    (folder / "src" / "main.py").write_text("print('mine')")
+    if config is not None:
+        (folder / "config.json").write_text(config)
+    before = snapshot(folder)
+    with pytest.raises(ValueError, match=r"which is not a memvir run's; starting afresh removes only"):
+        start_afresh(folder)
+    assert snapshot(folder) == before
+
+
+def test_a_run_folder_with_a_user_file_in_it_is_refused_whole(two_epochs, tmp_path):
+    from memvir.rundir import start_afresh
+
+    run, *_ = copy_run(two_epochs, tmp_path)
+    (run / "notes.txt").write_text("mine")
+    (run / "checkpoints" / "my_model.pt").write_bytes(b"mine")
+    before = snapshot(run)
+    with pytest.raises(ValueError, match=r"checkpoints/my_model\.pt, notes\.txt"):
+        start_afresh(run)
+    assert snapshot(run) == before
+
+
+def test_the_training_notebook_with_resume_false_never_deletes_a_users_folder(tmp_path):
+    """The issue's case: papermill -p save_path <folder> -p resume False on a folder with a config.json."""
+    import papermill
+
+    root = Path(__file__).resolve().parents[1]
+    folder = tmp_path / "thesis"
+    (folder / "src").mkdir(parents=True)
+    (folder / "thesis.tex").write_text("\\documentclass{article}")
+    (folder / "src" / "main.py").write_text("print('mine')")
+    (folder / "config.json").write_text('{"documentclass": "article"}')
+    before = snapshot(folder)
+    with pytest.raises(papermill.PapermillExecutionError, match="not a memvir run's"):
+        papermill.execute_notebook(str(root / "notebooks" / "05_training.ipynb"), str(tmp_path / "out.ipynb"),
+                                   parameters={"save_path": str(folder), "resume": False}, kernel_name="python3",
+                                   cwd=str(root / "notebooks"), progress_bar=False)
+    assert snapshot(folder) == before
+
+
+def test_a_foreign_config_json_is_one_line_not_a_list_of_differences(tmp_path, capsys):
+    (tmp_path / "config.json").write_text('{"name": "my project", "version": 3}')
+    code, err = run_cli(["--data_name", "glyphs", "--epochs", "1", "--save_path", str(tmp_path)], capsys)
+    assert code == 2 and err.strip() == (f"error: {tmp_path / 'config.json'}: not a memvir run's config (expected a "
+                                         f"mapping with data_name, loss, epochs, seed, as memvir.train writes); this "
+                                         f"folder is not a run folder: use another --save_path")
