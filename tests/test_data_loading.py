@@ -645,3 +645,79 @@ def test_decode_flag_is_checked(tmp_path):
 def test_decoders_pickle(decode):
     t = TF.train_transform("bninception", 32, decode=decode)
     assert repr(pickle.loads(pickle.dumps(t))) == repr(t)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Train and test share no image (issue 32, finding 5): the same file is refused, the same bytes warned of
+
+
+def distinct_tree(root, spec, seed0=0):
+    """spec: {class: number of images}; every image a different photograph (distinct bytes)."""
+    seed = seed0
+    for cls, n in sorted(spec.items()):
+        for k in range(n):
+            photo(root / cls / f"img{k}.jpg", (24, 20), seed=seed)
+            seed += 1
+
+
+def leak(tmp_path, how):
+    """A train/test tree whose test split reaches a train image in the way `how` says; returns the count."""
+    distinct_tree(tmp_path / "train", {"a": 2, "b": 3})
+    distinct_tree(tmp_path / "test", {"c": 2, "d": 2}, seed0=100)
+    test, train = tmp_path / "test", tmp_path / "train"
+    if how == "class_is_a_link_to_train":
+        os.symlink("../train", test / "e")  # test/e/a/img0.jpg ... : all five train images
+        return 5
+    if how == "link_inside_a_test_class":
+        os.symlink(os.path.join("..", "..", "train", "b"), test / "c" / "more")
+        return 3
+    if how == "hard_link":
+        os.link(train / "a" / "img1.jpg", test / "d" / "img9.jpg")
+        return 1
+    if how == "file_symlink":
+        os.symlink(train / "b" / "img2.jpg", test / "c" / "img9.jpg")
+        return 1
+    raise AssertionError(how)
+
+
+@pytest.mark.parametrize("how", ["class_is_a_link_to_train", "link_inside_a_test_class", "hard_link", "file_symlink"])
+def test_a_test_image_that_is_a_train_image_is_refused(tmp_path, how):
+    n = leak(tmp_path, how)
+    with pytest.raises(ValueError) as err:
+        build_datasets("custom", data=tmp_path, backbone="resnet18", input_size=16)
+    msg = str(err.value)
+    assert f": {n} image(s) of test and train are the same file" in msg and "expected disjoint splits" in msg
+    assert "\n" not in msg
+
+
+def test_byte_identical_copies_across_splits_are_counted_in_one_warning(tmp_path):
+    distinct_tree(tmp_path / "train", {"a": 2, "b": 3})
+    distinct_tree(tmp_path / "test", {"c": 2, "d": 2}, seed0=100)
+    for src, dst in (("a/img0.jpg", "c/copy.jpg"), ("b/img2.jpg", "d/copy.jpg")):
+        (tmp_path / "test" / dst).write_bytes((tmp_path / "train" / src).read_bytes())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        splits = build_datasets("custom", data=tmp_path, backbone="resnet18", input_size=16)
+    lines = [str(w.message) for w in caught if "same bytes" in str(w.message)]
+    assert len(lines) == 1 and ": 2 image(s) of test and train hold the same bytes" in lines[0]
+    assert len(splits.test) == 6  # warned, not refused: a benchmark may hold a few copies of its own
+
+
+def test_distinct_splits_say_nothing(tmp_path):
+    distinct_tree(tmp_path / "train", {"a": 2, "b": 3})
+    distinct_tree(tmp_path / "test", {"c": 2, "d": 2}, seed0=100)
+    # same size, same first bytes, other content: read whole before it counts
+    body = (tmp_path / "train" / "a" / "img0.jpg").read_bytes()
+    (tmp_path / "test" / "c" / "img0.jpg").write_bytes(body[:-3] + bytes(3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        build_datasets("custom", data=tmp_path, backbone="resnet18", input_size=16)
+
+
+def test_inshop_query_and_gallery_are_checked_too(tmp_path):
+    distinct_tree(tmp_path / "train", {"id_1": 2})
+    distinct_tree(tmp_path / "test" / "query", {"id_3": 1}, seed0=10)
+    distinct_tree(tmp_path / "test" / "gallery", {"id_3": 2}, seed0=20)
+    os.link(tmp_path / "test" / "query" / "id_3" / "img0.jpg", tmp_path / "test" / "gallery" / "id_3" / "img7.jpg")
+    with pytest.raises(ValueError, match=r": 1 image\(s\) of gallery and query are the same file"):
+        build_datasets("inshop", data=tmp_path, input_size=16)
