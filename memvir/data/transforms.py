@@ -140,6 +140,12 @@ def _open_image(path):
     return open_image(path)
 
 
+def _to_rgb(image, path):
+    from .folder import to_rgb  # the one place that makes every image mode 8-bit RGB (16-bit scaled)
+
+    return to_rgb(image, path)
+
+
 class DraftTrainTransform:
     """decode="draft": the official train transform with the JPEG decoded at 1/s scale when the crop allows it.
 
@@ -163,7 +169,7 @@ class DraftTrainTransform:
                 # draft() picks the largest scale with W // scale >= requested: asking W // s gives exactly s.
                 got = image.draft("RGB", (W // s, H // s))
                 s = W / got[1][2] if got else 1  # got[1] = (0, 0, W / scale, H / scale); None: not a JPEG
-            image = image.convert("RGB")  # decodes (at 1/s scale after a draft)
+            image = _to_rgb(image, path)  # decodes (at 1/s scale after a draft); 16-bit scaled, as load_rgb
         if s == 1:  # exactly the official crop, then resize
             image = image.crop((left, top, left + w, top + h)).resize((S, S), Image.BILINEAR)
         else:  # the same box on the reduced image: original pixel x covers [x / s, (x + 1) / s) there
@@ -205,7 +211,7 @@ class EncodedTrainTransform:
         with _open_image(path) as image:  # reads the header only (and names the file if that fails)
             W, H = image.size
             jpeg = image.format == "JPEG" and image.mode in ("RGB", "L")  # CMYK and PNG: decoded here by PIL
-            pixels = None if jpeg else TF.pil_to_tensor(image.convert("RGB"))  # (3, H, W) uint8
+            pixels = None if jpeg else TF.pil_to_tensor(_to_rgb(image, path))  # (3, H, W) uint8
         box, flip = crop_params(W, H)
         data = None
         if jpeg:
