@@ -27,7 +27,7 @@ from pathlib import Path
 
 from . import portable
 from .files import atomic_folder, os_error_line
-from .profile import ROOT, Profile, load_profile, variables
+from .profile import ROOT, Profile, check_run_folder, load_profile, variables
 from .rundir import read_metrics, run_state
 
 __all__ = ["notebook_complete", "run_finished", "execute_run",
@@ -69,26 +69,6 @@ def run_finished(profile, run):
         return False
     check_run_folder(run)
     return notebook_complete(run.folder / profile.notebook.name)
-
-
-def check_run_folder(run):
-    """Raise a ValueError (one line) when run.folder's config.json was made with flags other than run.params."""
-    from dataclasses import asdict
-
-    from .config import FIELDS, RESUME_MAY_DIFFER, resolve_config
-
-    try:
-        saved = {k: v for k, v in json.loads((run.folder / "config.json").read_text()).items() if k in FIELDS}
-        then = asdict(resolve_config(saved))
-    except (OSError, ValueError):
-        return  # no readable config: training itself will say what is wrong
-    # The flags the profile sets must be the folder's; the others are the training notebook's defaults.
-    now = asdict(resolve_config({**saved, **{k: v for k, v in run.params.items() if k != "resume"}}))
-    diffs = [f"--{k}: {then[k]!r} there, {now[k]!r} now" for k in now
-             if k not in RESUME_MAY_DIFFER and then[k] != now[k]]
-    if diffs:
-        raise ValueError(f"{run.folder} holds a run made with other flags ({'; '.join(diffs)}): move that folder "
-                         f"away (or pass --runs-root) to train this run")
 
 
 def _relative(path, start):

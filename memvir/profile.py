@@ -17,7 +17,8 @@ from pathlib import Path
 from .plainyaml import load_plain
 from .rundir import run_name
 
-__all__ = ["ROOT", "TABLE_VALUES", "PROFILE_KEYS", "Row", "Run", "Profile", "load_profile", "variables"]
+__all__ = ["ROOT", "TABLE_VALUES", "PROFILE_KEYS", "Row", "Run", "Profile", "load_profile", "variables",
+           "check_run_folder"]
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository memvir was installed from (editable install)
 TABLE_VALUES = ("best", "last")  # which value of a run the tables use: best over training (official) or last
@@ -311,3 +312,29 @@ def load_profile(profile, runs_root=None, report_root=None):
     if dup:
         raise ValueError(f"{path}: rows give the same run name {dup[0]!r}; give one of them a `tag`")
     return prof
+
+
+def check_run_folder(run):
+    """Raise a ValueError (one line) when run.folder's config.json was made with flags other than run.params.
+
+    A finished folder made with other flags (a profile whose benchmark changed, same run names, a run trained by
+    hand into the folder) is never taken for this run: run names hold only some of the flags. The pipeline
+    refuses to skip such a folder and the report refuses to read it as the profile's run.
+    """
+    import json
+    from dataclasses import asdict
+
+    from .config import FIELDS, RESUME_MAY_DIFFER, resolve_config
+
+    try:
+        saved = {k: v for k, v in json.loads((run.folder / "config.json").read_text()).items() if k in FIELDS}
+        then = asdict(resolve_config(saved))
+    except (OSError, ValueError, AttributeError):
+        return  # no readable config: training (or read_run) says what is wrong
+    # The flags the profile sets must be the folder's; the others are the training notebook's defaults.
+    now = asdict(resolve_config({**saved, **{k: v for k, v in run.params.items() if k != "resume"}}))
+    diffs = [f"--{k}: {then[k]!r} there, {now[k]!r} now" for k in now
+             if k not in RESUME_MAY_DIFFER and then[k] != now[k]]
+    if diffs:
+        raise ValueError(f"{run.folder} holds a run made with other flags ({'; '.join(diffs)}): move that folder "
+                         f"away (or pass --runs-root); it is not this profile's run {run.name}")

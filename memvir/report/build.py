@@ -20,8 +20,8 @@ from ..rundir import epoch_checkpoints, read_run
 from .embedding import mechanism_comparisons, mechanism_diagnostics, tsne_epochs_figure, tsne_figures
 from .figures import bar_figure, curriculum_figure, curves_figure, forest_figure, learning_curves_figure, save_figure
 from .reference import against_reference
-from .runs import (MACHINE_COLUMNS, MACHINE_FILE, METRICS, SELECTION_MEANING, collect, plateau_budget, selections,
-                   validation_choice)
+from .runs import (MACHINE_COLUMNS, MACHINE_FILE, METRICS, SELECTION_MEANING, collect, mixed, plateau_budget,
+                   selections, validation_choice)
 from .stats import COMPARISON_COLUMNS, HOLM_FAMILY, study_comparisons
 from .tables import (CALIBRATION_RULE, calibration_choice, markdown_table, mechanism_table, paired_from_runs,
                      study_table, table4_comparison, table_from_runs)
@@ -110,6 +110,8 @@ def build_report(profile, out=None, partial=False, log=print):
     with atomic_folder(final, _check_report, "--out: the report's folder") as tmp:
         _write_report(profile, Path(tmp), runs, evaluations, log)
     log(f"report: {len(runs)} of {len(profile.runs)} runs -> {final}")
+    for line in mixed(runs, profile):  # what the tables leave out or mix, one line each
+        log(f"report: warning: {line}")
     return final
 
 
