@@ -33,6 +33,11 @@ def main(argv=None):
     try:
         module = importlib.import_module(COMMANDS[argv[0]][0])
         return module.main(argv[1:])
+    except BrokenPipeError:  # a command's reader closed stdout (`| head`): end quietly, as Unix tools do
+        from .files import SIGPIPE_STATUS, reader_gone
+
+        reader_gone()
+        return SIGPIPE_STATUS
     except ModuleNotFoundError as exc:  # an optional dependency: say which extra brings it, in one line
         extra = extra_for(exc.name or "")
         if extra is None:

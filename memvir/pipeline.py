@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from . import portable
-from .files import atomic_folder, os_error_line
+from .files import SIGPIPE_STATUS, atomic_folder, os_error_line, reader_gone
 from .profile import ROOT, Profile, check_run_folder, load_profile, variables
 from .rundir import read_metrics, run_state
 
@@ -364,6 +364,9 @@ def main(argv=None):
     except (ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # the reader of stdout is gone (`| head`): a listing ends quietly
+        reader_gone()
+        return SIGPIPE_STATUS
     except OSError as exc:  # ours name the file already; the system's (a full disk, a read-only folder) in one line
         print(f"error: {os_error_line(exc)}", file=sys.stderr)
         return 1

@@ -65,7 +65,7 @@ from .config import (FIELDS, RESUME_MAY_DIFFER, TrainConfig, build_parser, confi
                      resolve_config)
 from .evaluation import evaluate, evaluate_checkpoint
 from .experiment import build
-from .files import atomic_json, interrupted, os_error_line
+from .files import SIGPIPE_STATUS, atomic_json, interrupted, os_error_line, reader_gone
 from .memory import MEM_FILLS, MEM_VIRTUALS
 from .models import WeightsUnavailable
 from .rundir import (CHECKPOINT_FORMAT, KERNELS_KEY, TRAINING_FIELDS, CheckpointError, RunFolderBusy, RunLock,
@@ -558,6 +558,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:  # Ctrl-C: the last checkpoint is whole (every file is written atomically)
         print(INTERRUPTED, file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of stdout is gone (`| head`): end quietly, as Unix tools do
+        reader_gone()
+        return SIGPIPE_STATUS
     except OSError as exc:  # ours name the file already; the system's: a full disk, a file where a folder belongs
         if os.environ.get("MEMVIR_TRACEBACK"):
             raise

@@ -568,3 +568,20 @@ def test_a_profile_runs_only_a_notebook_of_its_repository(tmp_path, notebook):
     path = make_repo(repo, TINY.replace("notebook: notebooks/05_training.ipynb", f"notebook: {notebook}"))
     with pytest.raises(ValueError, match=r"t\.yml: notebook .*(outside the profile's repository|\.ipynb file)"):
         load_profile(path)
+
+
+@pytest.mark.parametrize("action", ["--list-runs", "--print-commands"])
+def test_a_listing_whose_reader_is_gone_ends_quietly(tmp_path, action):
+    """`... --list-runs | head -3`: the reader closes the pipe; the listing ends without a word (issue 32, 13)."""
+    import subprocess
+    import sys
+
+    seeds = ", ".join(map(str, range(3000)))  # ~6,000 lines: more than a pipe's buffer holds
+    path = make_repo(tmp_path, TINY.replace("seeds: [0]", f"seeds: [{seeds}]"))
+    proc = subprocess.Popen([sys.executable, "-m", "memvir", "pipeline", "--profile", str(path), action],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
+    first = proc.stdout.readline()
+    proc.stdout.close()  # what `head -1` does once it has its line
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=120)
+    assert first and err == "" and proc.returncode == 141  # 128 + SIGPIPE: what a shell shows for a Unix tool

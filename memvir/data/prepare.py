@@ -52,7 +52,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from ..files import atomic_json, os_error_line  # the project's atomic writer (standard library only: cheap)
+from ..files import SIGPIPE_STATUS, atomic_json, os_error_line, reader_gone  # standard library only: cheap
 from . import canonical_data_name  # the one table of data-set names and aliases
 from .folder import IMAGE_SUFFIXES, check_images  # folder.py imports numpy only, no torch
 
@@ -915,6 +915,9 @@ def main(argv=None):
     except PrepareError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # the reader of stdout is gone (`| head`): a listing ends quietly
+        reader_gone()
+        return SIGPIPE_STATUS
     except OSError as exc:  # permissions, a full disk, a read-only --out: the path and what to do, in one line
         print(f"error: {os_error_line(exc)}", file=sys.stderr)
         return 1

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..files import atomic_folder, atomic_write, os_error_line, parse_bool
+from ..files import SIGPIPE_STATUS, atomic_folder, atomic_write, os_error_line, parse_bool, reader_gone
 from ..profile import Profile, load_profile
 from ..rundir import epoch_checkpoints, read_run
 from .embedding import mechanism_comparisons, mechanism_diagnostics, tsne_epochs_figure, tsne_figures
@@ -303,6 +303,9 @@ def main(argv=None):
     except (ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # the reader of stdout is gone (`| head`): a listing ends quietly
+        reader_gone()
+        return SIGPIPE_STATUS
     except OSError as exc:  # ours name the file already; the system's (a full disk, a read-only --out) in one line
         print(f"error: {os_error_line(exc)}", file=sys.stderr)
         return 1
