@@ -519,8 +519,10 @@ def _history_problem(history):
         if problem is not None:
             return f"{where}: {problem}"
     for metric, best in history["best"].items():
-        if not isinstance(best, dict) or not _is_int(best.get("epoch")) or not _is_number(best.get("value")):
-            return (f"'best'/{metric!r} is {_kind(best)}; expected a mapping with an integer 'epoch' and a number "
+        if not isinstance(best, dict) or not _is_int(best.get("epoch")) or not _is_finite(best.get("value")):
+            what = (f"a mapping whose 'epoch' is {_kind(best.get('epoch'))} and 'value' {_kind(best.get('value'))}"
+                    if isinstance(best, dict) else _kind(best))
+            return (f"'best'/{metric!r} is {what}; expected a mapping with an integer 'epoch' and a finite number "
                     f"'value'")
     return None
 
@@ -535,13 +537,18 @@ def _evaluation_problem(ev):
     if val is not None and not isinstance(val, dict):
         return f"'val' is {_kind(val)}; expected a mapping of validation metrics or null"
     for key, value in [*ev.items(), *((val or {}).items())]:
-        if (key in BEST_METRICS or key.startswith("recall@")) and value is not None and not _is_number(value):
-            return f"{key!r} is {_kind(value)}; expected a number or null"
+        if (key in BEST_METRICS or key.startswith("recall@")) and value is not None and not _is_finite(value):
+            return f"{key!r} is {_kind(value)}; expected a finite number or null"
     return None
 
 
 def _is_number(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_finite(value):
+    """A metric's value: a number that is not NaN or inf (JSON's NaN parses, and a table of it would mean nothing)."""
+    return _is_number(value) and math.isfinite(value)
 
 
 def _is_int(value):
