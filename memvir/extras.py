@@ -49,11 +49,19 @@ def _asked_by_memvir():
 class _MissingExtra:
     """A meta path finder that finds nothing: it only says which extra brings a missing module memvir needs."""
 
-    @staticmethod
-    def find_spec(name, path=None, target=None):
-        if "." in name or not _asked_by_memvir():
+    busy = False  # extra_for imports importlib.metadata, which may itself look for a module that is absent
+
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        if "." in name or cls.busy or not _asked_by_memvir():
             return None
-        extra = extra_for(name)
+        cls.busy = True
+        try:
+            extra = extra_for(name)
+        except Exception:  # importlib.metadata half imported (it was what looked): Python's own error stands
+            extra = None
+        finally:
+            cls.busy = False
         if extra is None:
             return None
         raise ModuleNotFoundError(f"No module named {name!r}: memvir needs it for this, and its '{extra}' extra "

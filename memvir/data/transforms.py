@@ -31,11 +31,12 @@ from torch.utils.data._utils.collate import default_collate_fn_map
 from torchvision import transforms as T
 from torchvision.transforms.v2 import functional as TF
 
+from .decode import DECODE_PATHS, check_decode  # the names of --decode (no torchvision: config reads them)
+
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # RGB order, on 0..1 inputs
 BNINCEPTION_MEAN, BNINCEPTION_STD = (104.0, 117.0, 128.0), (1.0, 1.0, 1.0)  # BGR order, on 0..255 inputs
 RESIZE = 256  # the test-time shorter side before the centre crop, whatever input_size is (official code)
 CROP_SCALE, CROP_RATIO = (0.08, 1.0), (3.0 / 4.0, 4.0 / 3.0)  # RandomResizedCrop's defaults, which the paper uses
-DECODE_PATHS = ("pil", "draft", "gpu")  # --decode: see the module docstring
 DRAFT_FACTORS = (8, 4, 2)  # the scales libjpeg decodes at besides 1 (PIL's JpegImageFile.draft)
 
 
@@ -101,13 +102,6 @@ def train_transform(backbone="bninception", input_size=224, bgr=True, decode="pi
         return EncodedTrainTransform(backbone, input_size, bgr)
     head = [RGBToBGR()] if bgr else []
     return T.Compose(head + [T.RandomResizedCrop(input_size), T.RandomHorizontalFlip()] + _tail(backbone))
-
-
-def check_decode(decode):
-    """Return `decode` if it is one of DECODE_PATHS, else raise a ValueError naming the flag."""
-    if decode not in DECODE_PATHS:
-        raise ValueError(f"--decode={decode!r}: expected one of {', '.join(DECODE_PATHS)}")
-    return decode
 
 
 # ----------------------------------------------------------------------------------------------------------------
