@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt tools/jupyterlab-overrides.js
 	@$(SHELL) tools/check_disk.sh . 7000 "the set-up (.venv is 6.3 GB)"
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[train,book,dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[train,vision,book,dev]'
 	$(KERNEL) >/dev/null
 	mkdir -p $(LAB_SETTINGS) && cp tools/jupyterlab-overrides.json $(LAB_SETTINGS)/memvir.json
 	touch $@

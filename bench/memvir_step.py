@@ -49,9 +49,8 @@ def filled(loss_cls, N, M, fast, seed=0, memvir_cls=MemVir, B=B, D=D, C=C):
     """A MemVir on DEVICE whose memory is full (N*(M+1) steps pushed), so every step takes N past steps."""
     torch.manual_seed(seed)
     mv = memvir_cls(loss_cls(C, D), N, M, fast=fast).to(DEVICE)
-    with torch.no_grad():
-        for _ in range(max(mv.capacity, 1)):
-            mv(*batch(B, D, C), 0)
+    for _ in range(max(mv.capacity, 1)):  # gradients on: under torch.no_grad() MemVir reads, never pushes
+        mv(*batch(B, D, C), 0)
     return mv
 
 

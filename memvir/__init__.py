@@ -18,14 +18,20 @@ do not pay for importing torch.
 """
 import importlib
 
+from . import extras
+
 __version__ = "0.1.0"
 _SUBMODULES = {"losses", "memory", "metrics", "data", "models", "config", "experiment", "train", "evaluation",
-               "rundir", "report", "pipeline", "distributed", "pml", "registry", "profile", "files", "portable"}
+               "rundir", "report", "pipeline", "distributed", "pml", "registry", "profile", "files", "portable",
+               "extras"}
 _NAMES = {"MemVir": "memory", "TakenStep": "memory", "NormSoftmax": "losses", "ProxyNCA": "losses",
           "Softmax": "losses", "CosFace": "losses", "ArcFace": "losses", "ProxyAnchor": "losses",
           "SoftTriple": "losses", "build_loss": "registry", "retrieval_metrics": "metrics",
           "query_gallery_metrics": "metrics"}
 __all__ = sorted(_NAMES) + sorted(_SUBMODULES)
+
+
+extras.install()  # a module of a missing extra is one line naming `pip install 'memvir[<extra>]'`
 
 
 def __getattr__(name):

@@ -6,10 +6,10 @@ CPU kernels (memvir/portable.py; MEMVIR_PORTABLE=0 turns that off), before any c
 that every run, evaluation and report gives the same floats on every x86-64 machine.
 """
 import importlib
-import re
 import sys
 
 from . import portable
+from .extras import extra_for
 
 COMMANDS = {
     "prepare": ("memvir.data.prepare", "prepare a paper benchmark (cars196, cub200, sop, inshop) from its archives"),
@@ -35,6 +35,11 @@ def main(argv=None):
     try:
         module = importlib.import_module(COMMANDS[argv[0]][0])
         return module.main(argv[1:])
+    except BrokenPipeError:  # a command's reader closed stdout (`| head`): end quietly, as Unix tools do
+        from .files import SIGPIPE_STATUS, reader_gone
+
+        reader_gone()
+        return SIGPIPE_STATUS
     except ModuleNotFoundError as exc:  # an optional dependency: say which extra brings it, in one line
         extra = extra_for(exc.name or "")
         if extra is None:
@@ -42,28 +47,6 @@ def main(argv=None):
         print(f"error: `python -m memvir {argv[0]}` needs the module {exc.name.split('.')[0]!r}, which the "
               f"'{extra}' extra installs: pip install 'memvir[{extra}]'", file=sys.stderr)
         return 1
-
-
-# Import names that differ from the name of the distribution that brings them (all others are the same).
-DISTRIBUTIONS = {"faiss": "faiss-cpu", "sklearn": "scikit-learn", "PIL": "pillow", "fontTools": "fonttools",
-                 "yaml": "pyyaml", "pytorch_metric_learning": "pytorch-metric-learning"}
-
-
-def extra_for(module):
-    """The extra of memvir's installed metadata (pyproject.toml's optional-dependencies) that brings `module`."""
-    from importlib import metadata
-
-    top = module.split(".")[0]
-    wanted = DISTRIBUTIONS.get(top, top).lower().replace("_", "-")
-    try:
-        requires = metadata.requires("memvir") or []
-    except metadata.PackageNotFoundError:
-        return None
-    for line in requires:  # e.g. 'faiss-cpu>=1.8; extra == "train"'
-        name, extra = re.match(r"\s*([A-Za-z0-9._-]+)", line).group(1), re.search(r"extra\s*==\s*['\"]([^'\"]+)", line)
-        if extra and name.lower().replace("_", "-") == wanted:
-            return extra.group(1)
-    return None
 
 
 if __name__ == "__main__":

@@ -300,8 +300,11 @@ def _check_numbers(cfg):
     if not 0 < cfg.decay_rate <= 1:  # 1e300 would overflow the rate and then be reported as a divergence
         raise ValueError(f"--decay_rate={cfg.decay_rate!r}: expected a factor in (0, 1] (the rates are multiplied "
                          f"by it every --decay_step epochs)")
-    if cfg.scale <= 0:
-        raise ValueError(f"--scale={cfg.scale!r}: expected a number > 0 (the logit scale)")
+    from .losses import LOGIT_LIMIT
+
+    if not 0 < cfg.scale <= LOGIT_LIMIT:  # beyond, the logits overflow float32 and the loss is NaN (memvir.losses)
+        raise ValueError(f"--scale={cfg.scale!r}: expected a number > 0 and at most {LOGIT_LIMIT:g} (the logit "
+                         f"scale; the papers use 1 to 100)")
     if cfg.batch_size < cfg.n_instance or cfg.batch_size % cfg.n_instance:
         raise ValueError(f"--batch_size={cfg.batch_size} with --n_instance={cfg.n_instance}: expected a batch "
                          f"size that is a multiple of n_instance (classes per batch x images per class); raise "
@@ -364,7 +367,7 @@ def _check_choices(cfg):
     if str(cfg.backbone).lower() not in BACKBONES:
         raise ValueError(f"--backbone={cfg.backbone!r}: expected one of {', '.join(BACKBONES)}")
     cfg.backbone = str(cfg.backbone).lower()
-    from .data.transforms import check_decode
+    from .data.decode import check_decode  # not .data.transforms: that needs torchvision, the glyphs do not
 
     check_decode(cfg.decode)
     if cfg.data_name == "glyphs" and cfg.decode != "pil":

@@ -14,9 +14,10 @@ import math
 import os
 import re
 import shutil
+import sys
 
 __all__ = ["atomic_write", "atomic_json", "as_written", "atomic_folder", "parse_bool", "os_error_line", "with_hint",
-           "interrupted"]
+           "interrupted", "reader_gone", "SIGPIPE_STATUS"]
 
 
 def atomic_write(path, write, mode="wb"):
@@ -203,6 +204,20 @@ def with_hint(exc, hint):
     os_error_line appends it after the system's words. Returns `exc`, to raise."""
     exc.hint = hint
     return exc
+
+
+SIGPIPE_STATUS = 141  # what a shell reports for a Unix tool ended by SIGPIPE (128 + 13); `cmd | head` shows head's
+
+
+def reader_gone():
+    """Call on BrokenPipeError, then exit with SIGPIPE_STATUS: the reader of our stdout closed it (`... --list-runs
+    | head -3`). End quietly, as Unix tools do: stdout now points at /dev/null, so that Python's own flush at exit
+    does not fail on it again (and print a traceback)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout already closed or not a file descriptor: nothing left to flush
+        pass
 
 
 def os_error_line(exc):

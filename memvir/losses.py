@@ -39,7 +39,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 __all__ = ["ProxyLoss", "NormSoftmax", "ProxyNCA", "Softmax", "CosFace", "ArcFace", "ProxyAnchor", "SoftTriple",
-           "check_batch", "check_margin", "in_proxies_dtype"]
+           "check_batch", "check_margin", "in_proxies_dtype", "LOGIT_LIMIT"]
+
+# The largest logit scale (and scale x margin, 1 / SoftTriple's gamma) a loss accepts. The papers use 1 to 100;
+# at 1e6 a row's loss is at most ~3e6, so logits, their differences and a batch's sum of row losses stay far inside
+# float32. Near float32's largest number they do not: SoftTriple(la=1e40) returned NaN without a word.
+LOGIT_LIMIT = 1e6
 
 
 def check_batch(emb, labels, num_classes, dim, values="read"):
@@ -136,8 +141,11 @@ class ProxyLoss(nn.Module):
             # True is an int in Python (and 2.7 truncates to 2): a count must be a whole number written as one
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
                 raise ValueError(f"{name}: expected a positive integer, got {value!r}")
-        if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(scale) or scale <= 0:
-            raise ValueError(f"scale: expected a positive finite number, got {scale!r}")
+        if (isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(scale) or scale <= 0
+                or scale > LOGIT_LIMIT):
+            raise ValueError(f"{self.scale_arg}: expected a positive finite number up to {LOGIT_LIMIT:.3g} (the logit "
+                             f"scale: {self.scale_arg} x cosine and the loss must stay finite in float32), got "
+                             f"{scale!r}")
         if not isinstance(normalize_embeddings, bool):
             raise ValueError(f"normalize_embeddings: expected True or False, got {normalize_embeddings!r}")
         self.num_classes = int(num_classes)
@@ -306,10 +314,12 @@ class Softmax(ProxyLoss):
         return x @ (self.scale * p).T
 
 
-def check_margin(margin, name, below=math.inf):
-    """Return the margin as a float; raise a ValueError unless 0 <= margin < below."""
-    if isinstance(margin, bool) or not 0 <= float(margin) < below:
-        raise ValueError(f"{name} margin: expected a number in [0, {below:g}), got {margin!r}")
+def check_margin(margin, name, below=math.inf, scale=1.0):
+    """Return the margin as a float; raise a ValueError unless 0 <= margin < below and scale * margin, which the
+    loss adds to its logits, stays finite in float32 (beyond LOGIT_LIMIT, inf - inf is a NaN loss)."""
+    if isinstance(margin, bool) or not 0 <= float(margin) < below or float(margin) * scale > LOGIT_LIMIT:
+        raise ValueError(f"{name} margin: expected a number in [0, {min(below, LOGIT_LIMIT / scale):g}), got "
+                         f"{margin!r}")
     return float(margin)
 
 
@@ -324,7 +334,7 @@ class CosFace(NormSoftmax):
 
     def __init__(self, num_classes, embedding_size, scale=64.0, margin=0.35, normalize_embeddings=True):
         super().__init__(num_classes, embedding_size, scale, normalize_embeddings)
-        self.margin = check_margin(margin, "CosFace")
+        self.margin = check_margin(margin, "CosFace", scale=self.scale)
         nn.init.normal_(self.proxies)
 
     def target_logit(self, z):
@@ -395,7 +405,7 @@ class ProxyAnchor(ProxyLoss):
     def __init__(self, num_classes, embedding_size, margin=0.1, alpha=32.0, normalize_embeddings=True):
         super().__init__(num_classes, embedding_size, alpha, normalize_embeddings)
         self.alpha = self.scale
-        self.margin = check_margin(margin, "Proxy_Anchor")
+        self.margin = check_margin(margin, "Proxy_Anchor", scale=self.scale)
         nn.init.kaiming_normal_(self.proxies, mode="fan_out")
 
     def embed_proxies(self, p):
@@ -445,11 +455,12 @@ class SoftTriple(ProxyLoss):
                  normalize_embeddings=True):
         if isinstance(centers_per_class, bool) or int(centers_per_class) != centers_per_class or centers_per_class < 1:
             raise ValueError(f"Soft_Triple centers_per_class: expected a positive integer, got {centers_per_class!r}")
-        if not float(gamma) > 0:
-            raise ValueError(f"Soft_Triple gamma: expected a positive number, got {gamma!r}")
+        if isinstance(gamma, bool) or not float(gamma) >= 1 / LOGIT_LIMIT:  # cos / gamma must stay finite
+            raise ValueError(f"Soft_Triple gamma: expected a positive number of at least {1 / LOGIT_LIMIT:.3g}, got "
+                             f"{gamma!r}")
         super().__init__(num_classes, embedding_size, la, normalize_embeddings, proxies_per_class=centers_per_class)
         self.la, self.gamma = self.scale, float(gamma)
-        self.margin = check_margin(margin, "Soft_Triple")
+        self.margin = check_margin(margin, "Soft_Triple", scale=self.scale)
         bound = 1.0 / math.sqrt(self.proxies.shape[0])
         nn.init.uniform_(self.proxies, -bound, bound)
 

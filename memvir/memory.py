@@ -51,6 +51,7 @@ reads. Recomputing it after a load is no substitute: the incremental fill scores
 last bits (issue 11). It costs S x 2N floats per row of the batch, next to the S x C x D of the proxy snapshots.
 """
 import math
+import numbers
 import warnings
 from collections import namedtuple
 
@@ -67,6 +68,19 @@ MEM_FILLS = ("curriculum", "full")  # how the memory fills: the paper's curricul
 MEM_VIRTUALS = ("both", "embeddings", "proxies", "current")
 
 __all__ = ["MemVir", "TakenStep"]
+
+# The most a memory may ask for (bytes) once full: a bound on nonsense (N = 10**9), not on real settings, which the
+# device's own memory bounds first. SOP's paper setting (N=5, M=100) needs 11.7 GB.
+MAX_MEMORY_BYTES = 1 << 40
+
+
+def _count(name, value):
+    """Return `value` as an int when it is a whole number >= 0 (an int, or a float like 3.0); else raise a one-line
+    ValueError (NaN, inf, a bool, a string, a tensor: int() of them fails or truncates in ways that hide the bug)."""
+    if isinstance(value, bool) or not isinstance(value, (numbers.Integral, float, np.floating)) or not (
+            math.isfinite(value) and int(value) == value and value >= 0):
+        raise ValueError(f"{name}: expected an integer >= 0, got {value!r}")
+    return int(value)
 
 # One past step as the next call takes it (rule 3), trimmed to its real batch: embeddings (n, D) as stored
 # (`loss.embed` of the step's embeddings), labels (n,) as the batch had them (not shifted by k*C), proxies (C, D)
@@ -100,6 +114,8 @@ class MemVir(nn.Module):
             current proxies' detached copies in their place: the control of "proxies"). The ablations always take
             the plain path (simple and exact; `fast` is for rule 4), and are not recommended settings (above).
         steps_per_epoch: the training steps of one epoch (the loader's batches); needed by fill="full" only.
+        (A call pushes only in a training step: in `criterion.eval()` mode or under `torch.no_grad()`, e.g. for a
+        validation loss, the memory is read as in training and never written, as BatchNorm's running statistics.)
         check: how a step that takes past steps checks the batch's values (labels in [0, C), finite embeddings;
             with `check` the wrapped loss checks the warm-up's batch itself; the plain path hands it the
             concatenation with `check=False`, its values known good).
@@ -127,8 +143,7 @@ class MemVir(nn.Module):
                  fill="curriculum", virtual="both", steps_per_epoch=None, check=True):
         super().__init__()
         for name, value in (("num_steps", num_steps), ("step_gap", step_gap), ("warmup_epochs", warmup_epochs)):
-            if isinstance(value, bool) or int(value) != value or value < 0:
-                raise ValueError(f"MemVir {name}: expected an integer >= 0, got {value!r}")
+            _count(f"MemVir {name}", value)
         loss = adapt(loss)  # a PML proxy loss: our formula over its own weight (memvir/pml.py)
         if not isinstance(getattr(loss, "proxies", None), torch.Tensor) or loss.proxies.dim() != 2:
             raise ValueError("MemVir loss: expected a loss with a `proxies` parameter of shape (C, D)")
@@ -153,6 +168,14 @@ class MemVir(nn.Module):
         C, D = loss.proxies.shape
         dtype = storage_dtype or loss.proxies.dtype
         S, W = self.capacity, max(2 * self.num_steps - 1, 0)
+        # What the memory will hold once full (proxy snapshots, the fast path's owners), said before it is asked
+        # for: N = 10**9 otherwise failed deep inside torch.zeros, or much later at the first push.
+        need = S * C * D * torch.finfo(dtype).bits // 8 + 8 * S * (W + 2)
+        if need > MAX_MEMORY_BYTES:
+            raise ValueError(f"MemVir num_steps={self.num_steps}, step_gap={self.step_gap}: the memory keeps N(M+1) = "
+                             f"{S:,} steps, whose proxy snapshots alone ({S:,} x C={C:,} x D={D:,}) take "
+                             f"{need / 2**30:,.1f} GiB; expected N(M+1) x C x D to fit in memory (the paper's largest "
+                             f"setting, SOP with N=5, M=100, takes 11.7 GB)")
         # The ring buffers. Their batch dimension is allocated at the first push (and grows if a larger batch
         # comes); they are buffers, so they follow .to(device) and are saved in state_dict().
         self.register_buffer("mem_emb", torch.zeros(S, 0, D, dtype=dtype))  # (S, Bmax, D) past embeddings
@@ -247,8 +270,7 @@ class MemVir(nn.Module):
         # Shapes and dtypes here, on the host; the values below, once per step (`check`). int32 or uint8 labels
         # are common; cross-entropy and the memory want int64.
         labels = check_batch(emb, labels, self.num_classes, self.loss.embedding_size, values=None)
-        if isinstance(epoch, bool) or int(epoch) != epoch or epoch < 0:
-            raise ValueError(f"MemVir epoch: expected an integer >= 0, got {epoch!r}")
+        epoch = _count("MemVir epoch", epoch)
         if not getattr(self.loss, "native", False):  # fp16, bf16, fp64 networks: scored in the proxies' dtype
             emb = in_proxies_dtype(emb, self.loss.proxies)  # (B, D)
         # Rules 1 and 3: the memory as it is before this step. Nothing is taken in the warm-up, where fill="full"
@@ -273,8 +295,11 @@ class MemVir(nn.Module):
             loss, embedded = self._fast_loss(emb, labels, steps, slots)
         else:  # also the ablations (virtual="embeddings", "proxies", "current"): plain only, the cache is rule 4's
             loss = self._plain_loss(emb, labels)
-        if epoch >= self.fill_from and self.capacity > 0:
-            self._push(emb, labels, embedded)  # rule 2; after the loss, whose inputs are copies, not the buffers
+        # Rule 2, after the loss (whose inputs are copies, not the buffers); only for a training step: a
+        # validation loss (criterion.eval(), or under torch.no_grad()) reads the memory and never writes it, as
+        # BatchNorm's running statistics are read, not updated, in eval mode.
+        if epoch >= self.fill_from and self.capacity > 0 and self.training and torch.is_grad_enabled():
+            self._push(emb, labels, embedded)
         return loss
 
     def _plain_loss(self, emb, labels):
@@ -512,6 +537,9 @@ class MemVir(nn.Module):
             raise ValueError(f"MemVir load_state_dict: this memory keeps N(M+1) = {self.capacity} steps (N="
                              f"{self.num_steps}, M={self.step_gap}); the state_dict's keeps {saved.shape[0]}: it was "
                              f"saved by a MemVir with another N or M")
+        problem = self._memory_problem({n: state_dict[prefix + n] for n in self.STORED if prefix + n in state_dict})
+        if problem:  # values no push could have written: refused before anything changes, as the shapes above
+            raise ValueError(f"MemVir load_state_dict: {problem}; expected a state_dict saved by MemVir.state_dict()")
         # The saved memory may hold a different batch width (or be allocated when ours is not): take its shapes,
         # the memory where the storage option says (pinned on the host), the cache where it is.
         for name in ("mem_emb", "mem_labels", "mem_proxies", "lse_cache", "target_cache"):
@@ -525,6 +553,32 @@ class MemVir(nn.Module):
         if not has_cache:  # saved before the cache was saved: it is recomputed, equal up to rounding only
             missing_keys[:] = [k for k in missing_keys if k not in cache]
         self._sync_from_buffers(keep_cache=has_cache)
+
+    def _memory_problem(self, saved):
+        """What makes a saved memory one that pushes cannot have written, or None (checked on the host, once)."""
+        if len(saved) < len(self.STORED):
+            return None  # torch names the missing keys
+        n, sizes, labels = saved["num_pushed"], saved["mem_sizes"], saved["mem_labels"]
+        emb, proxies = saved["mem_emb"], saved["mem_proxies"]
+        if n.dim() != 0 or n.is_floating_point() or int(n) < 0:
+            return f"num_pushed is {n.tolist()!r} (a count of pushes: an integer >= 0)"
+        C, D = self.loss.proxies.shape
+        if emb.dim() != 3 or emb.shape[0] != self.capacity or emb.shape[2] != D or labels.shape != emb.shape[:2]:
+            return (f"mem_emb {tuple(emb.shape)} and mem_labels {tuple(labels.shape)} (this memory holds "
+                    f"({self.capacity}, B, {D}) and ({self.capacity}, B))")
+        if proxies.shape[0] not in (0, self.capacity) or tuple(proxies.shape[1:]) != (C, D):
+            return (f"mem_proxies {tuple(proxies.shape)} (this memory holds ({self.capacity}, {C}, {D}) or "
+                    f"(0, {C}, {D}))")
+        if ((sizes < 0) | (sizes > emb.shape[1])).any():
+            return f"mem_sizes {sizes.tolist()} (batch sizes lie in [0, {emb.shape[1]}])"
+        used = torch.arange(emb.shape[1])[None, :] < sizes.cpu()[:, None]  # (S, Bmax): the stored rows
+        stored = labels.cpu()[used]
+        if stored.numel() and (int(stored.min()) < 0 or int(stored.max()) >= self.num_classes):
+            return (f"stored labels from {int(stored.min())} to {int(stored.max())} (a push stores labels in [0, "
+                    f"{self.num_classes}))")
+        if not torch.isfinite(emb.cpu()[used]).all() or not torch.isfinite(proxies).all():
+            return "stored embeddings or proxies that are not finite (NaN or inf)"
+        return None
 
     def _apply(self, fn, *args, **kwargs):
         # .to() / .cuda() / .double() reach every buffer. Host storage stays where it is, and an explicit

@@ -34,7 +34,6 @@ from collections.abc import Iterator, Mapping
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torchvision
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Which input each backbone expects. The data pipeline reads this to pick its normalisation.
@@ -207,6 +206,8 @@ class ResNetBackbone(nn.Module):
 
     def __init__(self, depth: int, in_channels: int = 3):
         super().__init__()
+        import torchvision  # the ResNets only: the glyph CNN and BN-Inception train without it (the `vision` extra)
+
         net = getattr(torchvision.models, f"resnet{depth}")(weights=None)
         self.feature_dim = net.fc.in_features  # 512 (ResNet-18/34) or 2048 (ResNet-50/101)
         self.conv1 = net.conv1
@@ -597,6 +598,8 @@ def _download_imagenet_weights(backbone: str) -> Mapping[str, torch.Tensor]:
     if backbone == "bninception":
         url = BNINCEPTION_URL
     else:
+        import torchvision
+
         weights = torchvision.models.get_model_weights(backbone)
         url = weights.IMAGENET1K_V1.url
     cache = os.path.join(torch.hub.get_dir(), "checkpoints")

@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 
 from . import portable
-from .files import atomic_folder, os_error_line
-from .profile import ROOT, Profile, load_profile, variables
+from .files import SIGPIPE_STATUS, atomic_folder, os_error_line, reader_gone
+from .profile import ROOT, Profile, check_run_folder, load_profile, variables
 from .rundir import read_metrics, run_state
 
 __all__ = ["notebook_complete", "run_finished", "execute_run",
@@ -68,26 +68,6 @@ def run_finished(profile, run):
         return False
     check_run_folder(run)
     return notebook_complete(run.folder / profile.notebook.name)
-
-
-def check_run_folder(run):
-    """Raise a ValueError (one line) when run.folder's config.json was made with flags other than run.params."""
-    from dataclasses import asdict
-
-    from .config import FIELDS, RESUME_MAY_DIFFER, resolve_config
-
-    try:
-        saved = {k: v for k, v in json.loads((run.folder / "config.json").read_text()).items() if k in FIELDS}
-        then = asdict(resolve_config(saved))
-    except (OSError, ValueError):
-        return  # no readable config: training itself will say what is wrong
-    # The flags the profile sets must be the folder's; the others are the training notebook's defaults.
-    now = asdict(resolve_config({**saved, **{k: v for k, v in run.params.items() if k != "resume"}}))
-    diffs = [f"--{k}: {then[k]!r} there, {now[k]!r} now" for k in now
-             if k not in RESUME_MAY_DIFFER and then[k] != now[k]]
-    if diffs:
-        raise ValueError(f"{run.folder} holds a run made with other flags ({'; '.join(diffs)}): move that folder "
-                         f"away (or pass --runs-root) to train this run")
 
 
 def _relative(path, start):
@@ -384,6 +364,9 @@ def main(argv=None):
     except (ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # the reader of stdout is gone (`| head`): a listing ends quietly
+        reader_gone()
+        return SIGPIPE_STATUS
     except OSError as exc:  # ours name the file already; the system's (a full disk, a read-only folder) in one line
         print(f"error: {os_error_line(exc)}", file=sys.stderr)
         return 1

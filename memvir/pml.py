@@ -25,6 +25,7 @@ is saved with it.
 
 Chapter: notebooks/03_losses.py.
 """
+import torch
 import torch.nn as nn
 
 from .losses import ArcFace, CosFace, NormSoftmax, ProxyAnchor, ProxyNCA, SoftTriple, check_batch, check_margin
@@ -239,6 +240,8 @@ class Contrastive(nn.Module):
         if emb.shape[0] > self.memory_size:
             raise ValueError(f"Contrastive: a batch of {emb.shape[0]} rows needs memory_size >= {emb.shape[0]}, "
                              f"got {self.memory_size}")
+        if not (self.training and torch.is_grad_enabled()):  # a validation loss reads the memory, as MemVir's
+            return self.xbm(emb, labels, enqueue_mask=torch.zeros(len(labels), dtype=torch.bool, device=emb.device))
         value = self.xbm(emb, labels)  # enqueue (detached), then the batch against the memory's filled rows
         self.num_embeddings_in_use = self.memory_size if self.xbm.has_been_filled else self.xbm.queue_idx
         return value

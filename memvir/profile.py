@@ -14,9 +14,11 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .plainyaml import load_plain
 from .rundir import run_name
 
-__all__ = ["ROOT", "TABLE_VALUES", "PROFILE_KEYS", "Row", "Run", "Profile", "load_profile", "variables"]
+__all__ = ["ROOT", "TABLE_VALUES", "PROFILE_KEYS", "Row", "Run", "Profile", "load_profile", "variables",
+           "check_run_folder"]
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository memvir was installed from (editable install)
 TABLE_VALUES = ("best", "last")  # which value of a run the tables use: best over training (official) or last
@@ -109,9 +111,19 @@ def _expand(value, where):
     return _VAR.sub(sub, value)
 
 
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)  # YAML's `true` is not the seed 1
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _check_scalar(key, value, where):
-    if isinstance(value, (dict, list, tuple)) or value is None:
-        raise ValueError(f"{where}: parameter {key!r} must be a flat scalar (str, int, float, bool), got {value!r}")
+    """A parameter reaches the notebook's parameters cell: exactly a str, int, float or bool, nothing else."""
+    if type(value) not in (str, int, float, bool):
+        raise ValueError(f"{where}: parameter {key!r} must be a flat scalar (str, int, float, bool), got "
+                         f"{type(value).__name__} {value!r}")
 
 
 def variables(path):
@@ -135,15 +147,7 @@ def _find(profile):
 
 def _read(path):
     """The profile's mapping, its keys checked; a YAML error is one line with the file, line and column."""
-    import yaml
-
-    try:
-        spec = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ValueError(f"{where}: not valid YAML ({problem})") from None
+    spec = load_plain(path, path.read_text())  # plain data only, each key once (memvir/plainyaml.py)
     if not isinstance(spec, dict):
         raise ValueError(f"{path}: expected a mapping with keys description, notebook, seeds, common, rows")
     unknown = set(spec) - set(PROFILE_KEYS)
@@ -153,7 +157,7 @@ def _read(path):
         if key not in spec:
             raise ValueError(f"{path}: missing key {key!r}")
     seeds = spec["seeds"]
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
+    if not isinstance(seeds, list) or not seeds or not all(_is_int(s) and s >= 0 for s in seeds):
         raise ValueError(f"{path}: seeds must be a non-empty list of integers >= 0, got {seeds!r}")
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"{path}: seeds must be distinct, got {seeds}")
@@ -182,9 +186,14 @@ def _rows(spec, path):
                 type(s) is int and s >= 0 for s in seeds)):
             raise ValueError(f"{path}: rows[{i}].seeds must be a non-empty list of distinct integers >= 0, got "
                              f"{seeds!r}")
+        for k in ("label", "baseline"):
+            if r.get(k) is not None and not isinstance(r[k], str):
+                raise ValueError(f"{path}: rows[{i}].{k} must be a string (a row's label), got {r[k]!r}")
         if r["label"] in labels:
             raise ValueError(f"{path}: two rows are labelled {r['label']!r}")
         labels.add(r["label"])
+        if not isinstance(r.get("params") or {}, dict):
+            raise ValueError(f"{path}: rows[{i}].params must be a mapping of parameters, got {r['params']!r}")
         params = dict(common, **(r.get("params") or {}))
         for k, v in params.items():
             _check_scalar(k, v, f"{path} rows[{i}]")
@@ -207,8 +216,10 @@ def _options(spec, path, rows):
     if table_value not in TABLE_VALUES:
         raise ValueError(f"{path}: table_value must be one of {TABLE_VALUES}, got {table_value!r}")
     book = spec.get("book") or {}
+    if not isinstance(book, dict):
+        raise ValueError(f"{path}: book must map {', '.join(BOOK_KEYS)} to row labels, got {book!r}")
     for k, v in book.items():
-        if k not in BOOK_KEYS or v not in labels:
+        if k not in BOOK_KEYS or not isinstance(v, str) or v not in labels:
             raise ValueError(f"{path}: book.{k} must name a row (keys {', '.join(BOOK_KEYS)}), got {v!r}")
     select, compare = str(spec.get("select") or ""), str(spec.get("compare") or "")
     if compare not in ("", "table4"):
@@ -219,12 +230,12 @@ def _options(spec, path, rows):
         raise ValueError(f"{path}: select needs validation classes: set val_classes > 0 for every row")
     calibrate = spec.get("calibrate") or ()
     if calibrate and not (isinstance(calibrate, list) and len(calibrate) == 2
-                          and all(isinstance(v, (int, float)) for v in calibrate) and calibrate[0] < calibrate[1]):
+                          and all(_is_number(v) for v in calibrate) and calibrate[0] < calibrate[1]):
         raise ValueError(f"{path}: calibrate must be a range [low, high] of Recall@1 in percent, got {calibrate!r}")
     plateau = spec.get("plateau") or {}
     if plateau and not (isinstance(plateau, dict) and set(plateau) == set(PLATEAU_KEYS)
                         and plateau["metric"] in ("recall@1", "r_precision", "map_at_r")
-                        and all(isinstance(plateau[k], (int, float)) and plateau[k] > 0 for k in PLATEAU_KEYS[1:])):
+                        and all(_is_number(plateau[k]) and plateau[k] > 0 for k in PLATEAU_KEYS[1:])):
         raise ValueError(f"{path}: plateau must be {{metric: recall@1 | r_precision | map_at_r, min_gain: points > 0, "
                          f"tail: epochs > 0}}, got {plateau!r}")
     if plateau and not all(int(r.params.get("val_classes", 0)) > 0 for r in rows):
@@ -234,7 +245,7 @@ def _options(spec, path, rows):
         raise ValueError(f"{path}: groups must map a name to a non-empty list of row labels")
     for name, members in groups.items():
         for label in members:
-            if label not in labels:
+            if not isinstance(label, str) or label not in labels:
                 raise ValueError(f"{path}: groups.{name} names {label!r}, which is not a row label")
     contrasts = spec.get("contrasts") or {}
     if not isinstance(contrasts, dict) or not all(
@@ -242,7 +253,7 @@ def _options(spec, path, rows):
                                                      for p in pairs) for pairs in contrasts.values()):
         raise ValueError(f"{path}: contrasts must map a name to a non-empty list of [row, other row] pairs")
     for name, pairs in contrasts.items():
-        bad = [label for pair in pairs for label in pair if label not in labels]
+        bad = [label for pair in pairs for label in pair if not isinstance(label, str) or label not in labels]
         if bad or name in groups:
             raise ValueError(f"{path}: contrasts.{name} " + (f"names {bad[0]!r}, which is not a row label" if bad
                                                               else "has the name of a group"))
@@ -255,6 +266,23 @@ def _options(spec, path, rows):
     return {"table_value": table_value, "book": book, "select": select, "compare": compare,
             "calibrate": tuple(float(v) for v in calibrate), "plateau": dict(plateau), "groups": groups,
             "contrasts": {k: [tuple(p) for p in v] for k, v in contrasts.items()}, "shares": shares}
+
+
+def _notebook(path, root, name):
+    """The profile's training notebook: an existing .ipynb inside the profile's repository (`root`).
+
+    The pipeline executes it once per run with the rows' parameters, so a profile runs that notebook's code: the
+    file must belong to the repository the profile lives in (not `../elsewhere.ipynb`, not an absolute path).
+    """
+    if not isinstance(name, str) or not name.endswith(".ipynb"):
+        raise ValueError(f"{path}: notebook must be the path of an .ipynb file in {root}, got {name!r}")
+    notebook = (root / name).resolve()
+    if not notebook.is_relative_to(root.resolve()):
+        raise ValueError(f"{path}: notebook {name!r} is outside the profile's repository {root}; expected a "
+                         f"notebook of that repository (e.g. notebooks/05_training.ipynb): the pipeline executes it")
+    if not notebook.is_file():
+        raise FileNotFoundError(f"{path}: notebook {root / name} does not exist")
+    return root / name
 
 
 def load_profile(profile, runs_root=None, report_root=None):
@@ -273,9 +301,7 @@ def load_profile(profile, runs_root=None, report_root=None):
     spec = _read(path)
     rows = _rows(spec, path)
     options = _options(spec, path, rows)
-    notebook = root / spec["notebook"]
-    if not notebook.is_file():
-        raise FileNotFoundError(f"{path}: notebook {notebook} does not exist")
+    notebook = _notebook(path, root, spec["notebook"])
     runs_root = Path(runs_root).resolve() if runs_root else root / "results" / "runs"
     report_root = Path(report_root).resolve() if report_root else root / "results" / "report"
     for flag, folder in (("--runs-root", runs_root), ("--report-root", report_root)):
@@ -284,8 +310,37 @@ def load_profile(profile, runs_root=None, report_root=None):
     prof = Profile(path.stem, path, str(spec.get("description", "")).strip(), notebook, root, list(spec["seeds"]),
                    rows, runs_dir=runs_root / (options["shares"] or path.stem), report_dir=report_root / path.stem,
                    reference_dir=root / "results" / "reference" / path.stem, **options)
-    names = [r.name for r in prof.runs]
+    try:
+        names = [r.name for r in prof.runs]  # checks every run name before anything is written (rundir.run_name)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise ValueError(f"{path}: rows give the same run name {dup[0]!r}; give one of them a `tag`")
     return prof
+
+
+def check_run_folder(run):
+    """Raise a ValueError (one line) when run.folder's config.json was made with flags other than run.params.
+
+    A finished folder made with other flags (a profile whose benchmark changed, same run names, a run trained by
+    hand into the folder) is never taken for this run: run names hold only some of the flags. The pipeline
+    refuses to skip such a folder and the report refuses to read it as the profile's run.
+    """
+    import json
+    from dataclasses import asdict
+
+    from .config import FIELDS, RESUME_MAY_DIFFER, resolve_config
+
+    try:
+        saved = {k: v for k, v in json.loads((run.folder / "config.json").read_text()).items() if k in FIELDS}
+        then = asdict(resolve_config(saved))
+    except (OSError, ValueError, AttributeError):
+        return  # no readable config: training (or read_run) says what is wrong
+    # The flags the profile sets must be the folder's; the others are the training notebook's defaults.
+    now = asdict(resolve_config({**saved, **{k: v for k, v in run.params.items() if k != "resume"}}))
+    diffs = [f"--{k}: {then[k]!r} there, {now[k]!r} now" for k in now
+             if k not in RESUME_MAY_DIFFER and then[k] != now[k]]
+    if diffs:
+        raise ValueError(f"{run.folder} holds a run made with other flags ({'; '.join(diffs)}): move that folder "
+                         f"away (or pass --runs-root); it is not this profile's run {run.name}")

@@ -34,7 +34,7 @@ __all__ = ["run_name", "run_folder", "RunLock", "RunFolderBusy", "remove_stale_t
            "checkpoint_path", "best_path", "epoch_checkpoints", "save_checkpoint", "link_best", "load_checkpoint",
            "load_state", "latest_checkpoint", "new_history", "record_evaluation", "check_history", "read_metrics",
            "repair_metrics", "StepLog", "get_rng_state", "set_rng_state", "run_state", "read_run", "RunOutputs",
-           "write_eval_scalars", "check_same_run", "KERNELS_KEY"]
+           "write_eval_scalars", "check_same_run", "KERNELS_KEY", "is_run_config", "start_afresh"]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -54,9 +54,26 @@ def run_name(params, tag=""):
     for key in ("data_name", "loss", "epochs", "seed"):
         if key not in params:
             raise ValueError(f"run parameters: missing {key!r} (needed to name the run folder)")
+    # Every value in the name must be one plain word: a loss "Norm_SoftMax/../../x" or epochs "1/../x" would put
+    # the run folder (and all it writes) elsewhere. Checked here, where every run name is made, before any write.
+    keys = ["data_name", "loss", "epochs", "seed"]
+    try:
+        memvir = parse_bool(params.get("memvir", False))
+    except Exception:  # argparse's ArgumentTypeError: not a ValueError
+        raise ValueError(f"parameter memvir={params['memvir']!r}: expected true or false") from None
+    if memvir:
+        keys += ["mem_num_step", "mem_step_gap", "warm_epoch"]
+        for key in ("mem_num_step", "mem_step_gap"):
+            if key not in params:
+                raise ValueError(f"run parameters: memvir is on but {key!r} is missing (needed to name the run "
+                                 f"folder)")
+    for key in keys:
+        if key in params and not re.fullmatch(r"[A-Za-z0-9.+_-]+", str(params[key])):
+            raise ValueError(f"parameter {key}={params[key]!r} would be part of the run folder's name; expected "
+                             f"letters, digits, '.', '+', '_' or '-' (no '/', space or other character)")
     loss = str(params["loss"]).lower().replace("_", "").replace("-", "")
     parts = [str(params["data_name"]).lower(), loss]
-    if parse_bool(params.get("memvir", False)):
+    if memvir:
         parts.append(f"memvir1_N{params['mem_num_step']}_M{params['mem_step_gap']}_U{params.get('warm_epoch', 0)}")
     else:
         parts.append("memvir0")
@@ -149,6 +166,65 @@ class RunLock:
     def __exit__(self, *exc):
         self.fh.close()  # closing the file releases the flock
         self.fh = None
+
+
+# What a run folder holds (the module docstring): the only names start_afresh may remove. Beside them a run folder
+# may hold notebooks (papermill writes the executed training notebook there); they are left where they are.
+RUN_FILES = re.compile(r"config\.json|metrics\.json|steps\.csv|\.lock|events\.out\.tfevents\..+|.+\.tmp\d+")
+CHECKPOINT_FILES = re.compile(r"(epoch_\d+|best_[a-z0-9_]+)\.pt(\.corrupt\d*|\.tmp\d+)?")
+RUN_KEYS = ("data_name", "loss", "epochs", "seed")  # in every config.json memvir.train writes (run_name's keys)
+
+
+def is_run_config(config):
+    """True when `config` (a parsed config.json) is one that memvir.train wrote: a mapping with the run's keys."""
+    return isinstance(config, dict) and all(k in config for k in RUN_KEYS)
+
+
+def start_afresh(folder):
+    """Remove a previous run from `folder` so that a new run starts there; refuse when anything else is there.
+
+    Only a run's own files are removed (config.json, metrics.json, steps.csv, TensorBoard events, checkpoints/ with
+    epoch_*.pt and best_*.pt, the lock, killed writers' temporaries), and only when config.json is one memvir
+    wrote; notebooks stay. A folder holding anything else (a thesis, a source tree, a config.json of another
+    program) is the user's: a ValueError names what is there, and nothing is removed. Returns the removed names.
+    """
+    folder = os.fspath(folder)
+    if not os.path.isdir(folder):
+        return []
+    config = os.path.join(folder, "config.json")
+    try:
+        with open(config) as fh:
+            ours = is_run_config(json.load(fh))
+    except FileNotFoundError:
+        ours = True  # no config.json: only run files (a run killed before it wrote one) may be removed
+    except (OSError, ValueError):
+        ours = False
+    names, foreign = sorted(os.listdir(folder)), []
+    for name in names:
+        path = os.path.join(folder, name)
+        if name == "checkpoints" and stat.S_ISDIR(os.lstat(path).st_mode):
+            foreign += [f"checkpoints/{n}" for n in sorted(os.listdir(path)) if not CHECKPOINT_FILES.fullmatch(n)
+                        or not stat.S_ISREG(os.lstat(os.path.join(path, n)).st_mode)]
+        elif not (RUN_FILES.fullmatch(name) or name.endswith(".ipynb")) or stat.S_ISDIR(os.lstat(path).st_mode):
+            foreign.append(name)
+    if not ours or foreign:
+        what = f"{', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}" if foreign else \
+            "a config.json that memvir did not write (no " + ", ".join(RUN_KEYS) + ")"
+        raise ValueError(f"{folder}: holds {what}, which is not a memvir run's; starting afresh removes only a "
+                         f"run's own files: choose another save_path (or move those files away)")
+    removed = []
+    with RunLock(folder):  # refused while another process trains here; its files are not ours to remove
+        for name in names:
+            path = os.path.join(folder, name)
+            if name == "checkpoints":
+                for n in sorted(os.listdir(path)):
+                    os.remove(os.path.join(path, n))
+                    removed.append(f"checkpoints/{n}")
+                os.rmdir(path)
+            elif name not in (".lock",) and not name.endswith(".ipynb") and os.path.lexists(path):
+                os.remove(path)
+                removed.append(name)
+    return removed
 
 
 def remove_stale_temporaries(folder):
@@ -443,8 +519,10 @@ def _history_problem(history):
         if problem is not None:
             return f"{where}: {problem}"
     for metric, best in history["best"].items():
-        if not isinstance(best, dict) or not _is_int(best.get("epoch")) or not _is_number(best.get("value")):
-            return (f"'best'/{metric!r} is {_kind(best)}; expected a mapping with an integer 'epoch' and a number "
+        if not isinstance(best, dict) or not _is_int(best.get("epoch")) or not _is_finite(best.get("value")):
+            what = (f"a mapping whose 'epoch' is {_kind(best.get('epoch'))} and 'value' {_kind(best.get('value'))}"
+                    if isinstance(best, dict) else _kind(best))
+            return (f"'best'/{metric!r} is {what}; expected a mapping with an integer 'epoch' and a finite number "
                     f"'value'")
     return None
 
@@ -459,13 +537,18 @@ def _evaluation_problem(ev):
     if val is not None and not isinstance(val, dict):
         return f"'val' is {_kind(val)}; expected a mapping of validation metrics or null"
     for key, value in [*ev.items(), *((val or {}).items())]:
-        if (key in BEST_METRICS or key.startswith("recall@")) and value is not None and not _is_number(value):
-            return f"{key!r} is {_kind(value)}; expected a number or null"
+        if (key in BEST_METRICS or key.startswith("recall@")) and value is not None and not _is_finite(value):
+            return f"{key!r} is {_kind(value)}; expected a finite number or null"
     return None
 
 
 def _is_number(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_finite(value):
+    """A metric's value: a number that is not NaN or inf (JSON's NaN parses, and a table of it would mean nothing)."""
+    return _is_number(value) and math.isfinite(value)
 
 
 def _is_int(value):
@@ -638,8 +721,9 @@ def check_same_run(cfg, resume, may_differ):
         except ValueError as exc:
             raise ValueError(f"{path}: not valid JSON ({exc}); it says which flags made the run: restore it, or "
                              f"remove it to start the run afresh") from None
-        if not isinstance(saved, dict):
-            raise ValueError(f"{path}: expected a mapping of flags, got {type(saved).__name__}")
+        if not is_run_config(saved):  # another program's config.json: listing "differences" would invent them
+            raise ValueError(f"{path}: not a memvir run's config (expected a mapping with {', '.join(RUN_KEYS)}, "
+                             f"as memvir.train writes); this folder is not a run folder: use another --save_path")
     now = dataclasses.asdict(cfg)
     # A flag added after the run was made is absent from its config: the run had that flag's default behaviour.
     defaults = {f.name: f.default for f in dataclasses.fields(cfg)}

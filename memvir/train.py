@@ -65,7 +65,7 @@ from .config import (FIELDS, RESUME_MAY_DIFFER, TrainConfig, build_parser, confi
                      resolve_config)
 from .evaluation import evaluate, evaluate_checkpoint
 from .experiment import build
-from .files import atomic_json, interrupted, os_error_line
+from .files import SIGPIPE_STATUS, atomic_json, interrupted, os_error_line, reader_gone
 from .memory import MEM_FILLS, MEM_VIRTUALS
 from .models import WeightsUnavailable
 from .rundir import (CHECKPOINT_FORMAT, KERNELS_KEY, TRAINING_FIELDS, CheckpointError, RunFolderBusy, RunLock,
@@ -272,7 +272,7 @@ def train_one_epoch(cfg, epoch, loader, train_net, net, criterion, optimizer, sc
         images = images.to(device, non_blocking=True)  # (b, channels, H, W), this process's slice
         labels = labels.to(device, non_blocking=True)  # (b,)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=cfg.use_amp):
-            emb = train_net(images, l2_norm=cfg.train_with_l2norm)  # (b, D); unit rows unless l2norm is off
+            emb = _forward(train_net, images, cfg, len(loader.dataset) if hasattr(loader, "dataset") else None)
             emb, labels = distributed.gather_batch(emb, labels, dist_info)  # (B, D), (B,): the global batch
             _check_embeddings(emb, cfg, progress.step, epoch)
             loss = criterion(emb, labels, epoch=epoch - 1)  # MemVir counts epochs from 0
@@ -456,7 +456,10 @@ def data_fingerprint(splits):
         paths = getattr(ds, "paths", None)
         if paths is not None:
             root = getattr(ds, "root", None)
-            digest.update("\n".join(os.path.relpath(p, root) if root else os.path.basename(p) for p in paths).encode())
+            # os.fsencode: the names' bytes as on disk (a name that is not UTF-8, e.g. Latin-1 from an old archive,
+            # is kept by Python as surrogates, which str.encode() refuses); the same bytes as UTF-8 for the others.
+            digest.update(b"\n".join(os.fsencode(os.path.relpath(p, root) if root else os.path.basename(p))
+                                      for p in paths))
         sizes[name] = f"{len(labels)} images in {len(np.unique(labels))} classes"
     return {"sha256": digest.hexdigest()[:16], **sizes}
 
@@ -523,15 +526,38 @@ def summary_line(ev: dict, history: dict, ks) -> str:
             f"{ev['wall_time']:.0f} s")
 
 
+def _forward(train_net, images, cfg, n_train):
+    """The network on a batch: (b, D) embeddings. A batch of one image cannot train BatchNorm (its variance over one
+    value is 0): torch's "Expected more than 1 value per channel" becomes a line that says which flag to change."""
+    try:
+        return train_net(images, l2_norm=cfg.train_with_l2norm)  # (b, D); unit rows unless l2norm is off
+    except ValueError as exc:
+        if "Expected more than 1 value per channel" not in str(exc):
+            raise
+        raise TrainingError(f"a training batch holds a single image ({n_train} training images, --batch_size="
+                            f"{cfg.batch_size}: the last batch of an epoch keeps what is left), and {cfg.backbone}'s "
+                            f"BatchNorm cannot train on one image; choose a --batch_size that leaves more than one, "
+                            f"or --freeze_BN 1") from None
+
+
 def _oom_message(cfg, device):
+    """Out of memory: every flag that sizes what is held, with the one that is often forgotten in numbers."""
+    proxies = f"-C={cfg.C} proxies x --dim={cfg.dim}" if cfg.C else f"--dim={cfg.dim}"
+    size = f" ({cfg.C * cfg.dim * 4 * 4 / 2**30:.1f} GiB with their gradient and Adam's state)" if cfg.C else ""
+    memory = (f", MemVir keeping N(M+1)={cfg.mem_num_step * (cfg.mem_step_gap + 1)} steps of proxies and embeddings"
+              if cfg.memvir else "")
     return (f"out of memory on {device} with --batch_size={cfg.batch_size}, --input_size={cfg.input_size}, "
-            f"--backbone={cfg.backbone}: lower --batch_size, turn on --use_amp=1, or lower --input_size")
+            f"--backbone={cfg.backbone}, {proxies}{size}{memory}: lower whichever is too large (--batch_size, "
+            f"--input_size, --dim, -C, --mem_num_step), or turn on --use_amp=1")
 
 
 def _diverged(what, step, epoch, cfg):
-    return (f"training diverged at step {step} (epoch {epoch}): {what}. The last good checkpoint in "
-            f"{os.path.join(cfg.save_path, 'checkpoints')} is kept; lower --modellr (now {cfg.modellr:g}) and/or "
-            f"--centerlr (now {cfg.centerlr:g})" + (", or turn off --use_amp" if cfg.use_amp else ""))
+    ckpt_dir = os.path.join(cfg.save_path, "checkpoints")
+    kept = (f"The last good checkpoint in {ckpt_dir} is kept" if os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir)
+            else "No checkpoint was written yet")
+    return (f"training diverged at step {step} (epoch {epoch}): {what}. {kept}; lower --modellr (now "
+            f"{cfg.modellr:g}) and/or --centerlr (now {cfg.centerlr:g}), or the loss's --scale (now {cfg.scale:g})"
+            + (", or turn off --use_amp" if cfg.use_amp else ""))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -563,6 +589,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:  # Ctrl-C: the last checkpoint is whole (every file is written atomically)
         print(INTERRUPTED, file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of stdout is gone (`| head`): end quietly, as Unix tools do
+        reader_gone()
+        return SIGPIPE_STATUS
     except OSError as exc:  # ours name the file already; the system's: a full disk, a file where a folder belongs
         if os.environ.get("MEMVIR_TRACEBACK"):
             raise

@@ -89,7 +89,6 @@ workers = 0  # data-loading processes
 progress = False  # a tqdm bar per epoch
 
 # %%
-import shutil
 import textwrap
 from pathlib import Path
 
@@ -100,7 +99,7 @@ from IPython.display import Markdown, display
 # (not `import memvir`: the flag `memvir` above is a parameter)
 from memvir.config import FLAG_NAMES, config_from_parameters
 from memvir.report import METRICS
-from memvir.rundir import read_run
+from memvir.rundir import read_run, start_afresh
 from memvir.train import train
 
 # %% [markdown]
@@ -112,8 +111,8 @@ from memvir.train import train
 # %%
 config = config_from_parameters(**{k: v for k, v in globals().items() if k in FLAG_NAMES})
 run = Path(config.save_path)
-if not resume and (run / "config.json").exists():
-    shutil.rmtree(run)  # afresh: only a folder that holds a run (config.json) is removed
+if not resume:
+    start_afresh(run)  # removes a previous run's own files there; a folder holding anything else is refused
 results = train(config)
 
 # %% [markdown]

@@ -645,3 +645,192 @@ def test_decode_flag_is_checked(tmp_path):
 def test_decoders_pickle(decode):
     t = TF.train_transform("bninception", 32, decode=decode)
     assert repr(pickle.loads(pickle.dumps(t))) == repr(t)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Train and test share no image (issue 32, finding 5): the same file is refused, the same bytes warned of
+
+
+def distinct_tree(root, spec, seed0=0):
+    """spec: {class: number of images}; every image a different photograph (distinct bytes)."""
+    seed = seed0
+    for cls, n in sorted(spec.items()):
+        for k in range(n):
+            photo(root / cls / f"img{k}.jpg", (24, 20), seed=seed)
+            seed += 1
+
+
+def leak(tmp_path, how):
+    """A train/test tree whose test split reaches a train image in the way `how` says; returns the count."""
+    distinct_tree(tmp_path / "train", {"a": 2, "b": 3})
+    distinct_tree(tmp_path / "test", {"c": 2, "d": 2}, seed0=100)
+    test, train = tmp_path / "test", tmp_path / "train"
+    if how == "class_is_a_link_to_train":
+        os.symlink("../train", test / "e")  # test/e/a/img0.jpg ... : all five train images
+        return 5
+    if how == "link_inside_a_test_class":
+        os.symlink(os.path.join("..", "..", "train", "b"), test / "c" / "more")
+        return 3
+    if how == "hard_link":
+        os.link(train / "a" / "img1.jpg", test / "d" / "img9.jpg")
+        return 1
+    if how == "file_symlink":
+        os.symlink(train / "b" / "img2.jpg", test / "c" / "img9.jpg")
+        return 1
+    raise AssertionError(how)
+
+
+@pytest.mark.parametrize("how", ["class_is_a_link_to_train", "link_inside_a_test_class", "hard_link", "file_symlink"])
+def test_a_test_image_that_is_a_train_image_is_refused(tmp_path, how):
+    n = leak(tmp_path, how)
+    with pytest.raises(ValueError) as err:
+        build_datasets("custom", data=tmp_path, backbone="resnet18", input_size=16)
+    msg = str(err.value)
+    assert f": {n} image(s) of test and train are the same file" in msg and "expected disjoint splits" in msg
+    assert "\n" not in msg
+
+
+def test_byte_identical_copies_across_splits_are_counted_in_one_warning(tmp_path):
+    distinct_tree(tmp_path / "train", {"a": 2, "b": 3})
+    distinct_tree(tmp_path / "test", {"c": 2, "d": 2}, seed0=100)
+    for src, dst in (("a/img0.jpg", "c/copy.jpg"), ("b/img2.jpg", "d/copy.jpg")):
+        (tmp_path / "test" / dst).write_bytes((tmp_path / "train" / src).read_bytes())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        splits = build_datasets("custom", data=tmp_path, backbone="resnet18", input_size=16)
+    lines = [str(w.message) for w in caught if "same bytes" in str(w.message)]
+    assert len(lines) == 1 and ": 2 image(s) of test and train hold the same bytes" in lines[0]
+    assert len(splits.test) == 6  # warned, not refused: a benchmark may hold a few copies of its own
+
+
+def test_distinct_splits_say_nothing(tmp_path):
+    distinct_tree(tmp_path / "train", {"a": 2, "b": 3})
+    distinct_tree(tmp_path / "test", {"c": 2, "d": 2}, seed0=100)
+    # same size, same first bytes, other content: read whole before it counts
+    body = (tmp_path / "train" / "a" / "img0.jpg").read_bytes()
+    (tmp_path / "test" / "c" / "img0.jpg").write_bytes(body[:-3] + bytes(3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        build_datasets("custom", data=tmp_path, backbone="resnet18", input_size=16)
+
+
+def test_inshop_query_and_gallery_are_checked_too(tmp_path):
+    distinct_tree(tmp_path / "train", {"id_1": 2})
+    distinct_tree(tmp_path / "test" / "query", {"id_3": 1}, seed0=10)
+    distinct_tree(tmp_path / "test" / "gallery", {"id_3": 2}, seed0=20)
+    os.link(tmp_path / "test" / "query" / "id_3" / "img0.jpg", tmp_path / "test" / "gallery" / "id_3" / "img7.jpg")
+    with pytest.raises(ValueError, match=r": 1 image\(s\) of gallery and query are the same file"):
+        build_datasets("inshop", data=tmp_path, input_size=16)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Every image mode PIL opens becomes 8-bit RGB faithfully, or is refused naming the file (issue 32, finding 6)
+
+GREY16 = np.array([[0, 1, 128, 129, 257], [1000, 32767, 32896, 65278, 65535]], dtype=np.uint16)  # (2, 5)
+EIGHT = np.floor(GREY16 / 65535 * 255 + 0.5).astype(np.uint8)  # the 8-bit value of each, written out
+
+
+def pgm16(path, values, maxval=65535):
+    """A binary PGM written by hand (P5, big-endian 16-bit samples): PIL has no writer for it."""
+    h, w = values.shape
+    path.write_bytes(f"P5\n{w} {h}\n{maxval}\n".encode() + values.astype(">u2").tobytes())
+    return path
+
+
+def png16(path, values):
+    """A 16-bit greyscale PNG written by hand (colour type 0, bit depth 16), independent of PIL's writer."""
+    import struct
+    import zlib
+
+    h, w = values.shape
+    raw = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in values)
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 0, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    return path
+
+
+def tiff16(path, values, endian):
+    Image.fromarray(values.astype(endian + "u2")).save(path, "TIFF")  # I;16 (little-endian) or I;16B
+    return path
+
+
+SIXTEEN = {"png16": lambda p: png16(p / "a.png", GREY16), "pgm16": lambda p: pgm16(p / "a.pgm", GREY16),
+           "tiff16_le": lambda p: tiff16(p / "a.tif", GREY16, "<"),
+           "tiff16_be": lambda p: tiff16(p / "a.tif", GREY16, ">")}
+
+
+@pytest.mark.parametrize("kind", sorted(SIXTEEN))
+def test_sixteen_bit_grey_is_scaled_not_clipped(tmp_path, kind):
+    from memvir.data.folder import load_rgb
+
+    path = SIXTEEN[kind](tmp_path)
+    assert Image.open(path).mode in ("I;16", "I;16B", "I;16L", "I")  # what makes it 16-bit in PIL's eyes
+    rgb = np.asarray(load_rgb(path))
+    assert rgb.shape == (2, 5, 3) and (rgb == EIGHT[:, :, None]).all()
+
+
+def test_a_pgm_with_another_maxval_is_scaled_by_it(tmp_path):
+    from memvir.data.folder import load_rgb
+
+    values = np.array([[0, 100, 511, 512, 1023]])
+    rgb = np.asarray(load_rgb(pgm16(tmp_path / "a.pgm", values, maxval=1023)))[..., 0].astype(int)
+    assert np.abs(rgb - values / 1023 * 255).max() <= 1  # within rounding of the two scalings
+
+
+@pytest.mark.parametrize("mode,values", [("I", np.array([[0, 70000, -5, 2**31 - 1]], dtype=np.int32)),
+                                         ("F", np.array([[0.0, 0.5, 1.0, 3.5]], dtype=np.float32))])
+@pytest.mark.parametrize("decode", ["pil", "draft", "gpu"])
+def test_pixels_with_no_fixed_range_are_refused_naming_the_file(tmp_path, mode, values, decode):
+    from memvir.data.folder import check_image, load_rgb
+
+    path = tmp_path / "c" / "a.tif"
+    path.parent.mkdir()
+    Image.fromarray(values, mode).save(path, "TIFF")
+    assert Image.open(path).mode == mode
+    says = rf"cannot read image {re.escape(str(path))}: mode {mode} .*no fixed range"
+    with pytest.raises(ImageLoadError, match=says):
+        if decode == "pil":
+            load_rgb(path)
+        else:
+            TF.train_transform("bninception", 16, decode=decode).from_file(path)
+    assert f"mode {mode}" in check_image(str(path))  # `prepare` finds it before writing anything
+
+
+def _rgb_of(path):
+    from memvir.data.folder import load_rgb
+
+    return np.asarray(load_rgb(path)).astype(int)
+
+
+def test_palette_grey_alpha_and_cmyk_files_convert_to_their_colours(tmp_path):
+    # P: each index shows its palette entry; LA: the grey on all three channels; CMYK: the print formula
+    # R = 255 (1 - C/255)(1 - K/255), within one unit of rounding.
+    idx = np.array([[0, 1, 2, 1]], dtype=np.uint8)
+    palette = [10, 20, 30, 200, 100, 0, 0, 0, 255]
+    p = Image.fromarray(idx, "P")
+    p.putpalette(palette + [0] * (768 - len(palette)))
+    p.save(tmp_path / "p.png")
+    assert (_rgb_of(tmp_path / "p.png")[0] == np.array(palette).reshape(3, 3)[idx[0]]).all()
+    la = np.array([[[7, 255], [130, 0], [250, 128]]], dtype=np.uint8)
+    Image.fromarray(la, "LA").save(tmp_path / "la.png")
+    assert (_rgb_of(tmp_path / "la.png")[0] == la[0, :, :1]).all()
+    cmyk = np.array([[[0, 0, 0, 0], [255, 0, 0, 0], [0, 128, 64, 100], [30, 60, 90, 255]]], dtype=np.uint8)
+    Image.fromarray(cmyk, "CMYK").save(tmp_path / "c.tif")
+    c, k = cmyk[0, :, :3].astype(float), cmyk[0, :, 3:].astype(float)
+    assert np.abs(_rgb_of(tmp_path / "c.tif")[0] - 255 * (1 - c / 255) * (1 - k / 255)).max() <= 1
+
+
+@pytest.mark.parametrize("decode", ["draft", "gpu"])
+def test_the_other_decoders_scale_sixteen_bit_the_same(tmp_path, decode):
+    # A constant 16-bit image: whatever the crop and flip, every output pixel is the 8-bit value's.
+    path = png16(tmp_path / "a.png", np.full((40, 50), 40000, dtype=np.uint16))
+    Image.fromarray(np.full((40, 50), round(40000 / 65535 * 255), dtype=np.uint8), "L").save(tmp_path / "b.png")
+    tf = TF.train_transform("bninception", 16, decode=decode)
+    a, b = tf.from_file(path), tf.from_file(tmp_path / "b.png")
+    if decode == "gpu":
+        a, b = a.pixels, b.pixels  # (3, H, W) uint8: what the device resizes
+    assert torch.equal(a, b)

@@ -703,3 +703,41 @@ def test_counts_and_scales_of_the_wrong_type_are_refused(kwargs, match):
     args = {"num_classes": 5, "embedding_size": 8, "scale": 23.0, **kwargs}
     with pytest.raises(ValueError, match=re.escape(match)):
         NormSoftmax(**args)
+
+
+# ---- a scale (margin, gamma) whose logits cannot be finite is refused, not a NaN loss (issue 32, finding 9) -----
+
+SCALED = [(NormSoftmax, "scale", {}), (ProxyNCA, "scale", {}), (CosFace, "scale", {}), (ArcFace, "scale", {}),
+          (ProxyAnchor, "alpha", {}), (SoftTriple, "la", {"centers_per_class": 2})]
+
+
+@pytest.mark.parametrize("cls,arg,extra", SCALED)
+@pytest.mark.parametrize("value", [1e40, 1e39, 3e38, 1e7])
+def test_a_scale_beyond_the_limit_is_refused_naming_it(cls, arg, extra, value):
+    with pytest.raises(ValueError, match=rf"^{arg}: expected a positive finite number up to 1e\+06"):
+        cls(5, 8, **{arg: value, **extra})
+
+
+@pytest.mark.parametrize("cls,kwargs,says", [
+    (SoftTriple, {"la": 1e5, "margin": 100.0}, "Soft_Triple margin: expected a number in [0, 10)"),
+    (CosFace, {"scale": 1e6, "margin": 2.0}, "CosFace margin: expected a number in [0, 1)"),
+    (ProxyAnchor, {"alpha": 1e3, "margin": 1e4}, "Proxy_Anchor margin: expected a number in [0, 1000)"),
+    (SoftTriple, {"gamma": 1e-45}, "Soft_Triple gamma: expected a positive number of at least 1e-06"),
+    (SoftTriple, {"gamma": float("nan")}, "Soft_Triple gamma"),
+])
+def test_a_margin_or_gamma_that_overflows_the_logits_is_refused(cls, kwargs, says):
+    with pytest.raises(ValueError, match=re.escape(says)):
+        cls(5, 8, **kwargs)
+
+
+@pytest.mark.parametrize("cls,arg,extra", SCALED)
+def test_at_the_limit_every_loss_and_its_gradient_stay_finite(cls, arg, extra):
+    # The largest accepted values together (scale, margin just inside, SoftTriple's smallest gamma): what they make
+    # of a batch of 64 must be a number, not inf or NaN (the oracle: finiteness itself).
+    margin = {CosFace: 0.999, ProxyAnchor: 0.999, SoftTriple: 0.999, ArcFace: 3.1}.get(cls)
+    loss = cls(5, 8, **{arg: 1e6, **extra, **({"margin": margin} if margin else {}),
+                        **({"gamma": 1e-6} if cls is SoftTriple else {})})
+    emb = torch.randn(64, 8, requires_grad=True)
+    value = loss(emb, torch.randint(0, 5, (64,)))
+    value.backward()
+    assert torch.isfinite(value) and torch.isfinite(emb.grad).all() and torch.isfinite(loss.proxies.grad).all()

@@ -6,6 +6,7 @@ for hundreds of steps: through warm-up, the memory filling (curriculum), wrap-ar
 varying batch sizes and a state_dict round-trip.
 """
 import copy
+import re
 import functools
 import io
 
@@ -610,3 +611,89 @@ def test_a_state_dict_of_another_n_or_m_is_refused_naming_both_and_nothing_chang
         other.load_state_dict(saved.state_dict())
     assert all(torch.equal(before[k], v) for k, v in other.state_dict().items())  # still the MemVir it was
     assert torch.isfinite(other(torch.randn(5, 8), torch.randint(0, 4, (5,)), 0))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A validation loss reads the memory and never writes it; bad state and bad arguments are one line (issue 32)
+
+
+def _filled(N=2, M=1, steps=5, seed=0):
+    torch.manual_seed(seed)
+    mv = MemVir(NormSoftmax(4, 8), num_steps=N, step_gap=M)
+    for _ in range(steps):
+        mv(torch.randn(5, 8), torch.randint(0, 4, (5,)), 0)
+    return mv
+
+
+@pytest.mark.parametrize("how", ["no_grad", "eval", "inference_mode"])
+def test_a_validation_loss_reads_the_memory_and_never_writes_it(how):
+    mv = _filled()
+    twin = copy.deepcopy(mv)  # in training mode, gradients on: the oracle of what the step reads and writes
+    before = {k: v.clone() for k, v in mv.state_dict().items()}
+    emb, labels = torch.randn(5, 8), torch.randint(0, 4, (5,))
+    if how == "eval":
+        mv.eval()
+        value = mv(emb, labels, 0)
+    else:
+        with getattr(torch, how)():
+            value = mv(emb, labels, 0)
+    expected = twin(emb, labels, 0)
+    assert torch.equal(value.detach(), expected.detach()) and mv.num_taken == twin.num_taken == 2
+    # Nothing pushed. (The fast path's cache may fill: it holds values of the memory that a training step would
+    # compute alike, so it is not part of what a read may not change.)
+    assert all(torch.equal(before[k], getattr(mv, k)) for k in MemVir.STORED)
+    assert int(twin.num_pushed) == int(before["num_pushed"]) + 1  # a training step does push
+    mv.train()
+    mv(emb, labels, 0)
+    assert int(mv.num_pushed) == int(before["num_pushed"]) + 1  # back in training, it pushes again
+
+
+def test_xbm_under_no_grad_leaves_its_queue_where_it_was():
+    from memvir.pml import Contrastive
+
+    loss = Contrastive(4, 8, memory_size=20)
+    for _ in range(2):
+        loss(F.normalize(torch.randn(5, 8), dim=1), torch.randint(0, 4, (5,)), epoch=0)
+    queue, rows = int(loss.xbm.queue_idx), loss.xbm.embedding_memory.clone()
+    with torch.no_grad():
+        assert torch.isfinite(loss(F.normalize(torch.randn(5, 8), dim=1), torch.randint(0, 4, (5,)), epoch=0))
+    assert int(loss.xbm.queue_idx) == queue == 10 and torch.equal(loss.xbm.embedding_memory, rows)
+
+
+@pytest.mark.parametrize("edit,says", [
+    (lambda sd: sd["num_pushed"].fill_(-5), "num_pushed is -5"),
+    (lambda sd: sd["mem_labels"][0, 0].fill_(99), "stored labels from 0 to 99"),
+    (lambda sd: sd["mem_labels"][1, 2].fill_(-1), "stored labels from -1"),
+    (lambda sd: sd["mem_sizes"][0].fill_(6), "mem_sizes [6, 5, 5, 5]"),
+    (lambda sd: sd["mem_emb"][2, 1, 3].fill_(float("nan")), "not finite"),
+    (lambda sd: sd["mem_proxies"][0, 0, 0].fill_(float("inf")), "not finite"),
+    (lambda sd: sd.update(num_pushed=torch.tensor(2.5)), "num_pushed is 2.5"),
+])
+def test_a_state_dict_no_push_could_have_written_is_refused_and_nothing_changes(edit, says):
+    saved = _filled().state_dict()
+    edit(saved)
+    mv = _filled(seed=1)
+    before = {k: v.clone() for k, v in mv.state_dict().items()}
+    with pytest.raises(ValueError, match=r"^MemVir load_state_dict: .*" + re.escape(says)):
+        mv.load_state_dict(saved)
+    assert all(torch.equal(before[k], v) for k, v in mv.state_dict().items())
+
+
+@pytest.mark.parametrize("kwargs,says", [
+    ({"num_steps": 10**9}, "N(M+1) = 2,000,000,000 steps"), ({"step_gap": 10**12}, "steps, whose proxy snapshots"),
+    ({"num_steps": float("nan")}, "num_steps: expected an integer >= 0, got nan"),
+    ({"step_gap": float("inf")}, "step_gap: expected an integer >= 0, got inf"),
+    ({"warmup_epochs": "3"}, "warmup_epochs: expected an integer >= 0, got '3'"),
+    ({"num_steps": torch.tensor(2)}, "num_steps: expected an integer >= 0, got tensor(2)"),
+])
+def test_memory_sizes_that_cannot_be_are_one_line(kwargs, says):
+    with pytest.raises(ValueError, match=re.escape(says)):
+        MemVir(NormSoftmax(4, 8), **{"num_steps": 2, "step_gap": 1, **kwargs})
+
+
+@pytest.mark.parametrize("epoch", [float("nan"), float("inf"), 1.5, -1, torch.tensor(1), torch.tensor([1, 2]), "1",
+                                   None, True])
+def test_an_epoch_that_is_not_a_whole_number_is_one_line(epoch):
+    mv = _filled()
+    with pytest.raises(ValueError, match=r"^MemVir epoch: expected an integer >= 0, got "):
+        mv(torch.randn(5, 8), torch.randint(0, 4, (5,)), epoch)

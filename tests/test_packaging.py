@@ -43,7 +43,7 @@ def test_wheel_metadata_states_ranges_and_extras(dist):
     assert meta["Description-Content-Type"] == "text/markdown" and "MemVir" in meta.get_payload()
     core = [r for r in meta.get_all("Requires-Dist") if "extra ==" not in r]
     assert sorted(core) == ["numpy>=1.24", "torch>=2.13"], core
-    assert set(meta.get_all("Provides-Extra")) == {"train", "book", "dev", "gpu"}
+    assert set(meta.get_all("Provides-Extra")) == {"train", "vision", "book", "dev", "gpu"}
     assert not [r for r in meta.get_all("Requires-Dist") if "==" in r.split(";")[0]]  # ranges, never pins
     # What the library and the report need at run time: every module, the paper's numbers (package data).
     for member in ("memvir/memory.py", "memvir/report/build.py", "memvir/paper_results/cars196_5runs.csv"):
@@ -119,3 +119,51 @@ def test_readme_library_blocks_run_on_the_oldest_torch(oldest_torch_venv, block,
     where = subprocess.run([str(oldest_torch_venv), "-c", "import memvir; print(memvir.__file__)"],
                            capture_output=True, text=True, cwd=tmp_path).stdout
     assert "site-packages" in where, where
+
+
+# ---- `pip install 'memvir[train]'` beside a user's torch: it stays, and the glyph benchmark trains (issue 32) -----
+
+
+def test_installing_train_keeps_the_users_torch(oldest_torch_venv, dist, tmp_path):
+    """pip's own resolution (--dry-run --report) beside torch 2.13.0: nothing of torch's is installed or replaced.
+    (An unbounded torchvision in [train] made pip take the newest, which pins its own torch: 6 GB of CUDA wheels.)"""
+    report = tmp_path / "report.json"
+    done = subprocess.run([str(oldest_torch_venv), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                           "--dry-run", "--report", str(report), f"memvir[train] @ {dist[0].as_uri()}"],
+                          capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stderr[-2000:]
+    names = {i["metadata"]["name"].lower() for i in json.loads(report.read_text())["install"]}
+    assert {"faiss-cpu", "matplotlib", "scipy"} <= names | _installed(oldest_torch_venv), names  # it resolved [train]
+    moved = sorted(n for n in names if n in ("torch", "torchvision", "triton") or n.startswith("nvidia-"))
+    assert not moved, moved
+
+
+def _installed(python):
+    done = subprocess.run([str(python), "-m", "pip", "list", "--format", "json", "--disable-pip-version-check"],
+                          capture_output=True, text=True, timeout=300)
+    return {p["name"].lower() for p in json.loads(done.stdout)}
+
+
+@pytest.fixture(scope="module")
+def train_venv(oldest_torch_venv, dist):
+    """The oldest-torch environment with the `train` extra installed (after the core-only tests above)."""
+    done = subprocess.run([str(oldest_torch_venv), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                           f"memvir[train] @ {dist[0].as_uri()}"], capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return oldest_torch_venv
+
+
+def test_the_glyph_benchmark_trains_beside_the_users_torch(train_venv, tmp_path):
+    run = tmp_path / "run"
+    done = subprocess.run([str(train_venv), "-m", "memvir", "train", "--data_name", "glyphs", "--num_classes", "20",
+                           "--instances_per_class", "10", "--input_size", "16", "--batch_size", "32", "--dim", "16",
+                           "--epochs", "1", "--no_progress", "--data", str(tmp_path / "glyphs"), "--save_path",
+                           str(run)], capture_output=True, text=True, timeout=900, cwd=tmp_path,
+                          env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((run / "metrics.json").read_text())["finished"] is True
+    version = subprocess.run([str(train_venv), "-c", "import torch, importlib.util as u; "
+                              "print(torch.__version__, u.find_spec('torchvision') is None)"],
+                             capture_output=True, text=True, timeout=300).stdout.split()
+    assert version == [OLDEST_TORCH + "+cpu", "True"] or version == [OLDEST_TORCH, "True"], version
+

@@ -490,3 +490,111 @@ def test_a_row_may_run_its_own_seeds(tmp_path):
             "  - label: MemVir + A\n", f"  - label: MemVir + A\n    seeds: {bad}\n"))
         with pytest.raises(ValueError, match=r"rows\[1\]\.seeds must be a non-empty list of distinct integers"):
             load_profile(path)
+
+
+# ---- a profile is data: what it says never runs, never chooses a path outside the run folders (issue 32) -------
+
+def _payload(marker):
+    """Python that creates `marker` when it reaches a notebook cell unescaped (papermill writes `"{str(value)}"`
+    for a type it does not know, such as bytes: the quote ends the string)."""
+    return f'";open({json.dumps(str(marker))}, "w");"'  # double quotes only: repr(bytes) keeps them as they are
+
+
+def _one_error_line(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "Traceback" not in err[0], err
+    return err[0]
+
+
+@pytest.mark.parametrize("value,says", [
+    ("!!binary {b64}", "!!binary"),  # bytes: papermill's last-resort translation writes str(bytes) unescaped
+    ("!!set {{{quoted}: null}}", "!!set"),
+    ("!!omap [{{a: {quoted}}}]", "!!omap"),
+    ("!!pairs [{{a: {quoted}}}]", "!!pairs"),
+    ("!!timestamp 2021-10-11", "!!timestamp"),
+    ("2021-10-11", "!!timestamp"),  # implicit: a date reaches the notebook as datetime.date
+    ("!mine {quoted}", "!mine"),
+])
+def test_a_profile_value_that_is_not_plain_data_never_reaches_the_notebook(tmp_path, capsys, value, says):
+    import base64
+
+    marker = tmp_path / "MARKER"
+    payload = _payload(marker)
+    text = TINY.replace("dim: 16, workers: 0}", "dim: 16, workers: 0,\n         k_list: "
+                        + value.format(b64=base64.b64encode(payload.encode()).decode(),
+                                       quoted=json.dumps(payload)) + "}")
+    path = make_repo(tmp_path, text)
+    line = text.splitlines().index(next(l for l in text.splitlines() if "k_list" in l)) + 1
+    runs_root = tmp_path / "runs"
+    assert pipeline.main(["--profile", str(path), "--runs-root", str(runs_root), "--run",
+                          "glyphs_normsoftmax_memvir1_N2_M1_U1_e3_seed0"]) == 1
+    err = _one_error_line(capsys)
+    assert f"t.yml:{line}: common.k_list is a {says} value" in err and "expected a plain" in err
+    assert not marker.exists() and not runs_root.exists()
+
+
+@pytest.mark.parametrize("edit,lines", [
+    (lambda s: s.replace("seeds: [0]\n", "seeds: [0]\nseeds: [1]\n"), "(lines 4 and 5)"),
+    (lambda s: s.replace("epochs: 3,", "epochs: 1, epochs: 3,"), "(lines 6 and 6)"),
+    (lambda s: s + "rows:\n  - label: B\n    params: {loss: Proxy_NCA}\n", "(lines 7 and 10)"),
+])
+def test_a_key_given_twice_is_refused_with_its_lines(tmp_path, capsys, edit, lines):
+    text = edit(TINY)
+    path = make_repo(tmp_path, text)
+    assert pipeline.main(["--profile", str(path), "--list-runs"]) == 1
+    err = _one_error_line(capsys)
+    assert "is given twice " + lines in err and "t.yml" in err
+
+
+@pytest.mark.parametrize("seeds", ["[true]", "[0, false]", "[1.0]"])
+def test_seeds_are_integers_not_booleans(tmp_path, seeds):
+    path = make_repo(tmp_path, TINY.replace("seeds: [0]", f"seeds: {seeds}"))
+    with pytest.raises(ValueError, match=r"seeds must be a non-empty list of integers"):
+        load_profile(path)
+
+
+@pytest.mark.parametrize("key,value", [
+    ("loss", "Norm_SoftMax/../../../ESC"), ("loss", "/ESC"), ("epochs", '"1/../../../ESC"'),
+    ("data_name", "glyphs/../../../ESC"), ("mem_num_step", '"2/../../../../ESC"'), ("warm_epoch", '"1/../../ESC"'),
+    ("loss", '"Norm SoftMax"'),
+])
+@pytest.mark.parametrize("action", [["--run", "x"], ["--list-runs"], ["--print-commands"], ["--warm-data"]])
+def test_a_run_name_made_from_values_is_checked_before_anything_is_written(tmp_path, capsys, key, value, action):
+    text = re.sub(rf"\b{key}: [^,}}\n]+", f"{key}: {value}", TINY, count=1)  # in common or in the row
+    assert text != TINY
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    path = make_repo(repo, text)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    assert pipeline.main(["--profile", str(path), "--runs-root", str(repo / "runs"), *action]) == 1
+    err = _one_error_line(capsys)
+    assert f"t.yml: parameter {key}=" in err and "run folder's name" in err
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing anywhere
+
+
+@pytest.mark.parametrize("notebook", ["../outside.ipynb", "ABSOLUTE", "notebooks/05_training.py"])
+def test_a_profile_runs_only_a_notebook_of_its_repository(tmp_path, notebook):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (tmp_path / "outside.ipynb").write_text((ROOT / "notebooks" / "05_training.ipynb").read_text())
+    notebook = str(tmp_path / "outside.ipynb") if notebook == "ABSOLUTE" else notebook
+    path = make_repo(repo, TINY.replace("notebook: notebooks/05_training.ipynb", f"notebook: {notebook}"))
+    with pytest.raises(ValueError, match=r"t\.yml: notebook .*(outside the profile's repository|\.ipynb file)"):
+        load_profile(path)
+
+
+@pytest.mark.parametrize("action", ["--list-runs", "--print-commands"])
+def test_a_listing_whose_reader_is_gone_ends_quietly(tmp_path, action):
+    """`... --list-runs | head -3`: the reader closes the pipe; the listing ends without a word (issue 32, 13)."""
+    import subprocess
+    import sys
+
+    seeds = ", ".join(map(str, range(3000)))  # ~6,000 lines: more than a pipe's buffer holds
+    path = make_repo(tmp_path, TINY.replace("seeds: [0]", f"seeds: [{seeds}]"))
+    proc = subprocess.Popen([sys.executable, "-m", "memvir", "pipeline", "--profile", str(path), action],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
+    first = proc.stdout.readline()
+    proc.stdout.close()  # what `head -1` does once it has its line
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=120)
+    assert first and err == "" and proc.returncode == 141  # 128 + SIGPIPE: what a shell shows for a Unix tool

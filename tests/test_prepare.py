@@ -604,3 +604,49 @@ def test_an_annotation_file_the_size_of_a_bomb_is_refused(tmp_path, capsys, monk
     assert run("inshop", "--src", src, "--out", tmp_path / "out", "--force") == 1
     assert capsys.readouterr().err == (f"error: {src / 'Eval.zip'}: Eval/list_eval_partition.txt: more than 1 MB; "
                                        f"expected an annotation file (the four benchmarks' are a few MB)\n")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Annotation content that becomes a path (a class name, an item id) stays inside --out (issue 32, finding 1):
+# member *names* are filtered when an archive is read, but this is annotation *text*.
+
+def _inshop_item(src, marker):
+    """In-Shop's item id_00000003 renamed in list_eval_partition.txt to `marker` (a path leaving --out)."""
+    path = src / "Eval" / "list_eval_partition.txt"
+    path.write_text(path.read_text().replace("   id_00000003   ", f"   {marker}   "))
+    return "list_eval_partition.txt", "line 6"  # the item's first line: the count, the header, three train lines
+
+
+def _cub_class(src, marker):
+    """CUB's class 101 named `marker` in classes.txt (its '/' become '_', as the official names have none)."""
+    path = src / "CUB_200_2011" / "classes.txt"
+    path.write_text(path.read_text().replace("101 101.Bird_101", f"101 {marker}"))
+    return "classes.txt", "line 4"
+
+
+ARCHIVE = {"inshop": lambda src: None,  # its annotation sits outside img.zip: the archive is made by make_inshop
+           "cub200": lambda src: tar_and_remove(str(src), "CUB_200_2011", "CUB_200_2011.tgz")}
+
+
+@pytest.mark.parametrize("name,breaker,payload", [
+    ("inshop", _inshop_item, "../../../../ESCAPED"),  # relative to OUT/.memvir-staging/test/query
+    ("inshop", _inshop_item, "ABSOLUTE"),  # replaced by an absolute path under tmp_path below
+    ("inshop", _inshop_item, ".."),
+    ("cub200", _cub_class, ".."),  # OUT/.memvir-staging/test/..: the images would land beside the splits
+    ("cub200", _cub_class, "."),
+])
+@pytest.mark.parametrize("mode,archive", [("symlink", False), ("copy", False), ("symlink", True), ("copy", True)])
+def test_annotation_text_never_becomes_a_path_outside_out(tmp_path, capsys, name, breaker, payload, mode, archive):
+    src, out = tmp_path / "work" / "src", tmp_path / "work" / "out"
+    MAKERS[name](str(src), archive=archive and name == "inshop")
+    escaped = tmp_path / "ESCAPED"  # where "../../../../ESCAPED" from OUT/.memvir-staging/test/query lands
+    payload = str(escaped) if payload == "ABSOLUTE" else payload
+    file, line = breaker(src, payload)
+    if archive:
+        ARCHIVE[name](src)
+    before = snapshot(tmp_path)
+    assert run(name, "--src", src, "--out", out, "--mode", mode, "--force") == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and file in err[0] and line in err[0] and repr(payload) in err[0] and "expected" in err[0]
+    assert not escaped.exists() and not out.exists()
+    assert snapshot(tmp_path) == before  # nothing written anywhere, nothing of --src touched

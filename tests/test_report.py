@@ -323,3 +323,76 @@ def test_promote_writes_the_reference_and_reproduce_never_does(finished_profile)
     assert report.main(["--profile", str(finished_profile.path), "--promote"]) == 0
     assert (finished_profile.reference_dir / "runs.csv").read_bytes() == \
         (finished_profile.report_dir / "runs.csv").read_bytes()
+
+
+# ---- the report reads each run as the run its profile describes, and says what it leaves out or mixes ----------
+
+
+def _profile_with_flags(tmp_path):
+    """GOOD with flags the profile sets for every row (as configs/cpu.yml sets modellr and dim), runs finished."""
+    text = runfolders.GOOD.replace("common: {data_name: glyphs, epochs: 2}",
+                                   "common: {data_name: glyphs, epochs: 2, modellr: 0.001, dim: 16}")
+    from memvir.profile import load_profile
+
+    prof = load_profile(runfolders.make_repo(tmp_path, text))
+    for run in prof.runs:
+        runfolders.fake_run(run.folder, run.seed, runfolders.values_for(run.row, run.seed),
+                            memvir=run.row == "MemVir + A", params=run.params)
+    return prof
+
+
+def test_a_run_made_with_other_flags_is_not_reported_as_the_profiles(tmp_path, capsys):
+    prof = _profile_with_flags(tmp_path)
+    run = prof.runs[3]
+    config = json.loads((run.folder / "config.json").read_text())
+    (run.folder / "config.json").write_text(json.dumps({**config, "modellr": 0.1, "dim": 8}))
+    for partial in ([], ["--partial"]):
+        assert report.main(["--profile", str(prof.path), *partial]) == 1
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 1 and err[0].startswith(f"error: {run.folder} holds a run made with other flags (")
+        assert "--modellr: 0.1 there, 0.001 now" in err[0] and "--dim: 8 there, 16 now" in err[0]
+    assert not prof.report_dir.exists()
+
+
+@pytest.mark.parametrize("name,link", [("metrics.json", "symlink"), ("metrics.json", "hardlink"),
+                                       ("config.json", "symlink")])
+def test_a_metrics_json_that_is_another_seeds_is_refused(finished_profile, capsys, name, link):
+    import os
+
+    this, other = finished_profile.runs[1].folder, finished_profile.runs[0].folder  # row A, seeds 1 and 0
+    (this / name).unlink()
+    os.symlink(other / name, this / name) if link == "symlink" else os.link(other / name, this / name)
+    if name == "config.json":  # the seed check would say it first; this is about the file, not its content
+        config = json.loads((other / name).read_text())
+        (other / name).unlink()
+        (other / name).write_text(json.dumps({k: v for k, v in config.items() if k != "seed"}))
+    assert report.main(["--profile", str(finished_profile.path)]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {this / name}: is a link to ") and "own file" in err[0]
+
+
+def test_runs_on_two_kinds_of_kernels_are_said_in_one_line(finished_profile):
+    for i, run in enumerate(finished_profile.runs):
+        config = json.loads((run.folder / "config.json").read_text())
+        config["kernels"] = {"mode": "portable" if i % 2 else "native", "cpu_capability": "AVX2", "machine": "x"}
+        (run.folder / "config.json").write_text(json.dumps(config))
+    lines = []
+    report.build_report(finished_profile, log=lines.append)
+    said = [l for l in lines if "kernels" in l]
+    assert len(said) == 1 and "the runs mix CPU kernels (native: 2, portable: 2)" in said[0]
+
+
+def test_a_partial_table_compares_a_row_with_its_baseline_over_the_seeds_both_have(finished_profile):
+    a1 = next(r for r in finished_profile.runs if (r.row, r.seed) == ("A", 1))
+    _set_value(a1, "recall@1", [0.1, 0.2])  # A: 60 at seed 0, 20 at seed 1
+    m1 = next(r for r in finished_profile.runs if (r.row, r.seed) == ("MemVir + A", 1))
+    metrics = json.loads((m1.folder / "metrics.json").read_text())
+    (m1.folder / "metrics.json").write_text(json.dumps({**metrics, "finished": False}))  # MemVir: seed 0 only, 62
+    lines = []
+    out = report.build_report(finished_profile, partial=True, log=lines.append)
+    table = pd.read_csv(out / "table_recall_at_1.csv").set_index("Loss")
+    assert float(table.loc["MemVir + A", "Diff."]) == pytest.approx(62 - 60)  # not 62 - (60 + 20) / 2
+    assert table.loc["A", "Mean"] == pytest.approx(40)  # the baseline's own mean is over all its seeds
+    assert f"report: warning: left out 1 unfinished run(s) (--partial): {m1.name}" in lines
+    assert ("report: warning: MemVir + A has seeds [0], its baseline A [0, 1]: its Diff. is over the seeds both "
+            "have, [0]") in lines

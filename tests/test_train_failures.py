@@ -426,3 +426,153 @@ def test_imagenet_weights_that_cannot_be_had_are_one_line(tmp_path, capsys, monk
                          f"{tmp_path / 'hub' / 'hub' / 'checkpoints'}), or train from random initialisation with "
                          f"--pretrained none")
     assert not (tmp_path / "run").exists()
+
+
+# ---- starting afresh removes only a run's own files (issue 32, finding 4) --------------------------------------
+
+
+def snapshot(folder):
+    """{relative path: bytes (None for a folder)} of everything under folder."""
+    return {str(p.relative_to(folder)): (None if p.is_dir() else p.read_bytes()) for p in sorted(folder.rglob("*"))}
+
+
+def test_start_afresh_removes_a_real_run_and_keeps_its_notebooks(two_epochs, tmp_path):
+    from memvir.rundir import start_afresh
+
+    run, *_ = copy_run(two_epochs, tmp_path)
+    (run / "05_training.ipynb").write_text("{}")  # papermill's executed notebook beside the run
+    written = sorted(p.name for p in run.rglob("*") if p.is_file())
+    assert {"config.json", "metrics.json", "steps.csv", "epoch_00002.pt"} <= set(written)
+    start_afresh(run)
+    assert sorted(os.listdir(run)) == [".lock", "05_training.ipynb"]
+
+
+@pytest.mark.parametrize("config", ['{"documentclass": "article"}', '["not", "a", "mapping"]', "{not json", None])
+def test_start_afresh_refuses_a_folder_that_is_not_a_run(tmp_path, config):
+    from memvir.rundir import start_afresh
+
+    folder = tmp_path / "thesis"
+    (folder / "src").mkdir(parents=True)
+    (folder / "thesis.tex").write_text("\\documentclass{article}")
+    (folder / "src" / "main.py").write_text("print('mine')")
+    if config is not None:
+        (folder / "config.json").write_text(config)
+    before = snapshot(folder)
+    with pytest.raises(ValueError, match=r"which is not a memvir run's; starting afresh removes only"):
+        start_afresh(folder)
+    assert snapshot(folder) == before
+
+
+def test_a_run_folder_with_a_user_file_in_it_is_refused_whole(two_epochs, tmp_path):
+    from memvir.rundir import start_afresh
+
+    run, *_ = copy_run(two_epochs, tmp_path)
+    (run / "notes.txt").write_text("mine")
+    (run / "checkpoints" / "my_model.pt").write_bytes(b"mine")
+    before = snapshot(run)
+    with pytest.raises(ValueError, match=r"checkpoints/my_model\.pt, notes\.txt"):
+        start_afresh(run)
+    assert snapshot(run) == before
+
+
+def test_the_training_notebook_with_resume_false_never_deletes_a_users_folder(tmp_path):
+    """The issue's case: papermill -p save_path <folder> -p resume False on a folder with a config.json."""
+    import papermill
+
+    root = Path(__file__).resolve().parents[1]
+    folder = tmp_path / "thesis"
+    (folder / "src").mkdir(parents=True)
+    (folder / "thesis.tex").write_text("\\documentclass{article}")
+    (folder / "src" / "main.py").write_text("print('mine')")
+    (folder / "config.json").write_text('{"documentclass": "article"}')
+    before = snapshot(folder)
+    with pytest.raises(papermill.PapermillExecutionError, match="not a memvir run's"):
+        papermill.execute_notebook(str(root / "notebooks" / "05_training.ipynb"), str(tmp_path / "out.ipynb"),
+                                   parameters={"save_path": str(folder), "resume": False}, kernel_name="python3",
+                                   cwd=str(root / "notebooks"), progress_bar=False)
+    assert snapshot(folder) == before
+
+
+def test_a_foreign_config_json_is_one_line_not_a_list_of_differences(tmp_path, capsys):
+    (tmp_path / "config.json").write_text('{"name": "my project", "version": 3}')
+    code, err = run_cli(["--data_name", "glyphs", "--epochs", "1", "--save_path", str(tmp_path)], capsys)
+    assert code == 2 and err.strip() == (f"error: {tmp_path / 'config.json'}: not a memvir run's config (expected a "
+                                         f"mapping with data_name, loss, epochs, seed, as memvir.train writes); this "
+                                         f"folder is not a run folder: use another --save_path")
+
+
+# ---- messages that name what to change (issue 32, finding 10) ---------------------------------------------------
+
+
+def test_a_last_batch_of_one_image_with_batchnorm_is_one_line(tmp_path, capsys):
+    make_folder(tmp_path / "data", 2)  # 6 training images; batches of 5 leave one
+    code, err = run_cli([*FOLDER, "--data", str(tmp_path / "data"), "--batch_size", "5", "--epochs", "1",
+                         "--save_path", str(tmp_path / "run")], capsys)
+    lines = [ln for ln in err.strip().splitlines() if not ln.startswith("warning:")]
+    assert code == 2 and len(lines) == 1, err
+    assert lines[0].startswith("error: a training batch holds a single image (6 training images, --batch_size=5")
+    assert "--freeze_BN 1" in lines[0] and "Expected more than 1 value" not in err
+
+
+def test_divergence_names_the_scale_too_and_no_checkpoint_that_is_not_there(tmp_path, capsys):
+    code, err = run_cli(["--epochs", "2", "--centerlr", "1e30", "--save_path", str(tmp_path / "run")], capsys)
+    lines = [ln for ln in err.strip().splitlines() if not ln.startswith("warning:")]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: training diverged at step 0"), err
+    assert "No checkpoint was written yet" in lines[0] and "checkpoints" not in lines[0]
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    assert "--centerlr (now 1e+30)" in lines[0] and "--scale (now 23)" in lines[0]
+
+
+@pytest.mark.parametrize("flags,says", [(["--scale", "1e39"], "error: --scale=1e+39: expected a number > 0 and at "
+                                                              "most 1e+06 (the logit scale"),
+                                        (["--scale", "2e6"], "error: --scale=2000000.0: expected a number > 0")])
+def test_a_scale_whose_logits_overflow_is_refused_before_training(tmp_path, capsys, flags, says):
+    code, err = run_cli(["--epochs", "1", "--save_path", str(tmp_path / "run"), *flags], capsys)
+    assert code == 2 and err.strip().startswith(says), err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("flags,names", [(["-C", str(10**12)], "-C=1000000000000 proxies x --dim=16"),
+                                         (["--dim", str(2 * 10**11)], "--dim=200000000000")])
+def test_out_of_memory_names_the_flag_that_sizes_it(tmp_path, capsys, flags, names):
+    code, err = run_cli(["--epochs", "1", "--save_path", str(tmp_path / "run"), *flags], capsys)
+    lines = [ln for ln in err.strip().splitlines() if not ln.startswith("warning:")]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: out of memory on cpu"), err
+    assert names in lines[0] and "--dim, -C" in lines[0]
+
+
+def test_class_names_that_are_not_utf8_train_under_the_c_locale(tmp_path):
+    root = os.fsencode(tmp_path / "data")
+    rng = np.random.default_rng(0)
+    for split in (b"train", b"test"):
+        for cls in (b"caf\xe9" + split[:2], b"b" + split[:2]):  # Latin-1 bytes: not UTF-8
+            os.makedirs(os.path.join(root, split, cls))
+            for k in range(3):
+                Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(
+                    os.fsdecode(os.path.join(root, split, cls, b"%d.jpg" % k)))
+    env = {**os.environ, "LANG": "C", "LC_ALL": "C", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "memvir", "train", *FOLDER, "--data", str(tmp_path / "data"),
+                           "--epochs", "1", "--save_path", str(tmp_path / "run")], capture_output=True, text=True,
+                          env=env, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["finished"] is True
+
+
+@pytest.mark.parametrize("edit,says", [
+    (lambda m: m["last"].update({"recall@1": float("nan")}), "'last': 'recall@1' is the number nan; expected a "
+                                                            "finite number or null"),
+    (lambda m: m["evaluations"][0].update({"map_at_r": float("inf")}), "'evaluations'[0]: 'map_at_r' is the number "
+                                                                      "inf"),
+    (lambda m: m["best"]["recall@1"].update({"value": float("nan")}), "and 'value' the number nan; expected a "
+                                                                     "mapping with an integer 'epoch' and a finite"),
+])
+def test_nan_in_a_metrics_json_names_the_file(two_epochs, tmp_path, edit, says):
+    from memvir.rundir import read_metrics
+
+    run, *_ = copy_run(two_epochs, tmp_path)
+    metrics = json.loads((run / "metrics.json").read_text())
+    edit(metrics)
+    (run / "metrics.json").write_text(json.dumps(metrics))  # json writes NaN and Infinity, and reads them back
+    with pytest.raises(ValueError) as err:
+        read_metrics(run)
+    assert str(err.value).startswith(f"{run / 'metrics.json'}: ") and says in str(err.value)

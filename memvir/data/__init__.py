@@ -151,11 +151,28 @@ def build_datasets(data_name, data=None, backbone="bninception", input_size=224,
     else:
         test = _folder(os.path.join(data, "test"), test_transform(backbone, input_size))
         splits = Splits(train=train, test=test, num_classes=len(train.classes))
+    _check_disjoint(data, {"train": train.paths, **({"query": splits.query.paths, "gallery": splits.gallery.paths}
+                                                  if name == "inshop" else {"test": test.paths})})
     want = PAPER_NUM_CLASSES.get(name)
     if want is not None and splits.num_classes != want:
         warnings.warn(f"{data}/train has {splits.num_classes} classes; the paper's {name} has {want} "
                       f"(fine for a miniature; otherwise check the --src given to `memvir prepare`)", stacklevel=2)
     return splits
+
+
+def _check_disjoint(data, paths):
+    """Refuse a file that two splits share (a link, a hard link); warn of byte-identical copies (data/overlap.py)."""
+    from .overlap import SharedFiles, shared_files
+
+    shared = shared_files(paths)
+    if shared.same_file:
+        what = SharedFiles.describe(shared.same_file, "are the same file (a link or hard link)", data)
+        raise ValueError(f"{data}: {what}; expected disjoint splits: the test classes must be unseen in training "
+                         f"(remove the links, or re-run `python -m memvir prepare`)")
+    if shared.same_bytes:
+        what = SharedFiles.describe(shared.same_bytes, "hold the same bytes", data)
+        warnings.warn(f"{data}: {what}: copies across the splits (a benchmark may hold a few of its own; many mean "
+                      f"the splits leak)", stacklevel=3)
 
 
 def check_evaluation_images(splits, workers=1):

@@ -28,13 +28,47 @@ class ImageLoadError(ValueError):
     """An image file that PIL cannot read; the message names the file."""
 
 
+# 16-bit grey pixels (PNG, TIFF, SGI; PIL names the byte order): 0..65535. PIL's convert("RGB") clips them at 255,
+# so an ordinary 16-bit image came out 99.6% white; they are scaled here instead. PIL opens 16-bit PGM/PPM and
+# (older PIL) PNG grey as mode "I" with the same range; "I" from other formats (TIFF) and "F" are 32-bit integer
+# and float pixels with no range to scale by, and are refused. Every other mode PIL opens (1, L, LA, P, PA, RGB,
+# RGBA, RGBX, CMYK, YCbCr, LAB, HSV, 16-bit RGB, which PIL reads as 8-bit RGB) converts correctly with convert().
+SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
+SIXTEEN_BIT_I = ("PNG", "PPM")  # formats whose mode "I" holds 0..65535
+
+
+def _mode_problem(image):
+    """Why an opened image's mode cannot be made 8-bit RGB faithfully, or None."""
+    if image.mode in ("I", "F") and not (image.mode == "I" and image.format in SIXTEEN_BIT_I):
+        kind = "32-bit integer" if image.mode == "I" else "32-bit float"
+        return (f"mode {image.mode} ({kind} pixels of {image.format or 'unknown'} format) has no fixed range to "
+                f"scale to 0..255; expected an 8- or 16-bit image (convert it, e.g. to a 16-bit PNG)")
+    return None
+
+
+def to_rgb(image, path):
+    """Return an opened PIL image as 8-bit RGB, 16-bit grey scaled (v / 257, rounded); ImageLoadError if it cannot."""
+    from PIL import Image
+
+    problem = _mode_problem(image)
+    if problem:
+        raise ImageLoadError(f"cannot read image {path}: {problem}")
+    if image.mode in SIXTEEN_BIT or image.mode == "I":
+        grey = np.rint(np.asarray(image, dtype=np.float64) / 257.0).astype(np.uint8)  # (H, W): 65535 -> 255
+        return Image.fromarray(grey, "L").convert("RGB")
+    return image.convert("RGB")  # convert() loads the pixels, so the file can be closed afterwards
+
+
 def load_rgb(path):
-    """Read an image file as an RGB PIL image (grayscale and CMYK files are converted), or raise ImageLoadError."""
+    """Read an image file as an RGB PIL image (grey, 16-bit, palette, CMYK files are converted), or raise
+    ImageLoadError naming the file."""
     from PIL import Image
 
     try:
         with Image.open(path) as im:
-            return im.convert("RGB")  # convert() loads the pixels, so the file can be closed here
+            return to_rgb(im, path)
+    except ImageLoadError:
+        raise
     except Exception as exc:  # OSError, SyntaxError, DecompressionBombError, ...: all mean "unreadable"
         raise ImageLoadError(f"cannot read image {path}: {type(exc).__name__}: {exc} (expected a readable "
                              f"image file; `python -m memvir prepare` verifies each one)") from exc
@@ -184,6 +218,8 @@ def check_image(source):
         if size == 0:
             return "empty file (0 bytes)"
         with Image.open(source) as im:
+            if (problem := _mode_problem(im)) is not None:  # what training would refuse, found here first
+                return problem
             im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
             im.load()
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...

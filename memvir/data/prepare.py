@@ -52,7 +52,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from ..files import atomic_json, os_error_line  # the project's atomic writer (standard library only: cheap)
+from ..files import SIGPIPE_STATUS, atomic_json, os_error_line, reader_gone  # standard library only: cheap
 from . import canonical_data_name  # the one table of data-set names and aliases
 from .folder import IMAGE_SUFFIXES, check_images  # folder.py imports numpy only, no torch
 
@@ -248,6 +248,7 @@ class Entry:
     path: str    # image path as written in the annotation file
     key: str = ""
     name: str = ""
+    where: str = ""  # the annotation line it comes from ("<file>, line 12"), for messages
 
 
 @dataclass
@@ -300,9 +301,9 @@ def _fields(index, key, i, line, n, expect, ints=()):
 CARS_TXT_FORMAT = "'<image path>,<class 1..196>' lines, e.g. 'car_ims/000001.jpg,1'"
 
 
-def _cars_entry(cls, path):
+def _cars_entry(cls, path, where):
     """Classes 1-98 train, 99-196 test; the folder is the bare class number, as the official prepare_cars.py."""
-    return Entry("train" if cls <= 98 else "test", str(cls), path)
+    return Entry("train" if cls <= 98 else "test", str(cls), path, where=where)
 
 
 def _read_cars_mat(index, key):
@@ -324,11 +325,11 @@ def _read_cars_mat(index, key):
         if f not in anns[0]:
             raise PrepareError(f"{where}: 'annotations' has no field {f!r} (has {sorted(anns[0])})")
     entries = []
-    for a in anns:
+    for i, a in enumerate(anns):
         cls = int(np.asarray(a["class"]).item())
         if not 1 <= cls <= 196:
             raise PrepareError(f"{where}: image {a['relative_im_path']} has class {cls}; expected 1..196")
-        entries.append(_cars_entry(cls, str(a["relative_im_path"])))
+        entries.append(_cars_entry(cls, str(a["relative_im_path"]), f"{where}, annotations[{i}]"))
     return entries
 
 
@@ -348,7 +349,7 @@ def _read_cars_txt(index, key):
             cls = 0
         if not 1 <= cls <= 196:
             raise PrepareError(f"{where}, line {i}: {line.strip()!r}; expected {CARS_TXT_FORMAT}")
-        entries.append(_cars_entry(cls, parts[0]))
+        entries.append(_cars_entry(cls, parts[0], f"{where}, line {i}"))
     return entries
 
 
@@ -384,17 +385,17 @@ def read_cub200(index):
         keys[name] = folder + name
         if keys[name] not in index.items:
             raise FileNotFoundError(f"no {name} next to {index.items[k_img].describe()} (expected {expect})")
-    paths = {}
+    paths, lines = {}, {}
     for i, line in _lines(index, k_img, "'<image id> <path>'"):
         img_id, path = _fields(index, k_img, i, line, 2, "'<image id> <path>'", ints=(0,))
         if img_id in paths:
             raise PrepareError(f"{index.items[k_img].describe()}, line {i}: image id {img_id} appears twice")
-        paths[img_id] = path
+        paths[img_id], lines[img_id] = path, i
     k_lab, k_cls = keys["image_class_labels.txt"], keys["classes.txt"]
-    names = {}
+    names, name_lines = {}, {}
     for i, line in _lines(index, k_cls, "'<class id> <class name>'"):
         cid, name = _fields(index, k_cls, i, line, 2, "'<class id> <class name>'", ints=(0,))
-        names[cid] = name.replace("/", "_")
+        names[cid], name_lines[cid] = name.replace("/", "_"), i
     labels = {}
     for i, line in _lines(index, k_lab, "'<image id> <class id>'"):
         img_id, cid = _fields(index, k_lab, i, line, 2, "'<image id> <class id>'", ints=(0, 1))
@@ -409,7 +410,10 @@ def read_cub200(index):
     if unlabelled:
         raise PrepareError(f"{index.items[k_lab].describe()}: no class for image id(s) {unlabelled[:5]} "
                            f"({len(unlabelled)} in all); expected one line per image of images.txt")
-    entries = [Entry("train" if labels[i] <= 100 else "test", names[labels[i]], paths[i]) for i in sorted(paths)]
+    # The class folder is named after classes.txt, the image after images.txt: `where` names both lines.
+    entries = [Entry("train" if labels[i] <= 100 else "test", names[labels[i]], paths[i],
+                     where=f"{index.items[k_cls].describe()}, line {name_lines[labels[i]]} and "
+                           f"{index.items[k_img].describe()}, line {lines[i]}") for i in sorted(paths)]
     problems = [f"class {cid} ({names[cid]}) of {index.items[k_cls].describe()} has no images in "
                 f"{index.items[k_lab].describe()}; expected at least one"
                 for cid in sorted(set(names) - set(labels.values()))]
@@ -437,7 +441,7 @@ def read_sop(index):
                                f"expected the header '{SOP_HEADER}'")
         for i, line in lines[1:]:
             _, cid, _, path = _fields(index, key, i, line, 4, f"'{SOP_HEADER}' (four fields)", ints=(0, 1, 2))
-            entries.append(Entry(split, f"{cid:05d}", path))
+            entries.append(Entry(split, f"{cid:05d}", path, where=f"{index.items[key].describe()}, line {i}"))
         sources.append(index.items[key].describe())
         bases = bases or _bases(key, "")
     return Annotations(entries, " and ".join(sources), bases)
@@ -460,7 +464,7 @@ def read_inshop(index):
         path, item, status = _fields(index, key, i, line, 3, expect)
         if status not in INSHOP_STATUS:
             raise PrepareError(f"{where}, line {i}: evaluation_status {status!r}; expected train, query or gallery")
-        entries.append(Entry(INSHOP_STATUS[status], item, path))
+        entries.append(Entry(INSHOP_STATUS[status], item, path, where=f"{where}, line {i}"))
     if int(lines[0][1]) != len(entries):
         raise PrepareError(f"{where}: first line says {int(lines[0][1])} images but {len(entries)} image lines "
                            f"follow; expected the count to match (a truncated download?)")
@@ -489,6 +493,23 @@ def _resolve(index, ann):
     return base, missing
 
 
+def _plain_name(name):
+    """True when `name` is one ordinary folder or file name: joined under a folder, it stays in that folder."""
+    return (isinstance(name, str) and name not in ("", ".", "..") and not any(c in name for c in "/\\\0")
+            and not os.path.isabs(name))
+
+
+def _check_names(entries):
+    """Refuse annotation content that would become a path outside --out (a class named '../x', an absolute item
+    id): the member names of archives are filtered when read, but class names and item ids are annotation text."""
+    for e in entries:
+        for what, value in (("class folder", e.cls), ("file name", e.name)):
+            if not _plain_name(value):
+                raise PrepareError(f"{e.where}: {what} {value!r} is not a plain name (it holds '/', '\\', '..' or "
+                                   f"is empty) and would be written outside --out; expected the official "
+                                   f"annotations (nothing was written)")
+
+
 def _name_files(entries):
     """Name each output file by its basename; where two would clash in one folder, by its whole path."""
     groups = {}
@@ -497,6 +518,7 @@ def _name_files(entries):
     for (_, _, base), group in groups.items():
         for e in group:
             e.name = base if len(group) == 1 else e.path.replace("/", "__")
+    _check_names(entries)
     seen = {}
     for e in entries:
         dest = f"{e.split}/{e.cls}/{e.name}"
@@ -613,6 +635,7 @@ def _extract_raw(out, archive, members, log):
 
 def _build_tree(out, staging, entries, index, mode, log):
     """Link or copy every entry into staging/<split>/<cls>/<name> (links point to where the tree will be)."""
+    _check_names(entries)  # every destination below is staging/<split>/<class>/<name>, inside --out
     for folder in sorted({f"{e.split}/{e.cls}" for e in entries}):
         os.makedirs(os.path.join(staging, *folder.split("/")))
     by_archive = {}
@@ -892,6 +915,9 @@ def main(argv=None):
     except PrepareError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # the reader of stdout is gone (`| head`): a listing ends quietly
+        reader_gone()
+        return SIGPIPE_STATUS
     except OSError as exc:  # permissions, a full disk, a read-only --out: the path and what to do, in one line
         print(f"error: {os_error_line(exc)}", file=sys.stderr)
         return 1

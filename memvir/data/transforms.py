@@ -31,11 +31,12 @@ from torch.utils.data._utils.collate import default_collate_fn_map
 from torchvision import transforms as T
 from torchvision.transforms.v2 import functional as TF
 
+from .decode import DECODE_PATHS, check_decode  # the names of --decode (no torchvision: config reads them)
+
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # RGB order, on 0..1 inputs
 BNINCEPTION_MEAN, BNINCEPTION_STD = (104.0, 117.0, 128.0), (1.0, 1.0, 1.0)  # BGR order, on 0..255 inputs
 RESIZE = 256  # the test-time shorter side before the centre crop, whatever input_size is (official code)
 CROP_SCALE, CROP_RATIO = (0.08, 1.0), (3.0 / 4.0, 4.0 / 3.0)  # RandomResizedCrop's defaults, which the paper uses
-DECODE_PATHS = ("pil", "draft", "gpu")  # --decode: see the module docstring
 DRAFT_FACTORS = (8, 4, 2)  # the scales libjpeg decodes at besides 1 (PIL's JpegImageFile.draft)
 
 
@@ -103,13 +104,6 @@ def train_transform(backbone="bninception", input_size=224, bgr=True, decode="pi
     return T.Compose(head + [T.RandomResizedCrop(input_size), T.RandomHorizontalFlip()] + _tail(backbone))
 
 
-def check_decode(decode):
-    """Return `decode` if it is one of DECODE_PATHS, else raise a ValueError naming the flag."""
-    if decode not in DECODE_PATHS:
-        raise ValueError(f"--decode={decode!r}: expected one of {', '.join(DECODE_PATHS)}")
-    return decode
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # The random parameters, drawn exactly as the official transform draws them
 
@@ -140,6 +134,12 @@ def _open_image(path):
     return open_image(path)
 
 
+def _to_rgb(image, path):
+    from .folder import to_rgb  # the one place that makes every image mode 8-bit RGB (16-bit scaled)
+
+    return to_rgb(image, path)
+
+
 class DraftTrainTransform:
     """decode="draft": the official train transform with the JPEG decoded at 1/s scale when the crop allows it.
 
@@ -163,7 +163,7 @@ class DraftTrainTransform:
                 # draft() picks the largest scale with W // scale >= requested: asking W // s gives exactly s.
                 got = image.draft("RGB", (W // s, H // s))
                 s = W / got[1][2] if got else 1  # got[1] = (0, 0, W / scale, H / scale); None: not a JPEG
-            image = image.convert("RGB")  # decodes (at 1/s scale after a draft)
+            image = _to_rgb(image, path)  # decodes (at 1/s scale after a draft); 16-bit scaled, as load_rgb
         if s == 1:  # exactly the official crop, then resize
             image = image.crop((left, top, left + w, top + h)).resize((S, S), Image.BILINEAR)
         else:  # the same box on the reduced image: original pixel x covers [x / s, (x + 1) / s) there
@@ -205,7 +205,7 @@ class EncodedTrainTransform:
         with _open_image(path) as image:  # reads the header only (and names the file if that fails)
             W, H = image.size
             jpeg = image.format == "JPEG" and image.mode in ("RGB", "L")  # CMYK and PNG: decoded here by PIL
-            pixels = None if jpeg else TF.pil_to_tensor(image.convert("RGB"))  # (3, H, W) uint8
+            pixels = None if jpeg else TF.pil_to_tensor(_to_rgb(image, path))  # (3, H, W) uint8
         box, flip = crop_params(W, H)
         data = None
         if jpeg:

@@ -14,14 +14,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..files import atomic_folder, atomic_write, os_error_line, parse_bool
+from ..files import SIGPIPE_STATUS, atomic_folder, atomic_write, os_error_line, parse_bool, reader_gone
 from ..profile import Profile, load_profile
 from ..rundir import epoch_checkpoints, read_run
 from .embedding import mechanism_comparisons, mechanism_diagnostics, tsne_epochs_figure, tsne_figures
 from .figures import bar_figure, curriculum_figure, curves_figure, forest_figure, learning_curves_figure, save_figure
 from .reference import against_reference
-from .runs import (MACHINE_COLUMNS, MACHINE_FILE, METRICS, SELECTION_MEANING, collect, plateau_budget, selections,
-                   validation_choice)
+from .runs import (MACHINE_COLUMNS, MACHINE_FILE, METRICS, SELECTION_MEANING, collect, mixed, plateau_budget,
+                   selections, validation_choice)
 from .stats import COMPARISON_COLUMNS, HOLM_FAMILY, study_comparisons
 from .tables import (CALIBRATION_RULE, calibration_choice, markdown_table, mechanism_table, paired_from_runs,
                      study_table, table4_comparison, table_from_runs)
@@ -110,6 +110,8 @@ def build_report(profile, out=None, partial=False, log=print):
     with atomic_folder(final, _check_report, "--out: the report's folder") as tmp:
         _write_report(profile, Path(tmp), runs, evaluations, log)
     log(f"report: {len(runs)} of {len(profile.runs)} runs -> {final}")
+    for line in mixed(runs, profile):  # what the tables leave out or mix, one line each
+        log(f"report: warning: {line}")
     return final
 
 
@@ -301,6 +303,9 @@ def main(argv=None):
     except (ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # the reader of stdout is gone (`| head`): a listing ends quietly
+        reader_gone()
+        return SIGPIPE_STATUS
     except OSError as exc:  # ours name the file already; the system's (a full disk, a read-only --out) in one line
         print(f"error: {os_error_line(exc)}", file=sys.stderr)
         return 1

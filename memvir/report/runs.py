@@ -12,11 +12,11 @@ import math
 import numpy as np
 import pandas as pd
 
-from ..profile import Profile, load_profile
+from ..profile import Profile, check_run_folder, load_profile
 from ..rundir import KERNELS_KEY, read_metrics, read_run, run_state
 
 __all__ = ["METRICS", "SELECTIONS", "SELECTION_NAMES", "SELECTION_MEANING", "MACHINE_COLUMNS", "MACHINE_FILE",
-           "collect", "selections", "values_by_row", "baselines_of", "validation_choice", "plateau_budget"]
+           "collect", "mixed", "selections", "values_by_row", "baselines_of", "validation_choice", "plateau_budget"]
 
 
 METRICS = {"recall@1": "Recall@1", "r_precision": "RP", "map_at_r": "MAP@R"}  # key in metrics.json -> column name
@@ -77,7 +77,7 @@ def collect(profile, partial=False):
     """
     profile = load_profile(profile) if not isinstance(profile, Profile) else profile
     baselines = profile.baselines
-    rows, evals = [], []
+    rows, evals, seen = [], [], {}
     for run in profile.runs:
         folder = run.folder
         state = run_state(folder)
@@ -93,6 +93,8 @@ def collect(profile, partial=False):
                 continue
             raise ValueError(f"run {folder} is {state} (metrics.json 'finished' is not true): run `make runs "
                              f"PROFILE={profile.name}` first, or pass --partial to report the finished ones")
+        _check_own_files(folder, seen)
+        check_run_folder(run)  # made with the profile's flags, or refused (as the pipeline refuses to skip it)
         config, metrics, _ = read_run(folder)
         if int(config.get("seed", run.seed)) != run.seed:
             raise ValueError(f"{folder / 'config.json'}: seed {config.get('seed')} but the folder is for seed "
@@ -122,6 +124,45 @@ def collect(profile, partial=False):
     for key in METRICS:
         columns += [f"best_{key}", f"best_{key}_epoch", f"last_{key}", f"val_{key}", f"val_{key}_epoch"]
     return pd.DataFrame(rows, columns=columns + MACHINE_COLUMNS), pd.DataFrame(evals)
+
+
+def _check_own_files(folder, seen):
+    """Refuse a run whose config.json or metrics.json is not its own: a link (to another seed's, say), or the file
+    of a run already read. memvir.train writes both in place (memvir.files.atomic_write), never as links."""
+    import os
+
+    for name in ("config.json", "metrics.json"):
+        path = folder / name
+        st = os.stat(path)  # through a link: the file that would be read
+        key = (st.st_dev, st.st_ino)  # a hard link is the same file as well
+        if os.path.islink(path) or key in seen:
+            other = f"the {name} of {seen[key]}" if key in seen else os.path.realpath(path)
+            raise ValueError(f"{path}: is a link to {other}, not this run's own file; expected the file memvir.train "
+                             f"wrote there (a run is reported once, as itself)")
+        seen[key] = folder
+
+
+def mixed(runs, profile):
+    """What the report mixes or leaves out, one line each: unfinished runs left out (--partial), rows compared with
+    their baselines over other seeds, runs on more than one kind of CPU kernels (memvir.portable)."""
+    lines = []
+    done = set(zip(runs["row"], runs["seed"]))
+    left = [r.name for r in profile.runs if (r.row, r.seed) not in done]
+    if left:
+        lines.append(f"left out {len(left)} unfinished run(s) (--partial): {', '.join(left[:3])}"
+                     f"{' ...' if len(left) > 3 else ''}")
+    seeds = runs.groupby("row")["seed"].apply(lambda s: sorted(int(x) for x in s)).to_dict()
+    for row, base in baselines_of(runs).items():
+        if row in seeds and base in seeds and seeds[row] != seeds[base]:
+            common = sorted(set(seeds[row]) & set(seeds[base]))
+            lines.append(f"{row} has seeds {seeds[row]}, its baseline {base} {seeds[base]}: its Diff. is over the "
+                         f"seeds both have, {common}")
+    kinds = runs["kernels"].value_counts()
+    if len(kinds) > 1:
+        lines.append("the runs mix CPU kernels (" + ", ".join(f"{k}: {n}" for k, n in kinds.items())
+                     + "): their floats differ in the last bits, so comparisons pair two machines' rounding "
+                       "(machine.csv says which run is which)")
+    return lines
 
 
 def selections(runs):

@@ -82,10 +82,21 @@ def paired_differences(runs, baselines):
 
 
 def table_from_runs(runs, metric, value="best"):
-    """Build one result table (percent) from `collect`'s runs (or runs.csv): runs_table per row, seeds in order."""
+    """Build one result table (percent) from `collect`'s runs (or runs.csv): runs_table per row, seeds in order.
+
+    A row whose seeds are not its baseline's (a --partial report) gets its Diff. over the seeds both have: a
+    difference of means over two sets of seeds would mix the seeds' spread into the comparison.
+    """
     per_row = values_by_row(runs, metric, value)
     base = {r: b for r, b in baselines_of(runs).items() if r in per_row and b in per_row}
-    return runs_table({r: [v[s] for s in sorted(v)] for r, v in per_row.items()}, base)
+    table = runs_table({r: [v[s] for s in sorted(v)] for r, v in per_row.items()}, base)
+    for row, b in base.items():
+        common = sorted(set(per_row[row]) & set(per_row[b]))
+        if common != sorted(per_row[row]) or common != sorted(per_row[b]):
+            diff = (float(np.mean([per_row[row][s] for s in common])) - float(np.mean([per_row[b][s] for s in common]))
+                    if common else None)
+            table.loc[table["Loss"] == row, "Diff."] = round(diff, 2) if common else "-"
+    return table
 
 
 def paired_from_runs(runs, metric, value="best"):
