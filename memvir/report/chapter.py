@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from .stats import describe, study_comparisons
+from .runs import selections
+from .stats import describe
 from .tables import formatted
+from .verdicts import trusted_selection
 
-__all__ = ["comparisons", "pick", "said", "mechanism_sentences", "STYLES", "html_table", "download_link",
+__all__ = ["comparisons", "summary", "pick", "said", "mechanism_sentences", "STYLES", "html_table", "download_link",
            "memory_schedule"]
 
 # The chapters' table styles: right-aligned numbers; a study table's first column (its row labels) on the left.
@@ -22,13 +24,30 @@ STYLES = {"results": "<style>.results td, .results th {padding: 0.15em 0.6em; te
 
 
 def comparisons(folder):
-    """Every paired comparison of a report: its comparisons.csv, or for a report without one (a profile without
-    groups) every row with a baseline against it, by the same function and family (stats.study_comparisons)."""
+    """Every paired comparison of a report, its comparisons.csv (the report computed them; a chapter never does).
+
+    A report written before the seeds ahead were stored as an integer (`ahead`) has them as text "k/n" in a column
+    `positive`: read here, once, into `ahead`.
+    """
+    path = Path(folder) / "comparisons.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no comparisons in this report; a report of an older format is rebuilt "
+                                f"from its own files by `python -m memvir report --profile P --rebuild {folder}`")
+    c = pd.read_csv(path)
+    if "ahead" not in c and "positive" in c:
+        c["ahead"] = [int(str(k).split("/")[0]) for k in c.pop("positive")]
+    return c
+
+
+def summary(folder):
+    """A report's report.json, with what a report of an older format lacks derived as the report derives it: its
+    selections (from runs.csv's columns) and the selection its verdicts trust (verdicts.trusted_selection)."""
     folder = Path(folder)
-    if (folder / "comparisons.csv").is_file():
-        return pd.read_csv(folder / "comparisons.csv")
-    baselines = json.loads((folder / "report.json").read_text())["baselines"]
-    return study_comparisons(pd.read_csv(folder / "runs.csv"), {"main": list(baselines)}, baselines)
+    s = json.loads((folder / "report.json").read_text())
+    if "selections" not in s:
+        s["selections"] = selections(pd.read_csv(folder / "runs.csv"))
+    s.setdefault("trusted_selection", trusted_selection(s["selections"]))
+    return s
 
 
 def pick(table, row, metric, selection, group=None):

@@ -1,0 +1,230 @@
+"""What a report decides, the one place it is decided: the selection a verdict trusts, a comparison's side (a gain,
+a loss, within the noise), tallies of comparisons and of seeds, what a non-significant result could have detected,
+the rules a profile declares (evaluated here, written to report.json), and those decisions said in words.
+
+A chapter reads these (through report.json or these functions) and decides nothing itself; the statistics they
+rest on are memvir/report/stats.py's, on unrounded values.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from .runs import SELECTION_NAMES
+
+__all__ = ["TRUSTED_RULE", "trusted_selection", "side", "sides", "tally", "detectable", "holm_threshold",
+           "share_words", "SHARE_WORDS", "number", "plural", "span", "evaluate_rule", "RULE_KINDS", "lines_of",
+           "said_lines", "epochs_share", "LOSS_NAMES", "row_facts"]
+
+
+TRUSTED_RULE = ("the best validation epoch where the runs have validation classes, else the last epoch; never "
+                "the best test epoch, which the test classes choose")
+
+
+def trusted_selection(selections):
+    """The selection a verdict trusts (TRUSTED_RULE): "val" when the report has it, else "last".
+
+    Args:
+        selections: the report's selections (report.json's "selections", or a comparisons table's column).
+    """
+    return "val" if "val" in set(selections) else "last"
+
+
+def side(c, alpha=0.05):
+    """A comparison's side: "gain" or "loss" when Holm's corrected p is below alpha, else "noise" (also when it
+    cannot be tested: fewer than two paired seeds)."""
+    p = c.get("p_holm", c.get("p"))
+    if p is None or not np.isfinite(p) or p >= alpha:
+        return "noise"
+    return "gain" if c["diff_mean"] > 0 else "loss"
+
+
+def sides(lines):
+    """How the seeds of some comparisons fall: comparisons with every seed ahead, with every seed behind, and the
+    seeds ahead and paired in all (integers)."""
+    ahead, pairs = lines["ahead"].astype(int), lines["pairs"].astype(int)
+    return {"all_ahead": int(((ahead == pairs) & (pairs > 0)).sum()), "all_behind": int((ahead == 0).sum()),
+            "seeds_ahead": int(ahead.sum()), "seeds": int(pairs.sum()), "n": int(len(lines))}
+
+
+def tally(lines):
+    """Significant gains, significant losses and the rest among some comparisons (integers), and the rows of each."""
+    s = [side(c) for c in lines.to_dict("records")]
+    rows = list(lines["row"])
+    return {"n": len(s), "gains": s.count("gain"), "losses": s.count("loss"), "noise": s.count("noise"),
+            "gain_rows": [r for r, x in zip(rows, s) if x == "gain"],
+            "loss_rows": [r for r, x in zip(rows, s) if x == "loss"]}
+
+
+def holm_threshold(n, m, alpha=0.05):
+    """How many standard deviations of the seeds' differences a mean paired difference must be to pass the first
+    step of Holm's correction in a family of m (p < alpha / m, two-sided, n - 1 degrees of freedom):
+    t(1 - alpha / (2m), n - 1) / sqrt(n)."""
+    from scipy import stats
+
+    if n < 2 or m < 1:
+        return math.nan
+    return float(stats.t.ppf(1 - alpha / (2 * m), n - 1)) / math.sqrt(n)
+
+
+def detectable(c, m, alpha=0.05):
+    """What a comparison could have detected, in its own unit: the smallest mean paired difference that would have
+    passed Holm's first step in a family of m at the spread of differences its seeds showed (holm_threshold x
+    diff_sd), the same uncorrected (the half-width of its 95% interval), and the most it still allows in each
+    direction (the interval's ends)."""
+    sd, n = float(c["diff_sd"]), int(c["pairs"])
+    return {"holm": holm_threshold(n, m, alpha) * sd, "uncorrected": holm_threshold(n, 1, alpha) * sd,
+            "at_most": float(c["ci_high"]), "at_least": float(c["ci_low"])}
+
+
+# How much of a gain the epochs alone give, in words: the first share threshold a value reaches (fractions).
+SHARE_WORDS = ((0.9, "nearly all"), (0.5, "most"), (0.25, "a part"), (0.0, "little"))
+
+
+def share_words(share):
+    """A share (a fraction) in words, by SHARE_WORDS: 0.94 "nearly all", 0.80 "most"."""
+    for low, words in SHARE_WORDS:
+        if share >= low:
+            return words
+    return "none"
+
+
+def epochs_share(alone, paper):
+    """The share of a paper-style gain (MemVir long against a short baseline) that the epochs alone give (the long
+    baseline against the same short one): alone / paper, from their mean paired differences."""
+    return float(alone["diff_mean"]) / float(paper["diff_mean"])
+
+
+NUMBERS = ["no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
+
+
+def number(k):
+    """A count in words up to ten ("no", "one", ...), in digits above."""
+    return NUMBERS[k] if 0 <= k < len(NUMBERS) else str(k)
+
+
+def plural(k, noun, nouns=None):
+    """ "1 loss", "2 losses", "no loss": a count that agrees with its noun."""
+    word = noun if k == 1 else (nouns or (noun + "es" if noun.endswith(("s", "x")) else noun + "s"))
+    return f"{k if k else 'no'} {word}"
+
+
+def span(values, unit="MAP@R points", signed=False):
+    """A range of magnitudes in words: "2.3 to 2.9 MAP@R points" (one value: "2.3 MAP@R points")."""
+    low, high = min(values), max(values)
+    f = "{:+.2f}" if signed else "{:.2f}"
+    return (f.format(low) if f.format(low) == f.format(high) else f"{f.format(low)} to {f.format(high)}") + \
+        (f" {unit}" if unit else "")
+
+
+def lines_of(comparisons, pairs, metric="map_at_r", selection=None):
+    """The comparisons named by (row, group) pairs, in that order, at one metric and selection (the trusted one by
+    default): a DataFrame. A pair that is not in the table is an error naming it."""
+    selection = selection or trusted_selection(comparisons["selection"])
+    c = comparisons[(comparisons["metric"] == metric) & (comparisons["selection"] == selection)]
+    out = []
+    for row, group in pairs:
+        hit = c[(c["row"] == row) & (c["group"] == group)]
+        if hit.empty:
+            raise ValueError(f"no comparison of {row!r} in group {group!r} for {metric} at {selection}")
+        out.append(hit.iloc[0])
+    return pd.DataFrame(out).reset_index(drop=True)
+
+
+def said_lines(lines, m, unit="MAP@R"):
+    """Some comparisons in a sentence a person would write, by how they fall (tally, sides):
+
+    all losses: "lost in all 3, by 2.27 to 2.89 MAP@R points, with 0 of 15 seeds ahead";
+    none significant: "within the noise in all 2: -0.70 [-3.39, +2.00] and ..., a difference would have needed
+    6.1 to 13.8 points to pass Holm's correction (family of m)"; mixed: each side with its numbers.
+    """
+    t = tally(lines)
+    records = lines.to_dict("records")
+    parts = []
+    for what, word in (("loss", "lost"), ("gain", "gained")):
+        hit = [c for c in records if side(c) == what]
+        if hit:
+            ahead = sum(int(c["ahead"]) for c in hit)
+            seeds = sum(int(c["pairs"]) for c in hit)
+            every = "all " if len(hit) == t["n"] and t["n"] > 1 else ""
+            parts.append(f"{word} in {every}{plural(len(hit), 'comparison')} (Holm p < 0.05), by "
+                         f"{span([abs(c['diff_mean']) for c in hit], unit + ' points')}, "
+                         f"{ahead} of {seeds} seeds ahead")
+    quiet = [c for c in records if side(c) == "noise"]
+    if quiet:
+        cis = "; ".join(f"{c['diff_mean']:+.2f} [{c['ci_low']:+.2f}, {c['ci_high']:+.2f}]" for c in quiet)
+        need = [detectable(c, m)["holm"] for c in quiet]
+        parts.append(f"within the noise in {plural(len(quiet), 'comparison')} ({cis}): with "
+                     f"{int(quiet[0]['pairs'])} seeds and {m} comparisons in the Holm family, a difference had to "
+                     f"be {span(need, 'points')} to pass")
+    return "; ".join(parts)
+
+
+RULE_KINDS = ("gains",)  # what a profile's rule can be (profile.yml `rules:`)
+
+
+def evaluate_rule(name, rule, comparisons):
+    """Evaluate a rule a profile declares (`rules:` in its file) on its comparisons; a dict for report.json.
+
+    kind "gains": each candidate lists (row, group) comparisons; a candidate passes when every one of them is a
+    significant gain (Holm) at the rule's metric and selection (default: MAP@R, the trusted selection). The rule
+    passes when at least `at_least` candidates pass ("all": every candidate).
+
+    Returns:
+        {name, kind, metric, selection, at_least, candidates: {candidate: passed}, passing: [candidates],
+        passed: bool, says: the rule's own sentence for its outcome}.
+    """
+    if rule.get("kind") not in RULE_KINDS:
+        raise ValueError(f"rules.{name}: kind must be one of {RULE_KINDS}, got {rule.get('kind')!r}")
+    metric = rule.get("metric", "map_at_r")
+    selection = rule.get("selection") or trusted_selection(comparisons["selection"])
+    outcome = {}
+    for candidate, pairs in rule["candidates"].items():
+        lines = lines_of(comparisons, [tuple(p) for p in pairs], metric, selection)
+        outcome[candidate] = all(side(c) == "gain" for c in lines.to_dict("records"))
+    need = len(outcome) if rule.get("at_least", "all") == "all" else int(rule["at_least"])
+    passing = [k for k, ok in outcome.items() if ok]
+    passed = len(passing) >= need
+    return {"name": name, "kind": rule["kind"], "metric": metric, "selection": selection,
+            "selection_name": SELECTION_NAMES[selection], "at_least": need, "candidates": outcome,
+            "passing": passing, "passed": passed, "says": rule["says"]["pass" if passed else "fail"]}
+
+
+# The losses as the paper's tables name them (memvir/paper_results), by their official spelling (Loss.name).
+LOSS_NAMES = {"Norm_SoftMax": "Norm-SoftMax", "Proxy_NCA": "Proxy-NCA", "SoftMax_vanilla": "Softmax",
+              "CosFace": "CosFace", "ArcFace": "ArcFace", "Proxy_Anchor": "Proxy-Anchor", "Soft_Triple": "SoftTriple"}
+
+
+def row_facts(row):
+    """What a profile row is, so that no one parses its label: its loss (canonical), its memory (MemVir, a past
+    step's proxies alone, the current proxies' copies, learned negatives, XBM, or none) with N, M and U, its budget
+    (epochs, a rate decay), its start (pretrained or not), its glyph split and its baseline.
+
+    Args:
+        row: a memvir.profile.Row.
+    """
+    from ..files import parse_bool
+    from ..registry import LOSSES
+
+    p = row.params
+    memvir = parse_bool(p.get("memvir", False))
+    if memvir:
+        memory = {"both": "MemVir", "proxies": "past proxies", "embeddings": "past embeddings",
+                  "current": "current proxies"}[str(p.get("mem_virtual") or "both")]
+    elif int(p.get("C") or 0) > 0:
+        memory = "learned negatives"
+    elif int(p.get("xbm_size") or 0) > 0:
+        memory = "XBM"
+    else:
+        memory = "none"
+    decay = int(p.get("decay_step") or 0)
+    cls = LOSSES.get(str(p["loss"]).lower().replace("_", "").replace("-", ""))
+    return {"loss": LOSS_NAMES.get(cls.name if cls else "", str(p["loss"])), "memory": memory,
+            "N": int(p.get("mem_num_step") or 0) if memvir else None,
+            "M": int(p.get("mem_step_gap") or 0) if memvir else None,
+            "U": int(p.get("warm_epoch") or 0) if memvir else None,
+            "epochs": int(p["epochs"]), "decay_epoch": decay if 0 < decay < int(p["epochs"]) else None,
+            "pretrained": str(p.get("pretrained") or "none") != "none", "split": int(p.get("glyph_seed") or 0),
+            "baseline": row.baseline or None}
