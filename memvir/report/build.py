@@ -226,7 +226,8 @@ def _summary_head(profile, runs):
             "rows": [r.label for r in profile.rows], "baselines": profile.baselines, "seeds": profile.seeds,
             "data_name": str(profile.rows[0].params.get("data_name", "")).lower(),
             "description": profile.description, "trusted_selection": trusted_selection(selections(runs)),
-            "trusted_rule": TRUSTED_RULE, "row_facts": {r.label: row_facts(r) for r in profile.rows}}
+            "trusted_rule": TRUSTED_RULE, "row_facts": {r.label: row_facts(r) for r in profile.rows},
+            "groups": profile.groups, "contrasts": {k: [list(p) for p in v] for k, v in profile.contrasts.items()}}
 
 
 def _rules_and_headline(profile, comparisons, summary):

@@ -16,7 +16,9 @@ from .runs import SELECTION_NAMES
 
 __all__ = ["TRUSTED_RULE", "trusted_selection", "side", "sides", "tally", "detectable", "holm_threshold",
            "share_words", "SHARE_WORDS", "number", "plural", "span", "evaluate_rule", "RULE_KINDS", "lines_of",
-           "said_lines", "epochs_share", "LOSS_NAMES", "row_facts"]
+           "said_lines", "epochs_share", "LOSS_NAMES", "row_facts", "family_size",
+           "said_pairs", "shares_by_selection",
+           "group_pairs", "find_rows", "row_pairs"]
 
 
 TRUSTED_RULE = ("the best validation epoch where the runs have validation classes, else the last epoch; never "
@@ -133,32 +135,41 @@ def lines_of(comparisons, pairs, metric="map_at_r", selection=None):
     return pd.DataFrame(out).reset_index(drop=True)
 
 
-def said_lines(lines, m, unit="MAP@R"):
-    """Some comparisons in a sentence a person would write, by how they fall (tally, sides):
+def _named(c):
+    return f"{c['row']} {c['diff_mean']:+.2f} [{c['ci_low']:+.2f}, {c['ci_high']:+.2f}]"
 
-    all losses: "lost in all 3, by 2.27 to 2.89 MAP@R points, with 0 of 15 seeds ahead";
-    none significant: "within the noise in all 2: -0.70 [-3.39, +2.00] and ..., a difference would have needed
-    6.1 to 13.8 points to pass Holm's correction (family of m)"; mixed: each side with its numbers.
+
+def _how_many(k, n):
+    """ "both comparisons", "all 6 comparisons", "1 comparison", "2 comparisons" (k of n)."""
+    if k == n == 2:
+        return "both comparisons"
+    return f"all {n} comparisons" if k == n > 2 else plural(k, "comparison")
+
+
+def said_lines(lines, m, unit="MAP@R"):
+    """Some comparisons in words a person would write, by how they fall (side): the significant losses and gains
+    with their size and seeds ("lost in all 6 comparisons (Holm p < 0.05), by 2.26 to 2.89 MAP@R points, in all
+    30 seeds"), each named when there are two or fewer; the rest within the noise, named with their intervals and
+    what the design could have detected (detectable, in a Holm family of m).
     """
-    t = tally(lines)
     records = lines.to_dict("records")
-    parts = []
+    n, parts = len(records), []
     for what, word in (("loss", "lost"), ("gain", "gained")):
         hit = [c for c in records if side(c) == what]
-        if hit:
-            ahead = sum(int(c["ahead"]) for c in hit)
-            seeds = sum(int(c["pairs"]) for c in hit)
-            every = "all " if len(hit) == t["n"] and t["n"] > 1 else ""
-            parts.append(f"{word} in {every}{plural(len(hit), 'comparison')} (Holm p < 0.05), by "
-                         f"{span([abs(c['diff_mean']) for c in hit], unit + ' points')}, "
-                         f"{ahead} of {seeds} seeds ahead")
+        if not hit:
+            continue
+        ahead, seeds = sum(int(c["ahead"]) for c in hit), sum(int(c["pairs"]) for c in hit)
+        every = ahead == 0 if what == "loss" else ahead == seeds
+        seeds_said = f"in all {seeds} seeds" if every else f"ahead in {ahead} of {seeds} seeds"
+        size = (f": {'; '.join(_named(c) for c in hit)}," if len(hit) <= 2
+                else f", by {span([abs(c['diff_mean']) for c in hit], unit + ' points')},")
+        parts.append(f"{word} in {_how_many(len(hit), n)} (Holm p < 0.05){size} {seeds_said}")
     quiet = [c for c in records if side(c) == "noise"]
     if quiet:
-        cis = "; ".join(f"{c['diff_mean']:+.2f} [{c['ci_low']:+.2f}, {c['ci_high']:+.2f}]" for c in quiet)
         need = [detectable(c, m)["holm"] for c in quiet]
-        parts.append(f"within the noise in {plural(len(quiet), 'comparison')} ({cis}): with "
-                     f"{int(quiet[0]['pairs'])} seeds and {m} comparisons in the Holm family, a difference had to "
-                     f"be {span(need, 'points')} to pass")
+        parts.append(f"within the noise in {_how_many(len(quiet), n)}: {'; '.join(_named(c) for c in quiet)}; "
+                     f"with {int(quiet[0]['pairs'])} seeds and {m} comparisons in the Holm family, a difference "
+                     f"had to be {span(need, 'points')} to pass")
     return "; ".join(parts)
 
 
@@ -188,6 +199,7 @@ def evaluate_rule(name, rule, comparisons):
     passing = [k for k, ok in outcome.items() if ok]
     passed = len(passing) >= need
     return {"name": name, "kind": rule["kind"], "metric": metric, "selection": selection,
+            "lines": [list(p) for pairs in rule["candidates"].values() for p in pairs],
             "selection_name": SELECTION_NAMES[selection], "at_least": need, "candidates": outcome,
             "passing": passing, "passed": passed, "says": rule["says"]["pass" if passed else "fail"]}
 
@@ -227,4 +239,60 @@ def row_facts(row):
             "U": int(p.get("warm_epoch") or 0) if memvir else None,
             "epochs": int(p["epochs"]), "decay_epoch": decay if 0 < decay < int(p["epochs"]) else None,
             "pretrained": str(p.get("pretrained") or "none") != "none", "split": int(p.get("glyph_seed") or 0),
-            "baseline": row.baseline or None}
+            "baseline": row.baseline or None, "schedule": _schedule(p) if memvir else None}
+
+
+def _schedule(params):
+    """memory_schedule of a glyph row (steps per epoch, the memory's span, full-memory steps, spans); None for a
+    data set the report cannot count here."""
+    from .chapter import memory_schedule
+
+    if str(params.get("data_name", "")).lower() != "glyphs":
+        return None
+    return {k: (round(v, 2) if isinstance(v, float) else v) for k, v in memory_schedule(params).items()}
+
+
+def group_pairs(summary, group):
+    """The (row, group) pairs of a report's group (its rows with a baseline) or contrast (each pair's first row),
+    from report.json's groups, contrasts and baselines: the comparisons a chapter asks about, by name."""
+    if group in summary.get("contrasts", {}):
+        return [(row, group) for row, _ in summary["contrasts"][group]]
+    return [(row, group) for row in summary["groups"][group] if row in summary["baselines"]]
+
+
+def find_rows(summary, **facts):
+    """The rows of a report whose facts (report.json's row_facts: loss, memory, epochs, U, ...) are those given."""
+    return [row for row, f in summary["row_facts"].items() if all(f.get(k) == v for k, v in facts.items())]
+
+
+def row_pairs(summary, rows):
+    """Each row with the first group of the report that compares it with its baseline: (row, group) pairs."""
+    return [(row, next(g for g, members in summary["groups"].items() if row in members)) for row in rows]
+
+
+def family_size(comparisons, metric="map_at_r", selection=None):
+    """The number of comparisons in a Holm family of the report (stats.HOLM_FAMILY): distinct (row, baseline) at one
+    metric and selection (the trusted one by default)."""
+    selection = selection or trusted_selection(comparisons["selection"])
+    c = comparisons[(comparisons["metric"] == metric) & (comparisons["selection"] == selection)]
+    return int(len(c.drop_duplicates(["row", "baseline"])))
+
+
+def said_pairs(comparisons, pairs, selection=None, metric="map_at_r"):
+    """The comparisons named by (row, group) pairs in words (said_lines), at one selection (trusted by default),
+    with the report's own Holm family size."""
+    lines = lines_of(comparisons, pairs, metric, selection)
+    return said_lines(lines, family_size(comparisons, metric, lines["selection"][0]))
+
+
+def shares_by_selection(comparisons, paper_pairs, control_pairs, facts):
+    """The share of a paper-style gain the epochs alone give, per selection and loss, in words: "best validation
+    epoch: nearly all for Norm-SoftMax (94%), most for Proxy-NCA (80%)"; a list of such phrases."""
+    out = []
+    for selection in dict.fromkeys(comparisons["selection"]):
+        paper = lines_of(comparisons, paper_pairs, selection=selection).to_dict("records")
+        alone = lines_of(comparisons, control_pairs, selection=selection).to_dict("records")
+        said = [f"{share_words(epochs_share(a, c))} for {facts[c['row']]['loss']} ({100 * epochs_share(a, c):.0f}%)"
+                for a, c in zip(alone, paper)]
+        out.append(f"{SELECTION_NAMES[selection]}: " + ", ".join(said))
+    return out
