@@ -31,7 +31,6 @@ easy_dir = "../results/reference/cpu_easy"  # the first benchmark's report (comm
 long_dir = "../results/reference/cpu36"  # 36 epochs, first benchmark (committed)
 
 # %% tags=["hide-input"]
-import json
 from pathlib import Path
 
 import pandas as pd
@@ -40,11 +39,11 @@ from IPython.display import HTML, Image, Markdown, display
 import memvir.report as report
 
 out = Path(report_dir)
-summary = json.loads((out / "report.json").read_text())
+summary = report.summary(out)
 runs = pd.read_csv(out / "runs.csv")
 value = summary["table_value"]
 chosen = summary.get("selections", ["best", "last"])
-honest = "val" if "val" in chosen else "last"  # the selection the verdict trusts
+honest = summary["trusted_selection"]  # the selection the report's verdicts trust
 display(
     Markdown(
         f"**Profile `{summary['profile']}`** ({summary['config']}): "
@@ -118,7 +117,7 @@ columns = [
     "diff_mean",
     "ci_low",
     "ci_high",
-    "positive",
+    "ahead",
     "p",
     "p_holm",
 ]
@@ -201,24 +200,9 @@ for other in (v for v in chosen if v != value):
 def paired_rows(folder):
     """MemVir minus baseline of a committed report (best test epoch, Holm)."""
     c = report.comparisons(folder)
-    c = c[c["selection"] == "best"].assign(
-        metric=lambda d: d["metric"].map(report.METRICS)
-    )
-    return c[
-        [
-            "row",
-            "metric",
-            "pairs",
-            "baseline_mean",
-            "row_mean",
-            "diff_mean",
-            "ci_low",
-            "ci_high",
-            "positive",
-            "p",
-            "p_holm",
-        ]
-    ]
+    c = c[c["selection"] == "best"].assign(metric=lambda d: d["metric"].map(report.METRICS))
+    return c[["row", "metric", "pairs", "baseline_mean", "row_mean", "diff_mean", "ci_low",
+              "ci_high", "ahead", "p", "p_holm"]]
 
 
 earlier = {}

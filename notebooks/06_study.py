@@ -14,9 +14,11 @@
 # ---
 
 # %% [markdown]
-# # Does MemVir deliver?
+# # The untuned study
 #
-# The verdict first, then the evidence. Everything below is read from the report of `PROFILE=study`
+# The first regime of the answer (chapter "Does MemVir deliver?"), in full: MemVir at the study's values (scale 23,
+# model rate 1e-3, carried over from CARS196, not tuned here) and every question the study asked of it at equal
+# budgets. Its verdict first, then the evidence. Everything below is read from the report of `PROFILE=study`
 # (`configs/study.yml`, built by `make -j2 reproduce PROFILE=study`): five seeds per row, every MemVir row
 # compared with its baseline seed by seed, and every number in the prose generated from those files, so the
 # text cannot drift from the data.
@@ -32,17 +34,15 @@ study_dir = "../results/reference/study"  # the study profile's report (committe
 calibrate_dir = "../results/reference/calibrate"  # the calibration (committed)
 
 # %% tags=["hide-input"]
-import json
 from pathlib import Path
 
 import pandas as pd
 from IPython.display import HTML, Image, Markdown, display
 
 import memvir.report as report
-from memvir.profile import load_profile
 
 out = Path(study_dir)
-summary = json.loads((out / "report.json").read_text())
+summary = report.summary(out)
 runs = pd.read_csv(out / "runs.csv")
 comparisons = report.comparisons(out)
 have = set(comparisons["group"])
@@ -73,9 +73,7 @@ def group_section(group, intro=""):
     display(Markdown(intro + "- " + "\n- ".join(said)))
 
 
-honest = (
-    "val" if "val" in set(comparisons["selection"]) else "last"
-)  # the selection we trust
+honest = summary["trusted_selection"]  # the selection the report's verdicts trust
 R1, MAP = "recall@1", "map_at_r"
 display(
     Markdown(
@@ -104,101 +102,36 @@ display(HTML(report.download_link(out / "comparisons.csv", "Every comparison (CS
 
 
 # %% tags=["hide-input"]
-def tally(selection):
-    """Significant gains and losses among the comparisons of a selection rule."""
-    c = comparisons[comparisons["selection"] == selection].drop_duplicates(
-        ["row", "baseline", "metric"]
-    )
-    gains = int((c["significant"] & (c["diff_mean"] > 0)).sum())
-    losses = int((c["significant"] & (c["diff_mean"] < 0)).sum())
-    return len(c), gains, losses
-
-
 main = rows_of("main")
-lines = []
-for row in main:
-    lines.append(
-        f"**{row}** against {comparison(row, R1, honest)['baseline']}, at the "
-        f"{report.SELECTION_NAMES[honest]}: Recall@1 "
-        f"{report.describe(comparison(row, R1, honest))}; MAP@R "
-        f"{report.describe(comparison(row, MAP, honest))}."
-    )
-n_all, gains, losses = tally(honest)
-n_best, gains_best, losses_best = tally("best")
-main_sig = [comparison(r, m, honest) for r in main for m in (R1, MAP)]
-won = comparisons[
-    (comparisons["selection"] == honest)
-    & comparisons["significant"]
-    & (comparisons["diff_mean"] > 0)
-].drop_duplicates(["row", "baseline", "metric"])
-gains_said = "".join(
-    f" A significant gain: {r['row']} against {r['baseline']},"
-    f" {report.METRICS[r['metric']]} {report.describe(r.to_dict())}."
-    for _, r in won.iterrows()
-)
-main_losses = sum(c["significant"] and c["diff_mean"] < 0 for c in main_sig)
-if any(c["significant"] and c["diff_mean"] > 0 for c in main_sig):
-    headline = "MemVir gives a measurable gain on this benchmark, but not everywhere"
-elif main_losses:
-    headline = (
-        "MemVir does not deliver here: at equal budgets it gains on no default row,"
-        f" and {main_losses} of its {len(main_sig)} main comparisons (Recall@1 and"
-        " MAP@R) are significant losses"
-    )
-else:
-    headline = (
-        "MemVir does not deliver a measurable gain here: at equal budgets its effect on"
-        " the default rows is within the noise of five seeds"
-    )
-display(
-    Markdown(
-        f"**{headline}.** "
-        + " ".join(lines)
-        + f" Over the whole study, {gains} of {n_all} comparisons (row against"
-        f" baseline, per metric) are significant gains and {losses} significant"
-        f" losses at the {report.SELECTION_NAMES[honest]}; with the official"
-        f" selection (the {report.SELECTION_NAMES['best']}) {gains_best} gains and"
-        f" {losses_best} losses of {n_best}."
-        + gains_said
-        + " The sections below answer the seven questions one by one."
-    )
-)
+at = {sel: report.tally(comparisons[comparisons["selection"] == sel].drop_duplicates(
+    ["row", "baseline", "metric"])) for sel in (honest, "best")}
+lines = [f"**{row}** against {comparison(row, R1, honest)['baseline']}, at the"
+         f" {report.SELECTION_NAMES[honest]}: Recall@1 {report.describe(comparison(row, R1, honest))};"
+         f" MAP@R {report.describe(comparison(row, MAP, honest))}." for row in main]
+headline = report.said_pairs(comparisons, [(row, "main") for row in main])
+display(Markdown(
+    f"**At the study's values and equal budgets, MemVir {headline}** (MAP@R). " + " ".join(lines)
+    + f" Over the whole study, {report.plural(at[honest]['gains'], 'significant gain')} and"
+    f" {report.plural(at[honest]['losses'], 'significant loss')} among {at[honest]['n']} comparisons (row"
+    f" against baseline, per metric) at the {report.SELECTION_NAMES[honest]}; with the official selection"
+    f" (the {report.SELECTION_NAMES['best']}) {report.plural(at['best']['gains'], 'gain')} and"
+    f" {report.plural(at['best']['losses'], 'loss')} of {at['best']['n']}. The sections below answer the"
+    " seven questions one by one."))
 
 
 # %% tags=["hide-input"]
-# The headline carries its regime: the budgets, how long MemVir trained with a full
+# The verdict carries its regime: the budgets, how long MemVir trained with a full
 # memory, whether the runs had converged (the best epoch being the last says not).
-def regime_of(profile_name):
-    """Budgets, full-memory spans of the MemVir rows, runs chosen at their last epoch."""
-    memvir_rows = [r for r in load_profile(profile_name).rows if r.params.get("memvir")]
-    schedules = [report.memory_schedule(r.params) for r in memvir_rows]
-    last = pd.read_csv(out / "evaluations.csv").groupby("name")["epoch"].max()
-    at_end = {
-        sel: int((runs[f"{sel}_map_at_r_epoch"] == runs["name"].map(last)).sum())
-        for sel in ("best", honest)
-    }
-    epochs = sorted({int(r.params["epochs"]) for r in memvir_rows})
-    spans = [s["spans"] for s in schedules]
-    return epochs, min(spans), max(spans), at_end
-
-
-epochs, low_span, high_span, at_end = regime_of(Path(summary["config"]).stem)
-display(
-    Markdown(
-        f"**Its regime.** Measured at budgets of {epochs[0]}-{epochs[-1]} epochs, where"
-        f" MemVir trained with a full memory for {low_span:.1f}-{high_span:.1f} memory"
-        " spans (the paper's CARS196 runs: about 240; chapter \"Where MemVir"
-        " delivers\")."
-        f" In {at_end['best']} of {len(runs)} runs the best test MAP@R is at the last"
-        f" evaluation, and in {at_end[honest]} the {report.SELECTION_NAMES[honest]} is"
-        " the"
-        " last: most runs were still improving when they stopped. The official README"
-        " says MemVir \"improves performance slowly; thus, it needs larger training"
-        " epochs than baseline\"; the"
-        " chapter \"Where MemVir delivers\" moves towards the paper's regime and asks"
-        " again."
-    )
-)
+regime = report.study_regime(out, honest)
+display(Markdown(
+    f"**Its regime.** Measured at budgets of {regime['epochs'][0]}-{regime['epochs'][1]} epochs,"
+    f" where MemVir trained with a full memory for {regime['spans'][0]:.1f}-{regime['spans'][1]:.1f}"
+    " memory spans (the paper's CARS196 runs: about 240; chapter \"Does MemVir deliver?\")."
+    f" In {regime['at_end']['best']} of {regime['runs']} runs the best test MAP@R is at the last"
+    f" evaluation, and in {regime['at_end'][honest]} the {report.SELECTION_NAMES[honest]} is the"
+    " last: most runs were still improving when they stopped. The official README says MemVir"
+    " \"improves performance slowly; thus, it needs larger training epochs than baseline\"; the"
+    " chapter \"Does MemVir deliver?\" gives it those epochs and asks again."))
 
 # %% [markdown]
 # ## The benchmark, chosen by the baseline alone
@@ -213,7 +146,7 @@ display(
 calibration = pd.read_csv(Path(calibrate_dir) / "calibration.csv")
 show(calibration.rename(columns={"mean": "Recall@1 mean", "sd": "Std."}))
 chosen = calibration.loc[calibration["chosen"], "row"]
-target = json.loads((Path(calibrate_dir) / "report.json").read_text())["calibration"]
+target = report.summary(calibrate_dir)["calibration"]
 low, high = target["low"], target["high"]
 display(
     Markdown(
@@ -251,40 +184,15 @@ if "budgets" in have:
 # rules:
 
 # %% tags=["hide-input"]
-selection_rows = []
-for row in dict.fromkeys(rows_of("main") + rows_of("budgets")):
-    for metric in (R1, MAP):
-        rec = {"Row": row, "Metric": report.METRICS[metric]}
-        for sel in report.SELECTIONS:
-            if ((comparisons["row"] == row) & (comparisons["selection"] == sel)).any():
-                rec[f"Δ {sel}"] = comparison(row, metric, sel)["diff_mean"]
-        selection_rows.append(rec)
-selection_table = pd.DataFrame(selection_rows)
+selection_table, flips = report.selection_flips(
+    comparisons, dict.fromkeys(rows_of("main") + rows_of("budgets")), honest)
 show(selection_table)
-flips = [
-    r
-    for r in selection_rows
-    if "Δ best" in r
-    and f"Δ {honest}" in r
-    and (r["Δ best"] > 0) != (r[f"Δ {honest}"] > 0)
-]
-display(
-    Markdown(
-        "Differences whose sign is not the same under the official selection and the "
-        f"{report.SELECTION_NAMES[honest]}: {len(flips)} of {len(selection_rows)}"
-        + (
-            ": "
-            + "; ".join(
-                f"{r['Row']} {r['Metric']} ({r['Δ best']:+.2f} ->"
-                f" {r[f'Δ {honest}']:+.2f})"
-                for r in flips
-            )
-            if flips
-            else ""
-        )
-        + ". Every other section uses the validation rule."
-    )
-)
+display(Markdown(
+    "Differences whose sign is not the same under the official selection and the"
+    f" {report.SELECTION_NAMES[honest]}: {len(flips)} of {len(selection_table)}"
+    + "".join(f"; {r['Row']} {r['Metric']} ({r['Δ best']:+.2f} -> {r[f'Δ {honest}']:+.2f})"
+              for _, r in flips.iterrows())
+    + ". Every other section uses the validation rule."))
 
 # %% [markdown]
 # ## 3. Ablations of MemVir itself
@@ -343,13 +251,12 @@ if (out / "figures" / "tsne_epochs.png").exists():
 if "xbm" in have:
     show(report.compact_table(comparisons, "xbm", honest))
     (row,) = rows_of("xbm")
-    base = runs[runs["row"] == comparison(row, MAP)["baseline"]]
     display(
         Markdown(
             f"{row} against the contrastive loss alone: MAP@R"
             f" {report.describe(comparison(row, MAP, honest))}. For scale: the"
             " contrastive baseline reaches"
-            f" {100 * base[f'{honest}_map_at_r'].mean():.1f} MAP@R, Norm-SoftMax"
+            f" {comparison(row, MAP, honest)['baseline_mean']:.1f} MAP@R, Norm-SoftMax"
             f" {comparison('MemVir + Norm-SoftMax', MAP, honest)['baseline_mean']:.1f}."
         )
     )
@@ -374,21 +281,14 @@ if "scale" in have:
 # every comparison of the study with the same metric and the same selection rule.
 
 # %% tags=["hide-input"]
-family = comparisons[
-    (comparisons["metric"] == MAP) & (comparisons["selection"] == honest)
-]
-family = family.drop_duplicates(["row", "baseline"])
-raw = int((family["p"] < 0.05).sum())
-sd = runs.groupby("row")[f"{honest}_map_at_r"].std().mul(100)
-display(
-    Markdown(
-        f"MAP@R at the {report.SELECTION_NAMES[honest]}: {len(family)} comparisons in"
-        f" the family; {raw} have an uncorrected p below 0.05,"
-        f" {int(family['significant'].sum())} stay below 0.05 after the correction. The"
-        f" seed-to-seed standard deviation of a row's MAP@R is {sd.min():.2f} to"
-        f" {sd.max():.2f} points (median {sd.median():.2f})."
-    )
-)
+family = report.tally(comparisons[(comparisons["metric"] == MAP) & (comparisons["selection"] == honest)]
+                      .drop_duplicates(["row", "baseline"]))
+sd = report.table_means(out, honest, column="Std.").values()
+display(Markdown(
+    f"MAP@R at the {report.SELECTION_NAMES[honest]}: {family['n']} comparisons in the family;"
+    f" {family['uncorrected']} have an uncorrected p below 0.05, {family['gains'] + family['losses']}"
+    " stay below 0.05 after the correction. The seed-to-seed standard deviation of a row's MAP@R"
+    f" is {min(sd):.2f} to {max(sd):.2f} points."))
 
 # %% [markdown]
 # ## Rerunning it
@@ -398,30 +298,17 @@ display(
 # trained:
 
 # %% tags=["hide-input"]
-train_minutes = pd.read_csv(out / report.MACHINE_FILE)["wall_time"].sum() / 60
-display(
-    Markdown(
-        f"{len(runs)} runs; their training times (each run's wall time, as its"
-        f" metrics.json records it) sum to {train_minutes:.0f} minutes. Runs that"
-        " shared the cores with others took longer than alone, so this is an upper"
-        " bound of the work; the wall time of a whole `make -j2 reproduce"
-        " PROFILE=study` is about half of it plus the notebooks' start-up and the"
-        " report."
-    )
-)
+display(Markdown(report.status(out, "study") + " Runs that shared the cores with others took longer than"
+                 " alone, so this is an upper bound of the work."))
 
 # %% [markdown]
 # ## What we saw
 
 # %% tags=["hide-input"]
-saw = [f"{headline}."]
-saw += [
-    f"{row}, MAP@R at the {report.SELECTION_NAMES[honest]}: "
-    f"{report.describe(comparison(row, MAP, honest))}"
-    for row in main
-]
-saw.append(
-    f"{gains} significant gains and {losses} significant losses among {n_all}"
-    f" comparisons (Holm-corrected, {report.SELECTION_NAMES[honest]})."
-)
+saw = [f"At the study's values and equal budgets, MemVir {headline}."]
+saw += [f"{row}, MAP@R at the {report.SELECTION_NAMES[honest]}: {report.describe(comparison(row, MAP, honest))}"
+        for row in main]
+saw.append(f"{report.plural(at[honest]['gains'], 'significant gain')} and"
+           f" {report.plural(at[honest]['losses'], 'significant loss')} among {at[honest]['n']} comparisons"
+           f" (Holm-corrected, {report.SELECTION_NAMES[honest]}).")
 display(Markdown("- " + "\n- ".join(saw)))

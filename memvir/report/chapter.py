@@ -102,7 +102,7 @@ def memory_schedule(params):
     Returns a dict: steps_per_epoch (memvir.train's sampler over the train classes' images), span (N(M+1), the
     steps the memory holds), full_memory_steps (steps that took all N past steps: the memory, empty at epoch U,
     is full after `span` pushes, one per step; what metrics.json's full_memory_steps counts), spans (that over
-    span), and the same for the paper's CARS196 runs is in notebooks/06_where.py's table.
+    span); the paper's CARS196 runs: official_schedule.
     """
     import numpy as np
 
@@ -131,14 +131,14 @@ def status(folder, name):
             f"of one core in all, so `make -j2 reproduce PROFILE={name}` about half that on two.")
 
 
-def table_means(folder, selection, metric="map_at_r"):
+def table_means(folder, selection, metric="map_at_r", column="Mean"):
     """{row: mean over its seeds} of a report's table at one selection (its table_<metric>[_selection].csv's Mean
-    column, percent): the report's own numbers, not computed again."""
+    column, percent; or another of its columns, "Std."): the report's own numbers, not computed again."""
     folder = Path(folder)
     value = json.loads((folder / "report.json").read_text())["table_value"]
     stem = f"table_{metric.replace('@', '_at_')}" + ("" if selection == value else f"_{selection}")
     t = pd.read_csv(folder / f"{stem}.csv")
-    return dict(zip(t["Loss"], t["Mean"]))
+    return dict(zip(t["Loss"], t[column]))
 
 
 def plateau_said(folder):

@@ -18,7 +18,8 @@ __all__ = ["TRUSTED_RULE", "trusted_selection", "side", "sides", "tally", "detec
            "share_words", "SHARE_WORDS", "number", "plural", "span", "evaluate_rule", "RULE_KINDS", "lines_of",
            "said_lines", "epochs_share", "LOSS_NAMES", "row_facts", "family_size",
            "said_pairs", "shares_by_selection",
-           "group_pairs", "find_rows", "row_pairs"]
+           "group_pairs", "find_rows", "row_pairs",
+           "selection_flips"]
 
 
 TRUSTED_RULE = ("the best validation epoch where the runs have validation classes, else the last epoch; never "
@@ -52,10 +53,12 @@ def sides(lines):
 
 
 def tally(lines):
-    """Significant gains, significant losses and the rest among some comparisons (integers), and the rows of each."""
+    """Significant gains, significant losses and the rest among some comparisons, those with an uncorrected p below
+    0.05 (integers), and the rows of each."""
     s = [side(c) for c in lines.to_dict("records")]
     rows = list(lines["row"])
     return {"n": len(s), "gains": s.count("gain"), "losses": s.count("loss"), "noise": s.count("noise"),
+            "uncorrected": int((lines["p"] < 0.05).sum()),
             "gain_rows": [r for r, x in zip(rows, s) if x == "gain"],
             "loss_rows": [r for r, x in zip(rows, s) if x == "loss"]}
 
@@ -247,8 +250,9 @@ def _schedule(params):
     data set the report cannot count here."""
     from .chapter import memory_schedule
 
-    if str(params.get("data_name", "")).lower() != "glyphs":
-        return None
+    needed = ("num_classes", "instances_per_class", "batch_size", "epochs")
+    if str(params.get("data_name", "")).lower() != "glyphs" or any(k not in params for k in needed):
+        return None  # counted from the profile's own values only
     return {k: (round(v, 2) if isinstance(v, float) else v) for k, v in memory_schedule(params).items()}
 
 
@@ -258,6 +262,22 @@ def group_pairs(summary, group):
     if group in summary.get("contrasts", {}):
         return [(row, group) for row, _ in summary["contrasts"][group]]
     return [(row, group) for row in summary["groups"][group] if row in summary["baselines"]]
+
+
+def selection_flips(comparisons, rows, selection, metrics=("recall@1", "map_at_r")):
+    """Each row's difference under every selection, and the rows whose sign is not the same under the official
+    selection (best test epoch) and `selection`: (table: Row, Metric, Δ <selection>..., flips: its lines that flip)."""
+    from .runs import METRICS
+
+    records = []
+    for row in rows:
+        for metric in metrics:
+            c = comparisons[(comparisons["row"] == row) & (comparisons["metric"] == metric)]
+            c = c.drop_duplicates("selection").set_index("selection")["diff_mean"]
+            records.append({"Row": row, "Metric": METRICS[metric], **{f"Δ {k}": v for k, v in c.items()}})
+    table = pd.DataFrame(records)
+    flips = table[(table["Δ best"] > 0) != (table[f"Δ {selection}"] > 0)]
+    return table, flips
 
 
 def find_rows(summary, **facts):
