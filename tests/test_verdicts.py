@@ -151,3 +151,20 @@ def test_rebuild_keeps_every_number_of_a_legacy_report(tmp_path):
             assert (folder / path.relative_to(REF / "cpu")).read_bytes() == path.read_bytes(), path.name
     summary = json.loads((folder / "report.json").read_text())
     assert summary["trusted_selection"] == "val" and summary["row_facts"]["MemVir + Norm-SoftMax"]["U"] == 16
+
+
+@pytest.mark.parametrize("extra,match", [
+    ("headline: [{regime: r, order: 1, lines: [[MemVir + A, nope]]}]\n", r"headline\[0\] must list \[row, group\]"),
+    ("rules: {x: {kind: gains, candidates: {a: [[A, main]]}, says: {pass: p, fail: f}}}\n",
+     r"rules.x must list \[row, group\] pairs.*\['A', 'main'\] is not one"),
+])
+def test_a_profile_names_only_its_own_comparisons(tmp_path, extra, match):
+    from memvir.profile import load_profile
+    from runfolders import GOOD, make_repo
+
+    with pytest.raises(ValueError, match=match):
+        load_profile(make_repo(tmp_path, GOOD + "groups: {main: [MemVir + A]}\n" + extra))
+    ok = "headline: [{regime: r, order: 1, equal_budget: true, lines: [[MemVir + A, main]]}]\n"
+    (tmp_path / "b").mkdir()
+    profile = load_profile(make_repo(tmp_path / "b", GOOD + "groups: {main: [MemVir + A]}\n" + ok))
+    assert profile.headline[0]["order"] == 1

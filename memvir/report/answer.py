@@ -10,6 +10,7 @@ declaring them, and the picture and the sentences take them in.
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 
 from ..files import atomic_write
@@ -127,8 +128,8 @@ def answer_figure(entries, metric_name="MAP@R"):
 
     claim = paper_claim()
     losses = list(dict.fromkeys(c["loss"] for e in entries for c in e["lines"]))
-    fig, axes = plt.subplots(1, len(losses), figsize=(5.6 * len(losses), 0.75 + 0.5 * len(entries)), sharey=True,
-                             squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(1, len(losses), figsize=(1.6 + 3.3 * len(losses), 0.9 + 0.46 * len(entries)),
+                             sharey=True, squeeze=False, layout="constrained")
     for ax, loss in zip(axes[0], losses):
         for k, e in enumerate(entries):
             mine = [c for c in e["lines"] if c["loss"] == loss]
@@ -139,22 +140,24 @@ def answer_figure(entries, metric_name="MAP@R"):
                 ax.plot(c["diff_mean"], y, "o", ms=4.5, color=color, mfc=color if side(c) != "noise" else "white")
                 label = _sublabel(c, mine)
                 if label:
-                    ax.annotate(label, (c["ci_high"], y), xytext=(3, 0), textcoords="offset points", fontsize=6.5,
+                    ax.annotate(label, (c["ci_high"], y), xytext=(3, 0), textcoords="offset points", fontsize=7,
                                 va="center", color="0.35")
             if k:
                 ax.axhline(-k + 0.5, color="0.85", lw=0.8)
         ax.axvline(0.0, color="0.4", lw=0.9)
         if loss in claim:
             ax.axvline(claim[loss], color="firebrick", lw=1.1, ls="--")
-            ax.annotate(f"the paper's claim\n{claim[loss]:+.2f}", (claim[loss], -len(entries) + 0.55),
-                        xytext=(3, 0), textcoords="offset points", fontsize=7, color="firebrick", va="bottom")
-        ax.set_title(f"{loss}: MemVir minus its baseline, {metric_name} points", fontsize=9)
+            ax.annotate(f"the paper's claim\n{claim[loss]:+.2f}", (claim[loss], 0.45), xytext=(3, 0),
+                        textcoords="offset points", fontsize=7, color="firebrick", va="top")
+        ax.set_title(loss, fontsize=10)
+        ax.set_xlabel(f"MemVir minus its baseline, {metric_name} points", fontsize=8.5)
+        ax.tick_params(axis="x", labelsize=8)
         ax.grid(axis="x", alpha=0.3)
         ax.set_ylim(-len(entries) + 0.5, 0.5)
     axes[0][0].set_yticks([-k for k in range(len(entries))],
-                          [e["regime"] + ("" if e.get("equal_budget") else " *") for e in entries], fontsize=8)
-    fig.suptitle("Paired by seed, 95% interval, best validation epoch; filled: Holm p < 0.05; "
-                 "* MemVir trained longer than its baseline (blue)", fontsize=8.5)
+                          [textwrap.fill(e["regime"], 30) for e in entries], fontsize=8.5)
+    fig.suptitle("Paired by seed, 95% intervals, best validation epoch; filled: Holm p < 0.05;\n"
+                 "blue: MemVir trained longer than its baseline", fontsize=8.5)
     return fig
 
 

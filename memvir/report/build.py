@@ -23,24 +23,11 @@ from .reference import against_reference
 from .runs import (MACHINE_COLUMNS, MACHINE_FILE, METRICS, SELECTION_MEANING, collect, plateau_budget, selections,
                    validation_choice)
 from .stats import COMPARISON_COLUMNS, HOLM_FAMILY, study_comparisons
-from .verdicts import TRUSTED_RULE, evaluate_rule, lines_of, row_facts, trusted_selection
+from .rows import json_records, rules_and_headline, summary_head
 from .tables import (CALIBRATION_RULE, calibration_choice, markdown_table, mechanism_table, paired_from_runs,
                      study_table, table4_comparison, table_from_runs)
 
 __all__ = ["build_report", "rebuild_report", "main"]
-
-
-def _json_records(df, columns, digits=4):
-    """A table as flat JSON records: floats rounded, NaN as null."""
-    def cell(v):
-        if isinstance(v, (bool, np.bool_)):
-            return bool(v)
-        if isinstance(v, (int, np.integer)):
-            return int(v)
-        if isinstance(v, (float, np.floating)):
-            return None if not math.isfinite(v) else round(float(v), digits)
-        return v
-    return [{c: cell(v) for c, v in zip(columns, rec)} for rec in df[columns].itertuples(index=False)]
 
 
 def _study_markdown(comparisons, groups):
@@ -140,7 +127,7 @@ def rebuild_report(profile, folder, log=print):
     with atomic_folder(folder, _check_report, "the report's folder") as tmp:
         tmp = Path(tmp)
         shutil.copytree(folder, tmp, dirs_exist_ok=True)
-        summary = _summary_head(profile, runs)
+        summary = summary_head(profile, runs)
         groups = profile.groups or ({"main": list(profile.baselines)} if profile.baselines else {})
         if (tmp / "comparisons.csv").is_file():
             _ahead_as_integer(tmp / "comparisons.csv")
@@ -151,10 +138,10 @@ def rebuild_report(profile, folder, log=print):
             md = (tmp / "tables.md").read_text().split("\n")
             md += _study_markdown(comparisons, [*groups, *profile.contrasts])
             atomic_write(tmp / "tables.md", lambda fh: fh.write("\n".join(md)), mode="w")
-            summary.update(study=_json_records(comparisons, COMPARISON_COLUMNS), holm_family=HOLM_FAMILY)
+            summary.update(study=json_records(comparisons, COMPARISON_COLUMNS), holm_family=HOLM_FAMILY)
         if "study" in summary:
             comparisons = pd.read_csv(tmp / "comparisons.csv")
-            _rules_and_headline(profile, comparisons, summary)
+            rules_and_headline(profile, comparisons, summary)
             lines = {**groups, **{k: [row for row, _ in v] for k, v in profile.contrasts.items()}}
             fig = forest_figure(comparisons, lines)
             save_figure(fig, tmp / "figures", "forest")
@@ -210,33 +197,11 @@ def _write_report(profile, out, runs, evaluations, log):
     runs = runs.drop(columns=MACHINE_COLUMNS)
     write_csv(runs, out / "runs.csv", "%.6f")
     write_csv(evaluations, out / "evaluations.csv", "%.6f")
-    summary = _summary_head(profile, runs)
+    summary = summary_head(profile, runs)
     md = _main_tables(profile, runs, out) + _study_sections(profile, runs, evaluations, out, summary)
     atomic_write(out / "tables.md", lambda fh: fh.write("\n".join(md)), mode="w")
     _figures(profile, runs, evaluations, out / "figures", log)
     atomic_write(out / "report.json", lambda fh: fh.write(json.dumps(summary, indent=1) + "\n"), mode="w")
-
-
-def _summary_head(profile, runs):
-    """report.json's first keys: the profile, its runs, its rows and what each row is, the selections and the one
-    its verdicts trust."""
-    return {"profile": profile.name, "config": str(profile.path.relative_to(profile.root)),
-            "table_value": profile.table_value, "selections": selections(runs), "runs": int(len(runs)),
-            "expected_runs": len(profile.runs), "partial": bool(len(runs) < len(profile.runs)),
-            "rows": [r.label for r in profile.rows], "baselines": profile.baselines, "seeds": profile.seeds,
-            "data_name": str(profile.rows[0].params.get("data_name", "")).lower(),
-            "description": profile.description, "trusted_selection": trusted_selection(selections(runs)),
-            "trusted_rule": TRUSTED_RULE, "row_facts": {r.label: row_facts(r) for r in profile.rows},
-            "groups": profile.groups, "contrasts": {k: [list(p) for p in v] for k, v in profile.contrasts.items()}}
-
-
-def _rules_and_headline(profile, comparisons, summary):
-    """The profile's rules evaluated on its comparisons, and its regimes for the book's first page, into
-    `summary` (report.json)."""
-    if profile.rules:  # the decisions the profile declared before its runs
-        summary["rules"] = {name: evaluate_rule(name, rule, comparisons) for name, rule in profile.rules.items()}
-    if profile.headline:  # its regimes on the book's first page (memvir.report.answer)
-        summary["headline"] = [_headline(entry, comparisons) for entry in profile.headline]
 
 
 def write_csv(df, path, float_format=None):
@@ -284,8 +249,8 @@ def _study_sections(profile, runs, evaluations, out, summary):
         comparisons = study_comparisons(runs, groups, profile.baselines, profile.contrasts)
         write_csv(comparisons, out / "comparisons.csv", "%.6f")
         md += _study_markdown(comparisons, [*groups, *profile.contrasts])
-        summary.update(study=_json_records(comparisons, COMPARISON_COLUMNS), holm_family=HOLM_FAMILY)
-        _rules_and_headline(profile, comparisons, summary)
+        summary.update(study=json_records(comparisons, COMPARISON_COLUMNS), holm_family=HOLM_FAMILY)
+        rules_and_headline(profile, comparisons, summary)
     if profile.calibrate:
         choice = calibration_choice(profile, runs)
         write_csv(choice, out / "calibration.csv", "%.4f")
@@ -306,7 +271,7 @@ def _study_sections(profile, runs, evaluations, out, summary):
                f"{rule['tail']} epochs of evaluations after it that no later evaluation beats by {rule['min_gain']} "
                f"points or more of validation {METRICS[rule['metric']]} (mean over seeds).", "",
                markdown_table(budget), ""]
-        summary["plateau"] = _json_records(budget, list(budget.columns))
+        summary["plateau"] = json_records(budget, list(budget.columns))
     if "mechanism" in profile.groups:
         rows = set(profile.groups["mechanism"])
         rows |= {profile.baselines[r] for r in rows if r in profile.baselines}
@@ -316,23 +281,8 @@ def _study_sections(profile, runs, evaluations, out, summary):
         write_csv(compared, out / "mechanism.csv", "%.6f")
         if not compared.empty:
             md += _mechanism_markdown(compared)
-            summary["mechanism"] = _json_records(compared, list(compared.columns))
+            summary["mechanism"] = json_records(compared, list(compared.columns))
     return md
-
-
-def _headline(entry, comparisons):
-    """A regime the profile puts on the book's first page: its words, its comparisons (trusted selection, MAP@R) as
-    records, those of its control (what the comparator alone gains) where it names one, and the size of the
-    profile's Holm family."""
-    lines = lines_of(comparisons, [tuple(p) for p in entry["lines"]])
-    family = comparisons[(comparisons["metric"] == "map_at_r") & (comparisons["selection"] == lines["selection"][0])]
-    out = {**{k: v for k, v in entry.items() if k not in ("lines", "control")},
-           "family": int(len(family.drop_duplicates(["row", "baseline"]))),
-           "lines": _json_records(lines, COMPARISON_COLUMNS, 6)}
-    if entry.get("control"):
-        out["control"] = _json_records(lines_of(comparisons, [tuple(p) for p in entry["control"]]),
-                                       COMPARISON_COLUMNS, 6)
-    return out
 
 
 def _figures(profile, runs, evaluations, folder, log):

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pandas as pd
 
+from .rows import memory_schedule  # noqa: F401  (a chapter's name for it, as before)
 from .runs import selections
 from .stats import describe
 from .tables import formatted
 from .verdicts import trusted_selection
 
 __all__ = ["comparisons", "summary", "status", "table_means", "plateau_said", "official_schedule", "schedules",
-           "study_regime", "pick", "said", "mechanism_sentences", "STYLES", "html_table", "download_link",
-           "memory_schedule"]
+           "study_regime", "pick", "said", "mechanism_sentences", "STYLES", "html_table", "download_link"]
 
 # The chapters' table styles: right-aligned numbers; a study table's first column (its row labels) on the left.
 STYLES = {"results": "<style>.results td, .results th {padding: 0.15em 0.6em; text-align: right}</style>",
@@ -94,28 +94,6 @@ def download_link(path, text=None):
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     return (f'<a download="{path.name}" href="data:text/csv;base64,{data}">{text or "Download " + path.name}'
             f"</a> ({path.stat().st_size / 1024:.0f} KB)")
-
-
-def memory_schedule(params):
-    """MemVir's schedule in steps for a glyph row (its profile params): what "a full memory" meant in that run.
-
-    Returns a dict: steps_per_epoch (memvir.train's sampler over the train classes' images), span (N(M+1), the
-    steps the memory holds), full_memory_steps (steps that took all N past steps: the memory, empty at epoch U,
-    is full after `span` pushes, one per step; what metrics.json's full_memory_steps counts), spans (that over
-    span); the paper's CARS196 runs: official_schedule.
-    """
-    import numpy as np
-
-    from ..data.samplers import BatchSampler
-
-    train_classes = int(params["num_classes"]) // 2 - int(params.get("val_classes", 0))
-    labels = np.repeat(np.arange(train_classes), int(params["instances_per_class"]))
-    steps = len(BatchSampler(labels, int(params["batch_size"]), int(params.get("n_instance", 1))))
-    N, M, U = (int(params.get(k) or 0) for k in ("mem_num_step", "mem_step_gap", "warm_epoch"))
-    span = N * (M + 1)
-    full = max(0, (int(params["epochs"]) - U) * steps - span) if params.get("memvir") else 0
-    return {"steps_per_epoch": steps, "span": span, "full_memory_steps": full,
-            "spans": full / span if span else 0.0}
 
 
 def status(folder, name):

@@ -16,7 +16,7 @@ from .runs import SELECTION_NAMES
 
 __all__ = ["TRUSTED_RULE", "trusted_selection", "side", "sides", "tally", "detectable", "holm_threshold",
            "share_words", "SHARE_WORDS", "number", "plural", "span", "evaluate_rule", "RULE_KINDS", "lines_of",
-           "said_lines", "epochs_share", "LOSS_NAMES", "row_facts", "family_size",
+           "said_lines", "epochs_share", "family_size",
            "said_pairs", "shares_by_selection",
            "group_pairs", "find_rows", "row_pairs",
            "selection_flips"]
@@ -205,55 +205,6 @@ def evaluate_rule(name, rule, comparisons):
             "lines": [list(p) for pairs in rule["candidates"].values() for p in pairs],
             "selection_name": SELECTION_NAMES[selection], "at_least": need, "candidates": outcome,
             "passing": passing, "passed": passed, "says": rule["says"]["pass" if passed else "fail"]}
-
-
-# The losses as the paper's tables name them (memvir/paper_results), by their official spelling (Loss.name).
-LOSS_NAMES = {"Norm_SoftMax": "Norm-SoftMax", "Proxy_NCA": "Proxy-NCA", "SoftMax_vanilla": "Softmax",
-              "CosFace": "CosFace", "ArcFace": "ArcFace", "Proxy_Anchor": "Proxy-Anchor", "Soft_Triple": "SoftTriple"}
-
-
-def row_facts(row):
-    """What a profile row is, so that no one parses its label: its loss (canonical), its memory (MemVir, a past
-    step's proxies alone, the current proxies' copies, learned negatives, XBM, or none) with N, M and U, its budget
-    (epochs, a rate decay), its start (pretrained or not), its glyph split and its baseline.
-
-    Args:
-        row: a memvir.profile.Row.
-    """
-    from ..files import parse_bool
-    from ..registry import LOSSES
-
-    p = row.params
-    memvir = parse_bool(p.get("memvir", False))
-    if memvir:
-        memory = {"both": "MemVir", "proxies": "past proxies", "embeddings": "past embeddings",
-                  "current": "current proxies"}[str(p.get("mem_virtual") or "both")]
-    elif int(p.get("C") or 0) > 0:
-        memory = "learned negatives"
-    elif int(p.get("xbm_size") or 0) > 0:
-        memory = "XBM"
-    else:
-        memory = "none"
-    decay = int(p.get("decay_step") or 0)
-    cls = LOSSES.get(str(p["loss"]).lower().replace("_", "").replace("-", ""))
-    return {"loss": LOSS_NAMES.get(cls.name if cls else "", str(p["loss"])), "memory": memory,
-            "N": int(p.get("mem_num_step") or 0) if memvir else None,
-            "M": int(p.get("mem_step_gap") or 0) if memvir else None,
-            "U": int(p.get("warm_epoch") or 0) if memvir else None,
-            "epochs": int(p["epochs"]), "decay_epoch": decay if 0 < decay < int(p["epochs"]) else None,
-            "pretrained": str(p.get("pretrained") or "none") != "none", "split": int(p.get("glyph_seed") or 0),
-            "baseline": row.baseline or None, "schedule": _schedule(p) if memvir else None}
-
-
-def _schedule(params):
-    """memory_schedule of a glyph row (steps per epoch, the memory's span, full-memory steps, spans); None for a
-    data set the report cannot count here."""
-    from .chapter import memory_schedule
-
-    needed = ("num_classes", "instances_per_class", "batch_size", "epochs")
-    if str(params.get("data_name", "")).lower() != "glyphs" or any(k not in params for k in needed):
-        return None  # counted from the profile's own values only
-    return {k: (round(v, 2) if isinstance(v, float) else v) for k, v in memory_schedule(params).items()}
 
 
 def group_pairs(summary, group):
