@@ -16,19 +16,10 @@
 # %% [markdown]
 # # Does MemVir deliver?
 #
-# The answer first, then the evidence, one regime at a time: from the study's untuned values at 24 epochs, through
-# values tuned for the baselines on three glyph splits, a pretrained backbone and converged budgets, to the paper's
-# own comparison and the control its tables lack, a baseline trained as long as MemVir. This used to be two
-# chapters, the study's verdict and then "Where MemVir delivers", and a reader who stopped after the first left
-# with a stale answer; here the answer is the one on the book's first page, and every section after it is a piece
-# of its evidence. The study's own questions (model selection, ablations, the mechanism, a cross-batch memory,
-# the scale) are the next chapter but one, "The untuned study".
-#
-# Every rule (what is run, how a value is chosen, what counts as converged, when an option is worth naming) is
-# written in its profile's header before its runs and evaluated by the report (`memvir/report/verdicts.py`);
-# this chapter only reads the reports in `results/reference/` and says what they hold.
+# The answer first, as on the book's first page, then its evidence one regime at a time; every number is read
+# from the committed reports in `results/reference/`.
 
-# %% tags=["parameters"]
+# %% tags=["parameters", "hide-input"]
 reference_root = "../results/reference"  # every committed report: the answer's regimes
 tune_dir = "../results/reference/tune"  # the validation search of the baselines' values
 splits_dir = "../results/reference/splits"  # main comparisons at those values, 3 splits
@@ -67,10 +58,6 @@ def show(table):
 
 # %% [markdown]
 # ## The answer
-#
-# Each regime's comparisons of MemVir with its baseline, MAP@R at the best validation epoch, paired by seed with
-# their 95% intervals; a filled point passes Holm's correction over its profile's comparisons. The red line is
-# the paper's own claimed effect (the official README's CARS196 runs, MemVir minus its baseline).
 
 # %% tags=["hide-input"]
 regimes = report.regimes(reference_root)
@@ -78,6 +65,20 @@ display(Markdown(" ".join(report.answer_sentences(regimes))))
 figure = report.answer_figure(regimes)
 
 # %% [markdown]
+# Each regime's comparisons of MemVir with its baseline, MAP@R at the best validation epoch, paired by seed with
+# their 95% intervals; a filled point passes Holm's correction over its profile's comparisons. The red line is
+# the paper's own claimed effect (the official README's CARS196 runs, MemVir minus its baseline).
+
+# %% [markdown]
+# **Why one chapter.** The regimes run from the study's untuned values at 24 epochs, through values tuned for the
+# baselines on three glyph splits, a pretrained backbone and converged budgets, to the paper's own comparison and
+# the control its tables lack, a baseline trained as long as MemVir. They used to be two chapters, the study's
+# verdict and then "Where MemVir delivers", and a reader who stopped after the first left with a stale answer;
+# here the answer comes first and every section after it is a piece of its evidence. The study's own questions
+# (model selection, ablations, the mechanism, a cross-batch memory, the scale) are the chapter "The untuned study".
+# Every rule (what is run, how a value is chosen, what counts as converged, when an option is worth naming) is
+# written in its profile's header before its runs and evaluated by the report (`memvir/report/verdicts.py`).
+#
 # **How to read a comparison.** A row and its baseline share the seed, hence the initialisation, the batches and
 # the augmentation; the difference is taken seed by seed. We give its mean in MAP@R points, its 95% interval
 # (Student's t over the seeds), in how many seeds the row is ahead, and Holm's corrected p over every comparison
