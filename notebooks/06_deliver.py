@@ -255,6 +255,19 @@ if have["controls"]:
     display(Image(filename=str(Path(controls_dir) / "figures" / "forest.png")))
 
 # %% [markdown]
+# **What it does to the embedding.** The study's diagnostics (chapter "The untuned study", section 4), on
+# Norm-SoftMax's rows of this profile: retrieval on the seen classes against the unseen ones, and how the unseen
+# classes' embeddings spread. Descriptive: paired differences, not corrected; retrieval values are fractions.
+
+# %% tags=["hide-input"]
+if (Path(controls_dir) / "mechanism.csv").exists():
+    mech = pd.read_csv(Path(controls_dir) / "mechanism.csv")
+    mech = mech[mech["quantity"].isin(report.MECHANISM_SHOWN)]
+    show(report.mechanism_table(mech).drop(columns=["vs"]))
+    display(Markdown("Against the baseline, three seeds:\n\n- "
+                     + "\n- ".join(report.mechanism_sentences(mech))))
+
+# %% [markdown]
 # ## The regime: the paper's runs against the glyph study's
 #
 # A memory of N(M+1) steps is empty at the end of the warm-up and full N(M+1) steps later; the table counts the
