@@ -33,6 +33,7 @@ study_dir = "../results/reference/study"  # the untuned study
 # %% tags=["hide-input"]
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import HTML, Image, Markdown, display
 
@@ -56,18 +57,16 @@ def show(table):
     display(HTML(report.html_table(table, "study")))
 
 
-# %% [markdown]
-# ## The answer
-
-# %% tags=["hide-input"]
-regimes = report.regimes(reference_root)
-display(Markdown(" ".join(report.answer_sentences(regimes))))
+regimes = report.regimes(reference_root)  # the answer: the picture, then its sentences
 figure = report.answer_figure(regimes)
+display(figure)
+plt.close(figure)  # shown above the sentences, not again at the cell's end
+display(Markdown(" ".join(report.answer_sentences(regimes))))
 
 # %% [markdown]
-# Each regime's comparisons of MemVir with its baseline, MAP@R at the best validation epoch, paired by seed with
-# their 95% intervals; a filled point passes Holm's correction over its profile's comparisons. The red line is
-# the paper's own claimed effect (the official README's CARS196 runs, MemVir minus its baseline).
+# The picture: each regime's comparisons of MemVir with its baseline, MAP@R at the best validation epoch, paired
+# by seed with their 95% intervals; a filled point passes Holm's correction over its profile's comparisons. The
+# red line is the paper's own claimed effect (the official README's CARS196 runs, MemVir minus its baseline).
 
 # %% [markdown]
 # **Why one chapter.** The regimes run from the study's untuned values at 24 epochs, through values tuned for the
