@@ -25,8 +25,12 @@ tune_dir = "../results/reference/tune"  # the validation search of the baselines
 splits_dir = "../results/reference/splits"  # main comparisons at those values, 3 splits
 controls_dir = "../results/reference/controls"  # past proxies against their controls
 plateau_dir = "../results/reference/plateau"  # where the baselines stop improving
-converged_dir = "../results/reference/converged"  # MemVir at the converged budget and 2x
-protocol_dir = "../results/reference/protocol"  # the paper's schedule; the long baseline
+converged_dir = (  # MemVir at the converged budget and 2x
+    "../results/reference/converged"
+)
+protocol_dir = (  # the paper's schedule; the long baseline
+    "../results/reference/protocol"
+)
 pretrained_dir = "../results/reference/pretrained"  # from a pretrained backbone
 study_dir = "../results/reference/study"  # the untuned study
 
@@ -39,11 +43,22 @@ from IPython.display import HTML, Image, Markdown, display
 
 import memvir.report as report
 
-DIRS = {"tune": tune_dir, "splits": splits_dir, "controls": controls_dir, "plateau": plateau_dir,
-        "converged": converged_dir, "protocol": protocol_dir, "pretrained": pretrained_dir,
-        "study": study_dir}
+DIRS = {
+    "tune": tune_dir,
+    "splits": splits_dir,
+    "controls": controls_dir,
+    "plateau": plateau_dir,
+    "converged": converged_dir,
+    "protocol": protocol_dir,
+    "pretrained": pretrained_dir,
+    "study": study_dir,
+}
 have = {name: (Path(d) / "comparisons.csv").is_file() for name, d in DIRS.items()}
-summary = {name: report.summary(d) for name, d in DIRS.items() if (Path(d) / "report.json").is_file()}
+summary = {
+    name: report.summary(d)
+    for name, d in DIRS.items()
+    if (Path(d) / "report.json").is_file()
+}
 c = {name: report.comparisons(d) for name, d in DIRS.items() if have[name]}
 headline = {name: s.get("headline", []) for name, s in summary.items()}
 
@@ -93,7 +108,12 @@ display(Markdown(" ".join(report.answer_sentences(regimes))))
 # %% tags=["hide-input"]
 if have["study"]:
     for entry in headline["study"]:
-        display(Markdown(f"MemVir against its baseline: {report.said_pairs(c['study'], pairs(entry))}."))
+        display(
+            Markdown(
+                "MemVir against its baseline:"
+                f" {report.said_pairs(c['study'], pairs(entry))}."
+            )
+        )
 
 # %% [markdown]
 # ## 2. Tuned values, on three glyph splits
@@ -112,9 +132,21 @@ if "tune" in summary:
 display(Markdown(report.status(splits_dir, "splits")))
 if have["splits"]:
     for entry in headline["splits"]:
-        display(Markdown(f"MemVir against its baseline: {report.said_pairs(c['splits'], pairs(entry))}."))
-    show(report.compact_table(c["splits"].assign(group="all").drop_duplicates(
-        ["row", "baseline", "metric", "selection"]), "all", summary["splits"]["trusted_selection"]))
+        display(
+            Markdown(
+                "MemVir against its baseline:"
+                f" {report.said_pairs(c['splits'], pairs(entry))}."
+            )
+        )
+    show(
+        report.compact_table(
+            c["splits"]
+            .assign(group="all")
+            .drop_duplicates(["row", "baseline", "metric", "selection"]),
+            "all",
+            summary["splits"]["trusted_selection"],
+        )
+    )
 
 # %% [markdown]
 # ## 3. A pretrained backbone
@@ -130,13 +162,19 @@ display(Markdown(report.status(pretrained_dir, "pretrained")))
 if have["pretrained"]:
     s, cp = summary["pretrained"], c["pretrained"]
     gate = s["rules"]["gate"]
-    said = [f"**The gate**, at the {gate['selection_name']}: "
-            f"{report.said_pairs(cp, gate['lines'], gate['selection'])}; {gate['says']}."]
-    for what, group in (("MemVir (U=16, and the paper's short warm-up U=1)", "memvir"),
-                        ("A past step's proxies alone", "proxies")):
+    said = [
+        f"**The gate**, at the {gate['selection_name']}: "
+        f"{report.said_pairs(cp, gate['lines'], gate['selection'])}; {gate['says']}."
+    ]
+    for what, group in (
+        ("MemVir (U=16, and the paper's short warm-up U=1)", "memvir"),
+        ("A past step's proxies alone", "proxies"),
+    ):
         for sel in ("val", "last"):
-            said.append(f"**{what}, {report.SELECTION_NAMES[sel]}**: "
-                        f"{report.said_pairs(cp, report.group_pairs(s, group), sel)}.")
+            said.append(
+                f"**{what}, {report.SELECTION_NAMES[sel]}**: "
+                f"{report.said_pairs(cp, report.group_pairs(s, group), sel)}."
+            )
     display(Markdown("\n\n".join(said)))
 
 # %% [markdown]
@@ -153,21 +191,31 @@ if have["pretrained"]:
 display(Markdown(report.status(plateau_dir, "plateau")))
 if "plateau" in summary:
     display(Image(filename=str(Path(plateau_dir) / "figures" / "curves_plateau.png")))
-    display(Markdown("- " + "\n- ".join(report.plateau_said(plateau_dir))
-                     + "\n\nThe rule reads the 50 validation classes only; they level off before"
-                     " the 500 test classes do."))
+    display(
+        Markdown(
+            "- "
+            + "\n- ".join(report.plateau_said(plateau_dir))
+            + "\n\nThe rule reads the 50 validation classes only; they level off before"
+            " the 500 test classes do."
+        )
+    )
 display(Markdown(report.status(converged_dir, "converged")))
 if have["converged"]:
     s, cc = summary["converged"], c["converged"]
     for group in s["groups"]:
-        display(Image(filename=str(Path(converged_dir) / "figures" / f"curves_{group}.png")))
-    display(Markdown(
-        f"**MemVir** against the baseline of its budget: "
-        f"{report.said_pairs(cc, pairs(headline['converged'][0]))}.\n\n"
-        f"**A past step's proxies alone** at B: "
-        f"{report.said_pairs(cc, report.row_pairs(s, report.find_rows(s, memory='past proxies')))}."
-        f"\n\n**MemVir against past proxies alone** at B: "
-        f"{report.said_pairs(cc, report.group_pairs(s, 'memvir_vs_past'))}."))
+        display(
+            Image(filename=str(Path(converged_dir) / "figures" / f"curves_{group}.png"))
+        )
+    past = report.row_pairs(s, report.find_rows(s, memory="past proxies"))
+    display(
+        Markdown(
+            "**MemVir** against the baseline of its budget:"
+            f" {report.said_pairs(cc, pairs(headline['converged'][0]))}.\n\n**A past"
+            f" step's proxies alone** at B: {report.said_pairs(cc, past)}.\n\n**MemVir"
+            " against past proxies alone** at B:"
+            f" {report.said_pairs(cc, report.group_pairs(s, 'memvir_vs_past'))}."
+        )
+    )
     show(report.schedules(s))
 
 # %% [markdown]
@@ -183,34 +231,63 @@ if have["protocol"]:
     s, cq = summary["protocol"], c["protocol"]
     paper, long = headline["protocol"]
     for group in s["groups"]:
-        display(Image(filename=str(Path(protocol_dir) / "figures" / f"curves_{group}.png")))
-    said = [f"**As the paper compares**, MemVir against the decayed baseline: "
-            f"{report.said_pairs(cq, pairs(paper))}.",
-            f"**The epochs alone**, the long baseline against the same decayed one: "
-            f"{report.said_pairs(cq, pairs(paper, 'control'))}.",
-            "**The share of the paper-style gain that the epochs alone give**, by selection: "
-            + "; ".join(report.shares_by_selection(cq, pairs(paper), pairs(paper, "control"),
-                                                   s["row_facts"])) + "."]
-    said += [f"**What MemVir adds to the epochs**, against the baseline trained as long, at the "
-             f"{report.SELECTION_NAMES[sel]}: {report.said_pairs(cq, pairs(long), sel)}."
-             for sel in ("val", "last", "best")]
+        display(
+            Image(filename=str(Path(protocol_dir) / "figures" / f"curves_{group}.png"))
+        )
+    said = [
+        (
+            "**As the paper compares**, MemVir against the decayed baseline: "
+            f"{report.said_pairs(cq, pairs(paper))}."
+        ),
+        (
+            "**The epochs alone**, the long baseline against the same decayed one: "
+            f"{report.said_pairs(cq, pairs(paper, 'control'))}."
+        ),
+        "**The share of the paper-style gain that the epochs alone give**, by"
+        " selection: "
+        + "; ".join(
+            report.shares_by_selection(
+                cq, pairs(paper), pairs(paper, "control"), s["row_facts"]
+            )
+        )
+        + ".",
+    ]
+    said += [
+        "**What MemVir adds to the epochs**, against the baseline trained as long, at"
+        f" the {report.SELECTION_NAMES[sel]}:"
+        f" {report.said_pairs(cq, pairs(long), sel)}."
+        for sel in ("val", "last", "best")
+    ]
     display(Markdown("\n\n".join(said)))
 
 # %% tags=["hide-input"]
-if have["protocol"] and have["converged"]:  # the decayed baseline beside the constant-rate one, same B
+if (
+    have["protocol"] and have["converged"]
+):  # the decayed baseline beside the constant-rate one, same B
     decayed = report.table_means(protocol_dir, "val")
     constant = report.table_means(converged_dir, "val")
     lines = []
     for row, f in summary["protocol"]["row_facts"].items():
-        if f["decay_epoch"]:  # the converged profile's baseline of the same loss and budget
-            (same,) = report.find_rows(summary["converged"], loss=f["loss"], epochs=f["epochs"],
-                                       memory="none")
-            lines.append(f"{f['loss']} at {f['epochs']} epochs: {decayed[row]:.2f} decayed,"
-                         f" {constant[same]:.2f} constant")
-    display(Markdown("The paper's decay at 50/130 of the run, against the constant rate at the same budget and"
-                     " seeds (`PROFILE=converged`; mean MAP@R at the best validation epoch, not paired"
-                     " across profiles): " + "; ".join(lines) + ". The decayed baseline is the one the"
-                     " paper's comparison measures against."))
+        if f[
+            "decay_epoch"
+        ]:  # the converged profile's baseline of the same loss and budget
+            (same,) = report.find_rows(
+                summary["converged"], loss=f["loss"], epochs=f["epochs"], memory="none"
+            )
+            lines.append(
+                f"{f['loss']} at {f['epochs']} epochs: {decayed[row]:.2f} decayed,"
+                f" {constant[same]:.2f} constant"
+            )
+    display(
+        Markdown(
+            "The paper's decay at 50/130 of the run, against the constant rate at the"
+            " same budget and seeds (`PROFILE=converged`; mean MAP@R at the best"
+            " validation epoch, not paired across profiles): "
+            + "; ".join(lines)
+            + ". The decayed baseline is the one the"
+            " paper's comparison measures against."
+        )
+    )
     show(report.schedules(summary["protocol"]))
 
 # %% [markdown]
@@ -234,23 +311,32 @@ if have["controls"]:
     past = report.find_rows(s, memory="past proxies", N=5)
     rule = s["rules"]["named_option"]
     family = report.family_size(ck)
-    display(Markdown(
-        f"*What the profile could detect: {len(s['seeds'])} seeds and {family} MAP@R comparisons in its Holm"
-        f" family, so a comparison passes only where its mean difference is"
-        f" {report.holm_threshold(len(s['seeds']), family):.0f} times the standard deviation of its seeds'"
-        " differences.*\n\n"
-        f"**Past proxies against the baseline**: {report.said_pairs(ck, report.row_pairs(s, past))}.\n\n"
-        f"**Against the current proxies' copies** (staleness): "
-        f"{report.said_pairs(ck, report.group_pairs(s, 'past_vs_current'))}.\n\n"
-        f"**Against learned negatives** (more classes): "
-        f"{report.said_pairs(ck, report.group_pairs(s, 'past_vs_learned'))}.\n\n"
-        f"**MemVir against past proxies alone** (what the past embeddings add): "
-        f"{report.said_pairs(ck, report.group_pairs(s, 'memvir_vs_past'))}.\n\n"
-        f"**The rule for a named option** (`configs/controls.yml`, written after a partial report of 89 of the"
-        f" 126 runs had been read, to write this chapter's code): a past step's proxies become a named option of"
-        f" `memvir.MemVir` if, for at least {rule['at_least']} of the six losses, they are a significant MAP@R"
-        f" gain both over the baseline and over the current proxies' copies. {len(rule['passing'])} of six pass:"
-        f" {rule['says']}."))
+    current = report.group_pairs(s, "past_vs_current")
+    learned = report.group_pairs(s, "past_vs_learned")
+    display(
+        Markdown(
+            f"*What the profile could detect: {len(s['seeds'])} seeds and {family}"
+            " MAP@R comparisons in its Holm family, so a comparison passes only where"
+            " its mean difference is"
+            f" {report.holm_threshold(len(s['seeds']), family):.0f} times the standard"
+            " deviation of its seeds' differences.*\n\n**Past proxies against the"
+            " baseline**:"
+            f" {report.said_pairs(ck, report.row_pairs(s, past))}.\n\n**Against the"
+            " current proxies' copies** (staleness):"
+            f" {report.said_pairs(ck, current)}.\n\n**Against"
+            " learned negatives** (more classes):"
+            f" {report.said_pairs(ck, learned)}.\n\n**MemVir"
+            " against past proxies alone** (what the past embeddings add):"
+            f" {report.said_pairs(ck, report.group_pairs(s, 'memvir_vs_past'))}.\n\n**The"
+            " rule for a named option** (`configs/controls.yml`, written after a"
+            " partial report of 89 of the 126 runs had been read, to write this"
+            " chapter's code): a past step's proxies become a named option of"
+            f" `memvir.MemVir` if, for at least {rule['at_least']} of the six losses,"
+            " they are a significant MAP@R gain both over the baseline and over the"
+            f" current proxies' copies. {len(rule['passing'])} of six pass:"
+            f" {rule['says']}."
+        )
+    )
     display(Image(filename=str(Path(controls_dir) / "figures" / "forest.png")))
 
 # %% [markdown]
@@ -263,8 +349,12 @@ if (Path(controls_dir) / "mechanism.csv").exists():
     mech = pd.read_csv(Path(controls_dir) / "mechanism.csv")
     mech = mech[mech["quantity"].isin(report.MECHANISM_SHOWN)]
     show(report.mechanism_table(mech).drop(columns=["vs"]))
-    display(Markdown("Against the baseline, three seeds:\n\n- "
-                     + "\n- ".join(report.mechanism_sentences(mech))))
+    display(
+        Markdown(
+            "Against the baseline, three seeds:\n\n- "
+            + "\n- ".join(report.mechanism_sentences(mech))
+        )
+    )
 
 # %% [markdown]
 # ## The regime: the paper's runs against the glyph study's
@@ -274,4 +364,11 @@ if (Path(controls_dir) / "mechanism.csv").exists():
 # CARS196 runs train through about 240 spans; the study's MemVir rows through 0.1 to 2.3.
 
 # %% tags=["hide-input"]
-show(pd.concat([report.official_schedule(), report.schedules(summary["study"], summary["study"]["groups"]["main"])]))
+show(
+    pd.concat(
+        [
+            report.official_schedule(),
+            report.schedules(summary["study"], summary["study"]["groups"]["main"]),
+        ]
+    )
+)

@@ -201,9 +201,10 @@ for other in (v for v in chosen if v != value):
 def paired_rows(folder):
     """MemVir minus baseline of a committed report (best test epoch, Holm)."""
     c = report.comparisons(folder)
-    c = c[c["selection"] == "best"].assign(metric=lambda d: d["metric"].map(report.METRICS))
-    return c[["row", "metric", "pairs", "baseline_mean", "row_mean", "diff_mean", "ci_low",
-              "ci_high", "ahead", "p", "p_holm"]]
+    c = c[c["selection"] == "best"]
+    c = c.assign(metric=c["metric"].map(report.METRICS))
+    return c[["row", "metric", "pairs", "baseline_mean", "row_mean", "diff_mean",
+              "ci_low", "ci_high", "ahead", "p", "p_holm"]]
 
 
 earlier = {}

@@ -103,35 +103,57 @@ display(HTML(report.download_link(out / "comparisons.csv", "Every comparison (CS
 
 # %% tags=["hide-input"]
 main = rows_of("main")
-at = {sel: report.tally(comparisons[comparisons["selection"] == sel].drop_duplicates(
-    ["row", "baseline", "metric"])) for sel in (honest, "best")}
-lines = [f"**{row}** against {comparison(row, R1, honest)['baseline']}, at the"
-         f" {report.SELECTION_NAMES[honest]}: Recall@1 {report.describe(comparison(row, R1, honest))};"
-         f" MAP@R {report.describe(comparison(row, MAP, honest))}." for row in main]
+at = {
+    sel: report.tally(
+        comparisons[comparisons["selection"] == sel].drop_duplicates(
+            ["row", "baseline", "metric"]
+        )
+    )
+    for sel in (honest, "best")
+}
+lines = [
+    f"**{row}** against {comparison(row, R1, honest)['baseline']}, at the"
+    f" {report.SELECTION_NAMES[honest]}: Recall@1"
+    f" {report.describe(comparison(row, R1, honest))}; MAP@R"
+    f" {report.describe(comparison(row, MAP, honest))}."
+    for row in main
+]
 headline = report.said_pairs(comparisons, [(row, "main") for row in main])
-display(Markdown(
-    f"**At the study's values and equal budgets, MemVir {headline}** (MAP@R). " + " ".join(lines)
-    + f" Over the whole study, {report.plural(at[honest]['gains'], 'significant gain')} and"
-    f" {report.plural(at[honest]['losses'], 'significant loss')} among {at[honest]['n']} comparisons (row"
-    f" against baseline, per metric) at the {report.SELECTION_NAMES[honest]}; with the official selection"
-    f" (the {report.SELECTION_NAMES['best']}) {report.plural(at['best']['gains'], 'gain')} and"
-    f" {report.plural(at['best']['losses'], 'loss')} of {at['best']['n']}. The sections below answer the"
-    " seven questions one by one."))
+display(
+    Markdown(
+        f"**At the study's values and equal budgets, MemVir {headline}** (MAP@R). "
+        + " ".join(lines)
+        + " Over the whole study,"
+        f" {report.plural(at[honest]['gains'], 'significant gain')} and"
+        f" {report.plural(at[honest]['losses'], 'significant loss')} among"
+        f" {at[honest]['n']} comparisons (row against baseline, per metric) at the"
+        f" {report.SELECTION_NAMES[honest]}; with the official selection (the"
+        f" {report.SELECTION_NAMES['best']})"
+        f" {report.plural(at['best']['gains'], 'gain')} and"
+        f" {report.plural(at['best']['losses'], 'loss')} of {at['best']['n']}. The"
+        " sections below answer the seven questions one by one."
+    )
+)
 
 
 # %% tags=["hide-input"]
 # The verdict carries its regime: the budgets, how long MemVir trained with a full
 # memory, whether the runs had converged (the best epoch being the last says not).
 regime = report.study_regime(out, honest)
-display(Markdown(
-    f"**Its regime.** Measured at budgets of {regime['epochs'][0]}-{regime['epochs'][1]} epochs,"
-    f" where MemVir trained with a full memory for {regime['spans'][0]:.1f}-{regime['spans'][1]:.1f}"
-    " memory spans (the paper's CARS196 runs: about 240; chapter \"Does MemVir deliver?\")."
-    f" In {regime['at_end']['best']} of {regime['runs']} runs the best test MAP@R is at the last"
-    f" evaluation, and in {regime['at_end'][honest]} the {report.SELECTION_NAMES[honest]} is the"
-    " last: most runs were still improving when they stopped. The official README says MemVir"
-    " \"improves performance slowly; thus, it needs larger training epochs than baseline\"; the"
-    " chapter \"Does MemVir deliver?\" gives it those epochs and asks again."))
+display(
+    Markdown(
+        "**Its regime.** Measured at budgets of"
+        f" {regime['epochs'][0]}-{regime['epochs'][1]} epochs, where MemVir trained"
+        f" with a full memory for {regime['spans'][0]:.1f}-{regime['spans'][1]:.1f}"
+        " memory spans (the paper's CARS196 runs: about 240; chapter \"Does MemVir"
+        f" deliver?\"). In {regime['at_end']['best']} of {regime['runs']} runs the best"
+        f" test MAP@R is at the last evaluation, and in {regime['at_end'][honest]} the"
+        f" {report.SELECTION_NAMES[honest]} is the last: most runs were still improving"
+        ' when they stopped. The official README says MemVir "improves performance'
+        ' slowly; thus, it needs larger training epochs than baseline"; the chapter'
+        ' "Does MemVir deliver?" gives it those epochs and asks again.'
+    )
+)
 
 # %% [markdown]
 # ## The benchmark, chosen by the baseline alone
@@ -185,14 +207,21 @@ if "budgets" in have:
 
 # %% tags=["hide-input"]
 selection_table, flips = report.selection_flips(
-    comparisons, dict.fromkeys(rows_of("main") + rows_of("budgets")), honest)
+    comparisons, dict.fromkeys(rows_of("main") + rows_of("budgets")), honest
+)
 show(selection_table)
-display(Markdown(
-    "Differences whose sign is not the same under the official selection and the"
-    f" {report.SELECTION_NAMES[honest]}: {len(flips)} of {len(selection_table)}"
-    + "".join(f"; {r['Row']} {r['Metric']} ({r['Δ best']:+.2f} -> {r[f'Δ {honest}']:+.2f})"
-              for _, r in flips.iterrows())
-    + ". Every other section uses the validation rule."))
+display(
+    Markdown(
+        "Differences whose sign is not the same under the official selection and the"
+        f" {report.SELECTION_NAMES[honest]}: {len(flips)} of {len(selection_table)}"
+        + "".join(
+            f"; {r['Row']} {r['Metric']} ({r['Δ best']:+.2f} ->"
+            f" {r[f'Δ {honest}']:+.2f})"
+            for _, r in flips.iterrows()
+        )
+        + ". Every other section uses the validation rule."
+    )
+)
 
 # %% [markdown]
 # ## 3. Ablations of MemVir itself
@@ -281,14 +310,21 @@ if "scale" in have:
 # every comparison of the study with the same metric and the same selection rule.
 
 # %% tags=["hide-input"]
-family = report.tally(comparisons[(comparisons["metric"] == MAP) & (comparisons["selection"] == honest)]
-                      .drop_duplicates(["row", "baseline"]))
+family = report.tally(
+    comparisons[
+        (comparisons["metric"] == MAP) & (comparisons["selection"] == honest)
+    ].drop_duplicates(["row", "baseline"])
+)
 sd = report.table_means(out, honest, column="Std.").values()
-display(Markdown(
-    f"MAP@R at the {report.SELECTION_NAMES[honest]}: {family['n']} comparisons in the family;"
-    f" {family['uncorrected']} have an uncorrected p below 0.05, {family['gains'] + family['losses']}"
-    " stay below 0.05 after the correction. The seed-to-seed standard deviation of a row's MAP@R"
-    f" is {min(sd):.2f} to {max(sd):.2f} points."))
+display(
+    Markdown(
+        f"MAP@R at the {report.SELECTION_NAMES[honest]}: {family['n']} comparisons in"
+        f" the family; {family['uncorrected']} have an uncorrected p below 0.05,"
+        f" {family['gains'] + family['losses']} stay below 0.05 after the correction."
+        f" The seed-to-seed standard deviation of a row's MAP@R is {min(sd):.2f} to"
+        f" {max(sd):.2f} points."
+    )
+)
 
 # %% [markdown]
 # ## Rerunning it
@@ -298,17 +334,28 @@ display(Markdown(
 # trained:
 
 # %% tags=["hide-input"]
-display(Markdown(report.status(out, "study") + " Runs that shared the cores with others took longer than"
-                 " alone, so this is an upper bound of the work."))
+display(
+    Markdown(
+        report.status(out, "study")
+        + " Runs that shared the cores with others took longer than"
+        " alone, so this is an upper bound of the work."
+    )
+)
 
 # %% [markdown]
 # ## What we saw
 
 # %% tags=["hide-input"]
 saw = [f"At the study's values and equal budgets, MemVir {headline}."]
-saw += [f"{row}, MAP@R at the {report.SELECTION_NAMES[honest]}: {report.describe(comparison(row, MAP, honest))}"
-        for row in main]
-saw.append(f"{report.plural(at[honest]['gains'], 'significant gain')} and"
-           f" {report.plural(at[honest]['losses'], 'significant loss')} among {at[honest]['n']} comparisons"
-           f" (Holm-corrected, {report.SELECTION_NAMES[honest]}).")
+saw += [
+    f"{row}, MAP@R at the {report.SELECTION_NAMES[honest]}:"
+    f" {report.describe(comparison(row, MAP, honest))}"
+    for row in main
+]
+saw.append(
+    f"{report.plural(at[honest]['gains'], 'significant gain')} and"
+    f" {report.plural(at[honest]['losses'], 'significant loss')} among"
+    f" {at[honest]['n']} comparisons (Holm-corrected,"
+    f" {report.SELECTION_NAMES[honest]})."
+)
 display(Markdown("- " + "\n- ".join(saw)))
