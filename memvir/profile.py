@@ -23,7 +23,8 @@ __all__ = ["ROOT", "TABLE_VALUES", "PROFILE_KEYS", "Row", "Run", "Profile", "loa
 ROOT = Path(__file__).resolve().parents[1]  # the repository memvir was installed from (editable install)
 TABLE_VALUES = ("best", "last")  # which value of a run the tables use: best over training (official) or last
 PROFILE_KEYS = ("description", "notebook", "seeds", "common", "rows", "table_value", "book", "select", "compare",
-                "calibrate", "groups", "shares", "plateau", "contrasts")  # the keys of configs/<profile>.yml
+                "calibrate", "groups", "shares", "plateau", "contrasts", "rules",
+                "headline")  # the keys of configs/<profile>.yml
 PLATEAU_KEYS = ("metric", "min_gain", "tail")  # plateau: the converged-budget rule (memvir.report.runs.plateau_budget)
 BOOK_KEYS = ("curriculum", "training", "tsne")  # book: which row's first-seed run each chapter shows
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -68,6 +69,8 @@ class Profile:
     shares: str = ""  # another profile whose run folders this one uses (YAML `shares`; identical rows, same runs)
     compare: str = ""  # "table4": the report lays the paper's Table 4 beside the profile's rows
     book: dict = field(default_factory=dict)  # {"curriculum": row, "training": row, "tsne": row}
+    rules: dict = field(default_factory=dict)  # {name: rule}: decisions the report evaluates (report.verdicts)
+    headline: list = field(default_factory=list)  # [{regime, order, lines: [(row, group)]}]: the book's first page
     runs_dir: Path = None
     report_dir: Path = None  # the report of the runs made here (results/report/<name>, not in git)
     reference_dir: Path = None  # the committed report the book compares it with (results/reference/<name>)
@@ -260,12 +263,23 @@ def _options(spec, path, rows):
         rows_once = [p[0] for p in pairs]
         if len(set(rows_once)) < len(rows_once):
             raise ValueError(f"{path}: contrasts.{name} compares one row twice; give each pair its own contrast")
+    rules, headline = spec.get("rules") or {}, spec.get("headline") or []
+    named = {(row, g) for g, members in groups.items() for row in members}
+    named |= {(p[0], g) for g, pairs in contrasts.items() for p in pairs}
+    for what, pairs in [*((f"rules.{k}", [p for c in (r.get("candidates") or {}).values() for p in c])
+                          for k, r in rules.items()),
+                        *((f"headline[{i}]", e.get("lines") or []) for i, e in enumerate(headline))]:
+        bad = [p for p in pairs if not (isinstance(p, list) and len(p) == 2 and tuple(p) in named)]
+        if bad or not pairs:
+            raise ValueError(f"{path}: {what} must list [row, group] pairs of the profile's groups and contrasts"
+                             + (f"; {bad[0]!r} is not one" if bad else ""))
     shares = str(spec.get("shares") or "")
     if shares and not re.fullmatch(r"[A-Za-z0-9_-]+", shares):
         raise ValueError(f"{path}: shares must name another profile (its run folders are shared), got {shares!r}")
     return {"table_value": table_value, "book": book, "select": select, "compare": compare,
             "calibrate": tuple(float(v) for v in calibrate), "plateau": dict(plateau), "groups": groups,
-            "contrasts": {k: [tuple(p) for p in v] for k, v in contrasts.items()}, "shares": shares}
+            "contrasts": {k: [tuple(p) for p in v] for k, v in contrasts.items()}, "shares": shares,
+            "rules": rules, "headline": headline}
 
 
 def _notebook(path, root, name):

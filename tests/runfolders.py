@@ -76,7 +76,7 @@ def finished_profile(tmp_path):
 def parameters_cell(path):
     """{name: value} of the cell tagged parameters of a py:percent notebook, read with ast (not with papermill)."""
     cells = re.split(r"^# %%", Path(path).read_text(), flags=re.M)
-    (cell,) = [c for c in cells if c.startswith(' tags=["parameters"]')]
+    (cell,) = [c for c in cells if re.match(r' tags=\[[^\]]*"parameters"', c)]  # hide-input may be beside it
     out = {}
     for node in ast.parse(cell.split("\n", 1)[1]).body:
         assert isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant), ast.dump(node)

@@ -269,3 +269,30 @@ def test_memory_schedule_counts_what_the_run_counted(tmp_path, N, M, U, epochs):
     assert got["steps_per_epoch"] == STEPS_PER_EPOCH and got["span"] == N * (M + 1)
     assert got["full_memory_steps"] == recorded, (got, recorded)
     assert res["finished"]
+
+
+def test_current_copies_leave_the_embeddings_gradient_as_the_baselines():
+    """What the "current proxies" control measures (issue 30, item 5): k detached copies of all C current proxies, the
+    sample's own class included, multiply each term of Norm-SoftMax's denominator by k + 1. Written out: the loss is
+    the baseline's plus log(k + 1), the embeddings' gradient is the baseline's, and the proxies' gradient is not
+    (their repulsion shrinks by 1 / (k + 1), their attraction does not)."""
+    torch.manual_seed(0)
+    C, D, B = 6, 8, 12
+    loss = NormSoftmax(num_classes=C, embedding_size=D, scale=8.0).double()
+    criterion = MemVir(loss, num_steps=2, step_gap=0, warmup_epochs=0, virtual="current")
+    for step in range(3):  # fill the memory: two steps taken from the third on
+        x = torch.randn(B, D, dtype=torch.float64)
+        criterion(x, torch.randint(0, C, (B,)), epoch=0)
+    k = len(criterion.taken_steps())
+    assert k == 2
+    x = torch.randn(B, D, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, C, (B,))
+    got = criterion(x, labels, epoch=0)
+    (gx, gp) = torch.autograd.grad(got, (x, loss.proxies))
+    x0 = x.detach().clone().requires_grad_(True)
+    p0 = loss.proxies.detach().clone().requires_grad_(True)
+    want = norm_softmax(x0, labels, p0, loss)  # the baseline, by the formula
+    (wx, wp) = torch.autograd.grad(want, (x0, p0))
+    assert got.item() == pytest.approx(want.item() + math.log(k + 1), rel=1e-12)
+    torch.testing.assert_close(gx, wx, rtol=1e-10, atol=1e-12)
+    assert not torch.allclose(gp, wp)

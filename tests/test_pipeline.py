@@ -421,7 +421,7 @@ def test_a_study_profile_offers_its_report_to_the_study_chapter(tmp_path):
     groups = "groups: {main: [MemVir + A], all: [A, MemVir + A]}\n"
     study = load_profile(make_repo(tmp_path / "b", GOOD + groups))
     assert pipeline.known_values(study)["study_dir"] == study.report_dir
-    assert "study_dir" in notebook_defaults(ROOT / "notebooks" / "06_deliver.py")
+    assert "study_dir" in notebook_defaults(ROOT / "notebooks" / "06_study.py")
     (tmp_path / "c").mkdir()  # several groups but no `main`: not the study chapter's shape (controls, splits)
     other = load_profile(make_repo(tmp_path / "c", GOOD + "groups: {x: [MemVir + A], y: [A, MemVir + A]}\n"))
     assert "study_dir" not in pipeline.known_values(other)

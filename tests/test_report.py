@@ -233,7 +233,7 @@ def test_table4_comparison_pairs_by_seed_with_a_t_interval():
                     "seed-to-seed noise"),
     (float("nan"), float("nan"), 0.0, None)])
 def test_verdict_reads_the_corrected_p(p, p_holm, diff, said):
-    c = {"diff_mean": diff, "ci_low": diff - 1, "ci_high": diff + 1, "positive": "3/5", "p": p, "p_holm": p_holm}
+    c = {"diff_mean": diff, "ci_low": diff - 1, "ci_high": diff + 1, "ahead": 3, "pairs": 5, "p": p, "p_holm": p_holm}
     if said is None:
         assert report.verdict(c) == "not testable (fewer than two paired seeds)"
     else:

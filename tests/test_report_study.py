@@ -49,7 +49,7 @@ def test_paired_comparison_against_scipy(base, row):
                                  {s: v for s, v in zip(seeds, base)} | {12: float("nan"), 13: 1.0})
     d = [r - b for r, b in zip(row, base)]
     ref = stats.ttest_rel(row, base)
-    assert c["pairs"] == 5 and c["positive"] == f"{sum(x > 0 for x in d)}/5"
+    assert c["pairs"] == 5 and c["ahead"] == sum(x > 0 for x in d) and isinstance(c["ahead"], int)
     assert c["diff_mean"] == pytest.approx(statistics.fmean(d))
     assert c["diff_sd"] == pytest.approx(statistics.stdev(d))
     assert (c["baseline_mean"], c["row_mean"]) == (pytest.approx(statistics.fmean(base)),
@@ -64,10 +64,10 @@ def test_paired_comparison_against_scipy(base, row):
 
 def test_paired_comparison_too_few_pairs():
     one = report.paired_comparison({0: 2.0, 1: 5.0}, {0: 1.0})
-    assert (one["pairs"], one["diff_mean"], one["positive"]) == (1, 1.0, "1/1")
+    assert (one["pairs"], one["diff_mean"], one["ahead"]) == (1, 1.0, 1)
     assert all(math.isnan(one[k]) for k in ("diff_sd", "ci_low", "ci_high", "p"))
     none = report.paired_comparison({0: 2.0}, {1: 1.0})
-    assert none["pairs"] == 0 and none["positive"] == "0/0" and math.isnan(none["diff_mean"])
+    assert none["pairs"] == 0 and none["ahead"] == 0 and math.isnan(none["diff_mean"])
 
 
 def test_holm_by_hand():
@@ -171,7 +171,7 @@ def hand_comparison(row, selection, metric):
     t = mean / (sd / math.sqrt(3))
     return {"diff_mean": mean, "diff_sd": sd, "ci_low": mean - T975[2] * sd / math.sqrt(3),
             "ci_high": mean + T975[2] * sd / math.sqrt(3), "p": t2_pvalue(t),
-            "positive": f"{sum(x > 0 for x in d)}/3"}
+            "ahead": sum(x > 0 for x in d)}
 
 
 def test_build_report_study_comparisons_by_hand(study):
@@ -191,7 +191,7 @@ def test_build_report_study_comparisons_by_hand(study):
                 for key in ("diff_mean", "diff_sd", "ci_low", "ci_high", "p"):
                     assert line[key] == pytest.approx(h[key], abs=2e-6), (metric, sel, line["row"], key)
                 assert line["p_holm"] == pytest.approx(holm[line["row"]], abs=2e-6)
-                assert line["positive"] == h["positive"] and line["baseline"] == "A" and line["pairs"] == 3
+                assert line["ahead"] == h["ahead"] and line["baseline"] == "A" and line["pairs"] == 3
                 assert line["significant"] == (holm[line["row"]] < 0.05)
     md = (out / "tables.md").read_text()
     assert "### Group `budgets_short`" in md and "### Group `more`" in md and "val: Δ [95% CI]" in md
@@ -321,7 +321,7 @@ def test_mechanism_diagnostics_paired_by_seed(study, monkeypatch):
     assert m.loc["test_recall@1", "diff_mean"] == pytest.approx(statistics.fmean(d))
     assert m.loc["test_recall@1", "diff_sd"] == pytest.approx(statistics.stdev(d))
     assert m.loc["test_effective_rank", "diff_mean"] == pytest.approx(2.0)
-    assert m.loc["test_effective_rank", "positive"] == "3/3"
+    assert m.loc["test_effective_rank", "ahead"] == 3
     assert "## Mechanism" in (out / "tables.md").read_text()
     assert "Descriptive" in (out / "tables.md").read_text()
 
@@ -435,7 +435,7 @@ def test_forest_figure_draws_every_comparison_at_the_validation_epoch():
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["R1  [main]", "R2  [abl]"]
     assert "best validation epoch" in fig._suptitle.get_text()
     no_val = pd.DataFrame([dict(r, selection="last") for r in rows if r["selection"] == "val"])
-    assert report.forest_selection(no_val) == "last"
+    assert report.trusted_selection(no_val["selection"]) == "last"
 
 
 def test_plateau_budget_by_hand():

@@ -23,23 +23,11 @@ from .reference import against_reference
 from .runs import (MACHINE_COLUMNS, MACHINE_FILE, METRICS, SELECTION_MEANING, collect, mixed, plateau_budget,
                    selections, validation_choice)
 from .stats import COMPARISON_COLUMNS, HOLM_FAMILY, study_comparisons
+from .rows import json_records, rules_and_headline, summary_head
 from .tables import (CALIBRATION_RULE, calibration_choice, markdown_table, mechanism_table, paired_from_runs,
                      study_table, table4_comparison, table_from_runs)
 
-__all__ = ["build_report", "main"]
-
-
-def _json_records(df, columns, digits=4):
-    """A table as flat JSON records: floats rounded, NaN as null."""
-    def cell(v):
-        if isinstance(v, (bool, np.bool_)):
-            return bool(v)
-        if isinstance(v, (int, np.integer)):
-            return int(v)
-        if isinstance(v, (float, np.floating)):
-            return None if not math.isfinite(v) else round(float(v), digits)
-        return v
-    return [{c: cell(v) for c, v in zip(columns, rec)} for rec in df[columns].itertuples(index=False)]
+__all__ = ["build_report", "rebuild_report", "main"]
 
 
 def _study_markdown(comparisons, groups):
@@ -115,6 +103,80 @@ def build_report(profile, out=None, partial=False, log=print):
     return final
 
 
+def rebuild_report(profile, folder, log=print):
+    """Bring a report to the current format in place, from its own files, without the run folders; every number it
+    holds stays as it is.
+
+    The seeds ahead of each comparison become an integer column `ahead` (comparisons.csv, mechanism.csv and their
+    records in report.json; the text "k/n" they replace is read once, here); a report without comparisons.csv (a
+    profile without groups: every row with a baseline in one group "main") gets it from runs.csv, with its section
+    of tables.md, as a build writes them; report.json gets the keys a build writes now (selections, the trusted
+    selection, the rows' facts, the profile's rules and headline, evaluated on the comparisons); the forest figure
+    is drawn again from comparisons.csv. The other files (runs.csv, the tables, the other figures) are kept byte
+    for byte: runs.csv holds rounded values, so the files computed from unrounded ones are not computed again.
+    For the committed references when the report's format changes: their run folders are not in git.
+    """
+    import shutil
+
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    matplotlib.use("Agg")
+    profile = load_profile(profile) if not isinstance(profile, Profile) else profile
+    folder = Path(folder)
+    runs = pd.read_csv(folder / "runs.csv")
+    old = json.loads((folder / "report.json").read_text())
+    with atomic_folder(folder, _check_report, "the report's folder") as tmp:
+        tmp = Path(tmp)
+        shutil.copytree(folder, tmp, dirs_exist_ok=True)
+        summary = summary_head(profile, runs)
+        groups = profile.groups or ({"main": list(profile.baselines)} if profile.baselines else {})
+        if (tmp / "comparisons.csv").is_file():
+            _ahead_as_integer(tmp / "comparisons.csv")
+            summary.update(study=[_ahead_record(r) for r in old["study"]], holm_family=old["holm_family"])
+        elif groups or profile.contrasts:
+            comparisons = study_comparisons(runs, groups, profile.baselines, profile.contrasts)
+            write_csv(comparisons, tmp / "comparisons.csv", "%.6f")
+            md = (tmp / "tables.md").read_text().split("\n")
+            md += _study_markdown(comparisons, [*groups, *profile.contrasts])
+            atomic_write(tmp / "tables.md", lambda fh: fh.write("\n".join(md)), mode="w")
+            summary.update(study=json_records(comparisons, COMPARISON_COLUMNS), holm_family=HOLM_FAMILY)
+        if "study" in summary:
+            comparisons = pd.read_csv(tmp / "comparisons.csv")
+            rules_and_headline(profile, comparisons, summary)
+            lines = {**groups, **{k: [row for row, _ in v] for k, v in profile.contrasts.items()}}
+            fig = forest_figure(comparisons, lines)
+            save_figure(fig, tmp / "figures", "forest")
+            plt.close(fig)
+        for key in ("calibration", "plateau"):
+            if key in old:
+                summary[key] = old[key]
+        if "mechanism" in old:
+            _ahead_as_integer(tmp / "mechanism.csv")
+            summary["mechanism"] = [_ahead_record(r) for r in old["mechanism"]]
+        atomic_write(tmp / "report.json", lambda fh: fh.write(json.dumps(summary, indent=1) + "\n"), mode="w")
+    log(f"report: {folder} brought to the current format from its own files ({len(runs)} runs)")
+    return folder
+
+
+def _ahead_record(record):
+    """A comparison's record of an older report with its seeds ahead as an integer (`ahead` for "k/n" `positive`)."""
+    if "positive" not in record:  # already in the current format
+        return record
+    out = {k: v for k, v in record.items() if k != "positive"}
+    out["ahead"] = int(str(record["positive"]).split("/")[0])
+    return out
+
+
+def _ahead_as_integer(path):
+    """Rewrite a CSV's "k/n" column `positive` as the integer column `ahead`, every other cell as it is (text)."""
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if "positive" in df:
+        df["positive"] = [k.split("/")[0] for k in df["positive"]]
+        df = df.rename(columns={"positive": "ahead"})
+        write_csv(df, path)
+
+
 def _check_report(folder):
     """Refuse to replace a folder that is not a memvir report (no report.json): it is the user's."""
     if not (Path(folder) / "report.json").is_file():
@@ -137,12 +199,7 @@ def _write_report(profile, out, runs, evaluations, log):
     runs = runs.drop(columns=MACHINE_COLUMNS)
     write_csv(runs, out / "runs.csv", "%.6f")
     write_csv(evaluations, out / "evaluations.csv", "%.6f")
-    summary = {"profile": profile.name, "config": str(profile.path.relative_to(profile.root)),
-               "table_value": profile.table_value, "selections": selections(runs), "runs": int(len(runs)),
-               "expected_runs": len(profile.runs), "partial": bool(len(runs) < len(profile.runs)),
-               "rows": [r.label for r in profile.rows], "baselines": profile.baselines, "seeds": profile.seeds,
-               "data_name": str(profile.rows[0].params.get("data_name", "")).lower(),
-               "description": profile.description}
+    summary = summary_head(profile, runs)
     md = _main_tables(profile, runs, out) + _study_sections(profile, runs, evaluations, out, summary)
     atomic_write(out / "tables.md", lambda fh: fh.write("\n".join(md)), mode="w")
     _figures(profile, runs, evaluations, out / "figures", log)
@@ -185,14 +242,17 @@ def _main_tables(profile, runs, out):
 
 
 def _study_sections(profile, runs, evaluations, out, summary):
-    """A study's comparisons (groups), a calibration's choice, a converged budget, the mechanism's diagnostics:
+    """A study's comparisons (groups; a profile with baselines and no groups: one group "main" of its rows with a
+    baseline), its rules and its headline, a calibration's choice, a converged budget, the mechanism's diagnostics:
     files, sections and their records in `summary` (report.json)."""
     md = []
-    if profile.groups or profile.contrasts:  # each row against its baseline (or the other row of a contrast), Holm
-        comparisons = study_comparisons(runs, profile.groups, profile.baselines, profile.contrasts)
+    groups = profile.groups or ({"main": list(profile.baselines)} if profile.baselines else {})
+    if groups or profile.contrasts:  # each row against its baseline (or the other row of a contrast), Holm
+        comparisons = study_comparisons(runs, groups, profile.baselines, profile.contrasts)
         write_csv(comparisons, out / "comparisons.csv", "%.6f")
-        md += _study_markdown(comparisons, [*profile.groups, *profile.contrasts])
-        summary.update(study=_json_records(comparisons, COMPARISON_COLUMNS), holm_family=HOLM_FAMILY)
+        md += _study_markdown(comparisons, [*groups, *profile.contrasts])
+        summary.update(study=json_records(comparisons, COMPARISON_COLUMNS), holm_family=HOLM_FAMILY)
+        rules_and_headline(profile, comparisons, summary)
     if profile.calibrate:
         choice = calibration_choice(profile, runs)
         write_csv(choice, out / "calibration.csv", "%.4f")
@@ -213,7 +273,7 @@ def _study_sections(profile, runs, evaluations, out, summary):
                f"{rule['tail']} epochs of evaluations after it that no later evaluation beats by {rule['min_gain']} "
                f"points or more of validation {METRICS[rule['metric']]} (mean over seeds).", "",
                markdown_table(budget), ""]
-        summary["plateau"] = _json_records(budget, list(budget.columns))
+        summary["plateau"] = json_records(budget, list(budget.columns))
     if "mechanism" in profile.groups:
         rows = set(profile.groups["mechanism"])
         rows |= {profile.baselines[r] for r in rows if r in profile.baselines}
@@ -223,7 +283,7 @@ def _study_sections(profile, runs, evaluations, out, summary):
         write_csv(compared, out / "mechanism.csv", "%.6f")
         if not compared.empty:
             md += _mechanism_markdown(compared)
-            summary["mechanism"] = _json_records(compared, list(compared.columns))
+            summary["mechanism"] = json_records(compared, list(compared.columns))
     return md
 
 
@@ -251,7 +311,8 @@ def _figures(profile, runs, evaluations, folder, log):
     if steps:
         figures["curriculum"] = curriculum_figure(steps, C, B)
     if (folder.parent / "comparisons.csv").is_file():  # the verdict as a picture, drawn from the file itself
-        lines = {**profile.groups, **{k: [row for row, _ in v] for k, v in profile.contrasts.items()}}
+        groups = profile.groups or {"main": list(profile.baselines)}
+        lines = {**groups, **{k: [row for row, _ in v] for k, v in profile.contrasts.items()}}
         figures["forest"] = forest_figure(pd.read_csv(folder.parent / "comparisons.csv"), lines)
     for stem, fig in figures.items():
         save_figure(fig, folder, stem)
@@ -278,6 +339,12 @@ def main(argv=None):
     parser.add_argument("--report-root", default=None, help="folder of reports (default results/report)")
     parser.add_argument("--out", default=None, help="report folder (default <report-root>/<profile>)")
     parser.add_argument("--partial", action="store_true", help="report the finished runs only")
+    parser.add_argument("--rebuild", metavar="FOLDER", default=None,
+                        help="rebuild the report in FOLDER (e.g. results/reference/<profile>) from its own runs.csv, "
+                             "evaluations.csv and machine.csv, in the current format, without the run folders")
+    parser.add_argument("--answer", action="store_true",
+                        help="write the book's answer (book/intro.md, README.md, book/_static/answer.png) from the "
+                             "committed reports of every profile that declares a headline")
     parser.add_argument("--promote", action="store_true",
                         help="then copy the report over the committed reference (results/reference/<profile>): "
                              "for the maintainers, after checking it; `make reproduce` never does this")
@@ -287,6 +354,14 @@ def main(argv=None):
         return int(exc.code or 0)
     try:
         profile = load_profile(args.profile, args.runs_root, args.report_root)
+        if args.answer:
+            from .answer import write_answer
+
+            write_answer(profile.root, log=lambda s: print(s, flush=True))
+            return 0
+        if args.rebuild:
+            rebuild_report(profile, args.rebuild, log=lambda s: print(s, flush=True))
+            return 0
         out = build_report(profile, args.out, partial=args.partial, log=lambda s: print(s, flush=True))
         reference = profile.reference_dir
         if args.promote:

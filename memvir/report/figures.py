@@ -9,9 +9,10 @@ import numpy as np
 
 from ..files import atomic_write
 from .runs import METRICS, SELECTION_NAMES, baselines_of, values_by_row
+from .verdicts import trusted_selection
 
 __all__ = ["save_figure", "bar_figure", "learning_curves_figure", "curves_figure", "curriculum_figure",
-           "forest_selection", "forest_figure"]
+           "forest_figure"]
 
 
 def _groups(runs):
@@ -159,12 +160,6 @@ def curriculum_figure(steps_by_row, num_classes=None, batch_size=None):
     return fig
 
 
-def forest_selection(comparisons):
-    """The selection a forest plot shows: the best validation epoch where the runs have one, else the last epoch
-    (never the best test epoch, which is chosen on the test classes)."""
-    return "val" if "val" in set(comparisons["selection"]) else "last"
-
-
 def forest_figure(comparisons, groups, metrics=("map_at_r", "recall@1")):
     """The verdict as a picture: every comparison of a profile as its paired difference with its 95% interval.
 
@@ -178,11 +173,11 @@ def forest_figure(comparisons, groups, metrics=("map_at_r", "recall@1")):
     """
     import matplotlib.pyplot as plt
 
-    selection = forest_selection(comparisons)
+    selection = trusted_selection(comparisons["selection"])
     c = comparisons[comparisons["selection"] == selection]
     lines = [(g, r) for g, rows in groups.items() for r in rows if ((c["group"] == g) & (c["row"] == r)).any()]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 0.9 + 0.32 * len(lines)), sharey=True,
-                             squeeze=False)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 1.1 + 0.32 * len(lines)), sharey=True,
+                             squeeze=False, layout="constrained")  # constrained: the title above the panels' own
     y = -np.arange(len(lines), dtype=float)  # top to bottom
     for ax, metric in zip(axes[0], metrics):
         for k, (g, r) in enumerate(lines):
@@ -200,5 +195,4 @@ def forest_figure(comparisons, groups, metrics=("map_at_r", "recall@1")):
             for ax in axes[0]:
                 ax.axhline((y[k] + y[k - 1]) / 2, color="0.8", lw=0.8)
     fig.suptitle(f"Paired by seed, 95% interval; filled: Holm p < 0.05 ({SELECTION_NAMES[selection]})", fontsize=9)
-    fig.tight_layout()
     return fig

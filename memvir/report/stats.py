@@ -26,8 +26,9 @@ def paired_comparison(row, baseline):
     Returns:
         dict: pairs (n), baseline_mean, row_mean (over the pairs), diff_mean (mean of d), diff_sd (ddof=1),
         ci_low, ci_high (diff_mean -/+ t(0.975, n - 1) * diff_sd / sqrt(n), Student's t), p (two-sided paired
-        t-test of a zero mean difference, n - 1 degrees of freedom), positive ("k/n": pairs where the row is
-        higher). sd, interval and p are NaN for n < 2; with diff_sd = 0, p is 0 (NaN when d is all 0).
+        t-test of a zero mean difference, n - 1 degrees of freedom), ahead (an integer: the pairs where the
+        row is higher; "k/n" is ahead/pairs). sd, interval and p are NaN for n < 2; with diff_sd = 0, p is
+        0 (NaN when d is all 0).
     """
     from scipy import stats
 
@@ -36,7 +37,7 @@ def paired_comparison(row, baseline):
     b = np.array([row[s] for s in seeds], dtype=float)  # (n,)
     d, n = b - a, len(seeds)
     out = {"pairs": n, "baseline_mean": np.nan, "row_mean": np.nan, "diff_mean": np.nan, "diff_sd": np.nan,
-           "ci_low": np.nan, "ci_high": np.nan, "p": np.nan, "positive": f"{int((d > 0).sum())}/{n}"}
+           "ci_low": np.nan, "ci_high": np.nan, "p": np.nan, "ahead": int((d > 0).sum())}
     if n == 0:
         return out
     out.update(baseline_mean=float(a.mean()), row_mean=float(b.mean()), diff_mean=float(d.mean()))
@@ -72,7 +73,7 @@ STUDY_METRICS = ("recall@1", "map_at_r", "r_precision")  # the metrics a study c
 
 
 COMPARISON_COLUMNS = ["group", "row", "baseline", "metric", "selection", "pairs", "baseline_mean", "row_mean",
-                      "diff_mean", "diff_sd", "ci_low", "ci_high", "p", "p_holm", "significant", "positive"]
+                      "diff_mean", "diff_sd", "ci_low", "ci_high", "p", "p_holm", "significant", "ahead"]
 
 
 HOLM_FAMILY = ("every comparison of the profile (a row against its baseline) with the same metric and selection, "
@@ -142,4 +143,4 @@ def describe(comparison, unit="points"):
     c = comparison
     p = f"Holm p = {c['p_holm']:.3f}" if "p_holm" in c and np.isfinite(c["p_holm"]) else f"p = {c['p']:.3f}"
     return (f"{c['diff_mean']:+.2f} {unit} [95% CI {c['ci_low']:+.2f}, {c['ci_high']:+.2f}], ahead in "
-            f"{c['positive']} seeds ({p}): {verdict(c)}")
+            f"{int(c['ahead'])}/{int(c['pairs'])} seeds ({p}): {verdict(c)}")

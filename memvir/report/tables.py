@@ -77,7 +77,8 @@ def paired_differences(runs, baselines):
             raise ValueError(f"baselines: {row if row not in runs else base!r} is not a row of runs")
         c = paired_comparison(runs[row], runs[base])
         records.append({"Loss": row, "Baseline": base, "Pairs": c["pairs"], "Mean": round(c["diff_mean"], 2),
-                        "Std.": round(c["diff_sd"], 2), "Positive": c["positive"], "p": round(c["p"], 3)})
+                        "Std.": round(c["diff_sd"], 2), "Positive": f"{c['ahead']}/{c['pairs']}",
+                        "p": round(c["p"], 3)})
     return pd.DataFrame(records, columns=["Loss", "Baseline", "Pairs", "Mean", "Std.", "Positive", "p"])
 
 
@@ -159,7 +160,7 @@ def study_table(comparisons, group, metrics=("recall@1", "map_at_r")):
             c = g.loc[sel]
             rec[f"{sel}: Δ [95% CI]"] = f"{c['diff_mean']:+.2f} [{c['ci_low']:+.2f}, {c['ci_high']:+.2f}]"
             star = " *" if c["significant"] else ""
-            rec[f"{sel}: p_holm (k/n)"] = f"{c['p_holm']:.3f}{star} ({c['positive']})"
+            rec[f"{sel}: p_holm (k/n)"] = f"{c['p_holm']:.3f}{star} ({int(c['ahead'])}/{int(c['pairs'])})"
         records.append(rec)
     return pd.DataFrame(records)
 
@@ -178,7 +179,7 @@ def compact_table(comparisons, group, selection, metrics=("map_at_r",)):
             name = "" if len(metrics) == 1 else f"{METRICS[metric]} "
             rec[f"Δ {METRICS[metric]} [95% CI]"] = (f"{c['diff_mean']:+.2f} [{c['ci_low']:+.2f}, "
                                                    f"{c['ci_high']:+.2f}]{star}")
-            rec[f"{name}k/n"] = c["positive"]
+            rec[f"{name}k/n"] = f"{int(c['ahead'])}/{int(c['pairs'])}"
             rec[f"{name}Holm p"] = f"{c['p_holm']:.3f}"
         records.append(rec)
     return pd.DataFrame(records)
@@ -201,7 +202,8 @@ def mechanism_table(compared):
                          "row": compared["row_mean"].map(g),
                          "Δ [95% CI]": [f"{g(m)} [{g(lo)}, {g(hi)}]" for m, lo, hi in
                                         zip(compared["diff_mean"], compared["ci_low"], compared["ci_high"])],
-                         "k/n": compared["positive"]})
+                         "k/n": [f"{int(k)}/{int(n)}" for k, n in zip(compared["ahead"],
+                                                                      compared["pairs"])]})
 
 
 CALIBRATION_RULE = ("the first row, in the profile's order, whose mean best test Recall@1 lies in [{low:g}, {high:g}]; "
