@@ -37,49 +37,64 @@ NOT_IN_TRAINING = {"sqrt", "log", "adam step", "adamw step (fused, as memvir tra
                    "rmsprop step"}
 
 
+def _randn(*shape, seed=0):
+    import torch
+
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def _linear_backward(which):
+    import torch.nn.functional as F
+
+    w, x = _randn(128, 256, seed=1).requires_grad_(), _randn(128, 256).requires_grad_()
+    F.linear(x, w).square().sum().backward()
+    return w.grad if which == "dW" else x.grad
+
+
+def _conv_backward(which):
+    import torch.nn.functional as F
+
+    img, k = _randn(32, 32, 16, 16).requires_grad_(), _randn(64, 32, 3, 3, seed=1).requires_grad_()
+    F.conv2d(img, k, padding=1).square().sum().backward()
+    return k.grad if which == "dW" else img.grad
+
+
+def _optimizer_step(make):
+    p = _randn(1000, 128).requires_grad_()
+    opt = make([p])
+    p.square().sum().backward()
+    opt.step()
+    return p
+
+
+def _numpy_matmul():
+    import numpy as np
+    from threadpoolctl import threadpool_limits  # OpenBLAS splits the work by threads: one, as our runs
+
+    a = np.random.default_rng(0).standard_normal((256, 512)).astype(np.float32)
+    b = np.random.default_rng(1).standard_normal((512, 256)).astype(np.float32)
+    with threadpool_limits(1):
+        return a @ b
+
+
+def _faiss_search(part):
+    import faiss
+    import numpy as np
+
+    xb = np.random.default_rng(0).standard_normal((2000, 128)).astype(np.float32)
+    index = faiss.IndexFlatIP(128)
+    index.add(xb)
+    distances, ids = index.search(xb[:500], 10)
+    return distances if part == "D" else ids
+
+
 def _ops():
     """[(name, library, thunk)]: each thunk returns the op's output (a tensor or an array) on fixed inputs."""
-    import numpy as np
     import torch
     import torch.nn.functional as F
 
-    def randn(*shape, seed=0):
-        return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
-
-    def linear_backward(which):
-        w, x = randn(128, 256, seed=1).requires_grad_(), randn(128, 256).requires_grad_()
-        F.linear(x, w).square().sum().backward()
-        return w.grad if which == "dW" else x.grad
-
-    def conv_backward(which):
-        img, k = randn(32, 32, 16, 16).requires_grad_(), randn(64, 32, 3, 3, seed=1).requires_grad_()
-        F.conv2d(img, k, padding=1).square().sum().backward()
-        return k.grad if which == "dW" else img.grad
-
-    def optimizer_step(make):
-        p = randn(1000, 128).requires_grad_()
-        opt = make([p])
-        p.square().sum().backward()
-        opt.step()
-        return p
-
-    def numpy_matmul():
-        from threadpoolctl import threadpool_limits  # OpenBLAS splits the work by threads: one, as our runs
-
-        a = np.random.default_rng(0).standard_normal((256, 512)).astype(np.float32)
-        b = np.random.default_rng(1).standard_normal((512, 256)).astype(np.float32)
-        with threadpool_limits(1):
-            return a @ b
-
-    def faiss_search(part):
-        import faiss
-
-        xb = np.random.default_rng(0).standard_normal((2000, 128)).astype(np.float32)
-        index = faiss.IndexFlatIP(128)
-        index.add(xb)
-        distances, ids = index.search(xb[:500], 10)
-        return distances if part == "D" else ids
-
+    randn, linear_backward, conv_backward, optimizer_step = _randn, _linear_backward, _conv_backward, _optimizer_step
+    numpy_matmul, faiss_search = _numpy_matmul, _faiss_search
     positive = randn(1000, 128).abs() + 0.1  # (1000, 128): inputs where sqrt and log are defined
     z = randn(128, 1000)  # (128, 1000): logits
     adam = dict(lr=1e-3, eps=0.01, weight_decay=1e-4)  # the official optimiser's settings
