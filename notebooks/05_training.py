@@ -112,7 +112,7 @@ from memvir.train import train
 config = config_from_parameters(**{k: v for k, v in globals().items() if k in FLAG_NAMES})
 run = Path(config.save_path)
 if not resume:
-    start_afresh(run)  # removes a previous run's own files there; a folder holding anything else is refused
+    start_afresh(run)  # a previous run's own files only; a folder holding more is refused
 results = train(config)
 
 # %% [markdown]

@@ -55,7 +55,7 @@ def test_profile_parameters_exist_in_the_training_notebook(name, monkeypatch):
                 want = (str, int, float)
             assert isinstance(value, want) or (want is float and type(value) is int), (name, key, value, want)
     names = [r.name for r in prof.runs]
-    assert len(set(names)) == len(names) == len(prof.rows) * len(prof.seeds)
+    assert len(set(names)) == len(names) == sum(len(r.seeds or prof.seeds) for r in prof.rows)
     assert all(r.folder.parent == ROOT / "results" / "runs" / (prof.shares or name) and "save_path" not in r.params
                for r in prof.runs)
 
@@ -169,7 +169,8 @@ def test_paths_given_to_a_chapter_are_relative(finished_profile, tmp_path):
 def test_cli(finished_profile, capsys):
     path = str(finished_profile.path)
     assert pipeline.main(["--profile", path, "--list-runs"]) == 0
-    assert capsys.readouterr().out.split() == [r.name for r in finished_profile.runs]
+    by_seed = [r.name for seed in (0, 1) for r in finished_profile.runs if r.seed == seed]  # whole pairs first
+    assert capsys.readouterr().out.split() == by_seed
     assert pipeline.main(["--profile", path, "--run", "nope"]) == 1
     err = capsys.readouterr().err
     assert "run 'nope' is not in profile" in err and "it has 4 runs" in err and "--list-runs" in err

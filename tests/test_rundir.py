@@ -230,9 +230,9 @@ def test_a_checkpoint_the_caller_found_damaged_is_set_aside(tmp_path):
     ('{"evaluations": [{"epoch": "1"}], "best": {}, "last": null, "finished": false}',
      "'evaluations'[0]: 'epoch' is the text '1'; expected an integer"),
     ('{"evaluations": [], "best": {"recall@1": 0.5}, "last": null, "finished": true}',
-     "'best'/'recall@1' is the number 0.5; expected a mapping with an integer 'epoch' and a number 'value'"),
+     "'best'/'recall@1' is the number 0.5; expected a mapping with an integer 'epoch' and a finite number 'value'"),
     ('{"evaluations": [{"epoch": 1, "map_at_r": "high"}], "best": {}, "last": null, "finished": true}',
-     "'evaluations'[0]: 'map_at_r' is the text 'high'; expected a number or null"),
+     "'evaluations'[0]: 'map_at_r' is the text 'high'; expected a finite number or null"),
 ])
 def test_a_damaged_metrics_json_is_named_and_rebuilt_from_the_history(tmp_path, text, words):
     history = training_checkpoint(2)["history"]
