@@ -16,6 +16,7 @@ import shutil
 import sys
 
 from .files import os_error_line
+from .pipeline import run_finished
 from .profile import load_profile
 from .rundir import read_run, run_state
 
@@ -39,8 +40,6 @@ def keep(profile, log=print):
     Only runs that the pipeline counts as finished are kept (memvir.pipeline.run_finished: metrics.json says so, the
     flags are the profile's, the notebook ran to the end), so an unfinished or foreign folder never lands in git.
     """
-    from .pipeline import run_finished
-
     count = 0
     for run in profile.runs:
         if not run_finished(profile, run):
