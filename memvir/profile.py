@@ -2,6 +2,8 @@
 
     rows      a loss with or without MemVir (label, the training notebook's params, its baseline row)
     seeds     each row runs once per seed: a Run, in a folder named after its parameters
+    reuse     seeds of some rows that another profile ran with the same flags: the report reads them from that
+              profile's committed reference instead of running them again
     groups    a study's questions (rows compared with their baselines); contrasts: pairs of other rows compared
               the same way; calibrate, select, plateau, compare, book: what the report and the chapters make of them
 
@@ -24,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]  # the repository memvir was installe
 TABLE_VALUES = ("best", "last")  # which value of a run the tables use: best over training (official) or last
 PROFILE_KEYS = ("description", "notebook", "seeds", "common", "rows", "table_value", "book", "select", "compare",
                 "calibrate", "groups", "shares", "plateau", "contrasts", "rules",
-                "headline")  # the keys of configs/<profile>.yml
+                "headline", "reuse")  # the keys of configs/<profile>.yml
 PLATEAU_KEYS = ("metric", "min_gain", "tail")  # plateau: the converged-budget rule (memvir.report.runs.plateau_budget)
 BOOK_KEYS = ("curriculum", "training", "tsne")  # book: which row's first-seed run each chapter shows
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -71,6 +73,7 @@ class Profile:
     book: dict = field(default_factory=dict)  # {"curriculum": row, "training": row, "tsne": row}
     rules: dict = field(default_factory=dict)  # {name: rule}: decisions the report evaluates (report.verdicts)
     headline: list = field(default_factory=list)  # [{regime, order, lines: [(row, group)]}]: the book's first page
+    reuse: dict = field(default_factory=dict)  # {profile, seeds, rows}: runs read from that profile's reference
     runs_dir: Path = None
     report_dir: Path = None  # the report of the runs made here (results/report/<name>, not in git)
     reference_dir: Path = None  # the committed report the book compares it with (results/reference/<name>)
@@ -87,12 +90,16 @@ class Profile:
         return out
 
     def run(self, row, seed=None):
-        """Return the run of `row` at `seed` (default: the first seed)."""
-        seed = self.seeds[0] if seed is None else seed
+        """Return the run of `row` at `seed` (default: the row's first seed)."""
         for r in self.runs:
-            if r.row == row and r.seed == seed:
+            if r.row == row and (r.seed == seed or seed is None):
                 return r
         raise ValueError(f"{self.path}: no run for row {row!r} and seed {seed}; rows: {[r.label for r in self.rows]}")
+
+    @property
+    def expected_runs(self):
+        """How many runs its report holds when complete: its own runs and the ones it reuses."""
+        return len(self.runs) + len(self.reuse.get("rows", [])) * len(self.reuse.get("seeds", []))
 
     @property
     def baselines(self):
@@ -279,7 +286,33 @@ def _options(spec, path, rows):
     return {"table_value": table_value, "book": book, "select": select, "compare": compare,
             "calibrate": tuple(float(v) for v in calibrate), "plateau": dict(plateau), "groups": groups,
             "contrasts": {k: [tuple(p) for p in v] for k, v in contrasts.items()}, "shares": shares,
-            "rules": rules, "headline": headline}
+            "rules": rules, "headline": headline, "reuse": _reuse(spec.get("reuse"), path, rows, spec["seeds"])}
+
+
+def _reuse(reuse, path, rows, seeds):
+    """The `reuse` key checked: {profile: a name, seeds: [int], rows: [row label]}, each seed one the row does not
+    run itself (a run is reported once). Whether the other profile ran those rows with the same flags is checked
+    when the report reads them (memvir.report.runs.reused)."""
+    if not reuse:
+        return {}
+    by_label = {r.label: r for r in rows}
+    if not (isinstance(reuse, dict) and set(reuse) == {"profile", "seeds", "rows"}
+            and isinstance(reuse["profile"], str) and re.fullmatch(r"[A-Za-z0-9_-]+", reuse["profile"])
+            and isinstance(reuse["seeds"], list) and reuse["seeds"]
+            and all(_is_int(s) and s >= 0 for s in reuse["seeds"])
+            and isinstance(reuse["rows"], list) and reuse["rows"] and all(isinstance(r, str) for r in reuse["rows"])):
+        raise ValueError(f"{path}: reuse must be {{profile: another profile's name, seeds: [integers >= 0], rows: "
+                         f"[row labels]}}, got {reuse!r}")
+    if reuse["profile"] == path.stem:
+        raise ValueError(f"{path}: reuse names this profile itself; expected another profile")
+    for label in reuse["rows"]:
+        if label not in by_label:
+            raise ValueError(f"{path}: reuse.rows names {label!r}, which is not a row label")
+        twice = sorted(set(reuse["seeds"]) & set(by_label[label].seeds or seeds))
+        if twice:
+            raise ValueError(f"{path}: reuse.seeds {twice} of row {label!r} are seeds the row runs itself; a run is "
+                             f"reported once (give the row `seeds:` without them)")
+    return {"profile": reuse["profile"], "seeds": [int(s) for s in reuse["seeds"]], "rows": list(reuse["rows"])}
 
 
 def _notebook(path, root, name):

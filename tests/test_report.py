@@ -15,6 +15,7 @@ import pytest
 
 import runfolders
 from memvir import report
+from memvir.profile import load_profile
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = pd.read_csv(ROOT / "memvir" / "paper_results" / "cars196_5runs.csv", comment="#")
@@ -396,3 +397,84 @@ def test_a_partial_table_compares_a_row_with_its_baseline_over_the_seeds_both_ha
     assert f"report: warning: left out 1 unfinished run(s) (--partial): {m1.name}" in lines
     assert ("report: warning: MemVir + A has seeds [0], its baseline A [0, 1]: its Diff. is over the seeds both "
             "have, [0]") in lines
+
+
+# ---- reuse: seeds another profile ran with the same flags, read from its committed reference ------------------
+
+
+REUSING = """
+description: reuses t's MemVir runs at seeds 0 and 1
+notebook: notebooks/05_training.ipynb
+seeds: [0, 1, 2]
+common: {data_name: glyphs, epochs: 2}
+rows:
+  - label: A
+    params: {loss: Norm_SoftMax}
+  - label: MemVir + A
+    baseline: A
+    seeds: [2]
+    params: {loss: Norm_SoftMax, memvir: true, mem_num_step: 2, mem_step_gap: MEM_GAP, warm_epoch: 1}
+reuse: {profile: t, seeds: [0, 1], rows: [MemVir + A]}
+"""
+
+
+def _reusing_profile(finished_profile, gap=1):
+    """configs/u.yml beside t.yml; t's report promoted to its reference; u's own runs finished with values 0.3."""
+    report.build_report(finished_profile, out=finished_profile.reference_dir, log=lambda s: None)
+    path = finished_profile.root / "configs" / "u.yml"
+    path.write_text(REUSING.replace("MEM_GAP", str(gap)))
+    prof = load_profile(path)
+    for run in prof.runs:
+        runfolders.fake_run(run.folder, run.seed, {k: [0.3, 0.3] for k in ("recall@1", "r_precision", "map_at_r")},
+                            params=run.params)
+    return prof
+
+
+def test_a_reused_run_is_the_other_profiles_line_under_this_profiles_row(finished_profile):
+    prof = _reusing_profile(finished_profile)
+    assert prof.expected_runs == 3 + 1 + 2
+    runs, evaluations = report.collect(prof)
+    assert list(zip(runs["row"], runs["seed"])) == [("A", 0), ("A", 1), ("A", 2), ("MemVir + A", 0),
+                                                    ("MemVir + A", 1), ("MemVir + A", 2)]
+    r = runs.set_index(["row", "seed"])
+    for seed in (0, 1):  # t's values (runfolders.values_for), not u's 0.3
+        mine = runfolders.values_for("MemVir + A", seed)
+        assert r.loc[("MemVir + A", seed), "best_recall@1"] == pytest.approx(max(mine["recall@1"]))
+        assert r.loc[("MemVir + A", seed), "last_map_at_r"] == pytest.approx(mine["map_at_r"][-1])
+        assert r.loc[("MemVir + A", seed), "baseline"] == "A"
+        assert r.loc[("MemVir + A", seed), "kernels"] == "unrecorded (PROFILE=t's reference)"
+    assert r.loc[("MemVir + A", 2), "best_recall@1"] == pytest.approx(0.3)
+    reused = evaluations[(evaluations["row"] == "MemVir + A") & (evaluations["seed"] < 2)]
+    assert sorted(reused["map_at_r"]) == pytest.approx(sorted(runfolders.values_for("MemVir + A", 0)["map_at_r"]
+                                                              + runfolders.values_for("MemVir + A", 1)["map_at_r"]))
+    lines = report.mixed(runs, prof)
+    assert "MemVir + A against A: the pairs of seeds [0, 1] were made on two kinds of kernels" in lines
+
+
+def test_a_run_with_other_flags_is_never_reused(finished_profile):
+    prof = _reusing_profile(finished_profile, gap=3)  # t's MemVir runs have mem_step_gap 1
+    with pytest.raises(ValueError, match=r"u.yml: reuse: PROFILE=t has no finished run of row 'MemVir \+ A' at "
+                                         r"seed 0 with the same flags"):
+        report.collect(prof)
+
+
+@pytest.mark.parametrize("reuse,said", [
+    ("{profile: t, seeds: [2], rows: [MemVir + A]}", "reuse.seeds [2] of row 'MemVir + A' are seeds the row runs"),
+    ("{profile: t, seeds: [0], rows: [B]}", "reuse.rows names 'B', which is not a row label"),
+    ("{profile: u, seeds: [0], rows: [A]}", "reuse names this profile itself"),
+    ("{profile: t, seeds: [true], rows: [A]}", "reuse must be {profile:"),
+    ("{profile: t, seeds: [0]}", "reuse must be {profile:"),
+])
+def test_a_bad_reuse_is_one_line_naming_the_file(finished_profile, reuse, said):
+    path = finished_profile.root / "configs" / "u.yml"
+    path.write_text(REUSING.replace("MEM_GAP", "1").replace("{profile: t, seeds: [0, 1], rows: [MemVir + A]}",
+                                                            reuse))
+    with pytest.raises(ValueError, match=re.escape(said)) as err:
+        load_profile(path)
+    assert str(err.value).startswith(str(path)) and "\n" not in str(err.value)
+
+
+def test_a_rows_run_is_at_its_own_first_seed(finished_profile):
+    path = finished_profile.root / "configs" / "u.yml"
+    path.write_text(REUSING.replace("MEM_GAP", "1"))
+    assert load_profile(path).run("MemVir + A").seed == 2  # the profile's seeds start at 0; the row's at 2

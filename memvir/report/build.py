@@ -97,7 +97,7 @@ def build_report(profile, out=None, partial=False, log=print):
         raise ValueError(f"no finished run in {profile.runs_dir}: nothing to report")
     with atomic_folder(final, _check_report, "--out: the report's folder") as tmp:
         _write_report(profile, Path(tmp), runs, evaluations, log)
-    log(f"report: {len(runs)} of {len(profile.runs)} runs -> {final}")
+    log(f"report: {len(runs)} of {profile.expected_runs} runs -> {final}")
     for line in mixed(runs, profile):  # what the tables leave out or mix, one line each
         log(f"report: warning: {line}")
     return final

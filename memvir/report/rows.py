@@ -102,7 +102,7 @@ def summary_head(profile, runs):
     its verdicts trust."""
     return {"profile": profile.name, "config": str(profile.path.relative_to(profile.root)),
             "table_value": profile.table_value, "selections": selections(runs), "runs": int(len(runs)),
-            "expected_runs": len(profile.runs), "partial": bool(len(runs) < len(profile.runs)),
+            "expected_runs": profile.expected_runs, "partial": bool(len(runs) < profile.expected_runs),
             "rows": [r.label for r in profile.rows], "baselines": profile.baselines, "seeds": profile.seeds,
             "data_name": str(profile.rows[0].params.get("data_name", "")).lower(),
             "description": profile.description, "trusted_selection": trusted_selection(selections(runs)),

@@ -1,5 +1,6 @@
 """Reading run folders into tables: a row per run (collect), the selections of a run's value, the choice of a search,
-the budget at which a row stops improving (plateau_budget).
+the budget at which a row stops improving (plateau_budget), the runs a profile reuses from another's reference
+(reused).
 
 What a value of a run is: SELECTIONS (best test value, test value at the best validation epoch, last), named in
 SELECTION_NAMES and explained in SELECTION_MEANING, the one place the three are defined. Everything here reads
@@ -12,11 +13,13 @@ import math
 import numpy as np
 import pandas as pd
 
+from ..files import os_error_line
 from ..profile import Profile, check_run_folder, load_profile
 from ..rundir import KERNELS_KEY, read_metrics, read_run, run_state
 
 __all__ = ["METRICS", "SELECTIONS", "SELECTION_NAMES", "SELECTION_MEANING", "MACHINE_COLUMNS", "MACHINE_FILE",
-           "collect", "mixed", "selections", "values_by_row", "baselines_of", "validation_choice", "plateau_budget"]
+           "collect", "reused", "mixed", "selections", "values_by_row", "baselines_of", "validation_choice",
+           "plateau_budget"]
 
 
 METRICS = {"recall@1": "Recall@1", "r_precision": "RP", "map_at_r": "MAP@R"}  # key in metrics.json -> column name
@@ -123,7 +126,54 @@ def collect(profile, partial=False):
     columns = ["row", "baseline", "seed", "name", "epochs_evaluated"]
     for key in METRICS:
         columns += [f"best_{key}", f"best_{key}_epoch", f"last_{key}", f"val_{key}", f"val_{key}_epoch"]
-    return pd.DataFrame(rows, columns=columns + MACHINE_COLUMNS), pd.DataFrame(evals)
+    runs, evaluations = pd.DataFrame(rows, columns=columns + MACHINE_COLUMNS), pd.DataFrame(evals)
+    if not profile.reuse:
+        return runs, evaluations
+    more_runs, more_evals = reused(profile)
+    order = {row.label: i for i, row in enumerate(profile.rows)}  # row by row, seed by seed, as profile.runs
+
+    def in_order(df):
+        df = df.assign(_order=df["row"].map(order)).sort_values(["_order", "seed"], kind="stable")
+        return df.drop(columns="_order").reset_index(drop=True)
+
+    return (in_order(pd.concat([runs, more_runs[runs.columns]], ignore_index=True)),
+            in_order(pd.concat([evaluations, more_evals], ignore_index=True)))
+
+
+def reused(profile):
+    """The runs a profile takes from another profile's committed reference (its `reuse` key), as collect's lines.
+
+    For each row and seed of `reuse`, the other profile's run with the same seed and exactly the same flags (else
+    ValueError: a run is reused only where it is the run this profile would make) is read from that profile's
+    results/reference/ folder: its line of runs.csv (values rounded to 6 decimals there), its evaluations and its
+    machine.csv line, under this profile's row label and baseline. Its kernels say where it came from, so that
+    `mixed` names the pairs whose two runs were made on other kernels (earlier caps, another machine).
+    """
+    reuse = profile.reuse
+    other = load_profile(profile.path.parent / f"{reuse['profile']}.yml")  # a profile of the same repository
+    folder = other.reference_dir
+    try:
+        runs, evals, machine = (pd.read_csv(folder / f) for f in ("runs.csv", "evaluations.csv", MACHINE_FILE))
+    except OSError as exc:
+        raise ValueError(f"{profile.path}: reuse reads PROFILE={other.name}'s committed reference, and "
+                         f"{os_error_line(exc)}") from None
+    labels = {row.label: row for row in profile.rows}
+    lines, kept = [], []
+    for label in reuse["rows"]:
+        for seed in reuse["seeds"]:
+            params = dict(labels[label].params, seed=seed)
+            run = next((r for r in other.runs if r.params == params), None)
+            line = runs[runs["name"] == run.name] if run else runs.iloc[:0]
+            if run is None or len(line) != 1 or line["row"].iloc[0] != run.row:
+                raise ValueError(f"{profile.path}: reuse: PROFILE={other.name} has no finished run of row {label!r} "
+                                 f"at seed {seed} with the same flags in {folder / 'runs.csv'}; expected one, or "
+                                 f"drop that seed from reuse.seeds")
+            made = machine[machine["name"] == run.name].iloc[0]
+            lines.append(dict(line.iloc[0], row=label, baseline=profile.baselines.get(label, ""),
+                              wall_time=made["wall_time"], cpu_capability=made["cpu_capability"],
+                              machine=made["machine"], kernels=f"{made['kernels']} (PROFILE={other.name}'s reference)"))
+            kept.append(evals[evals["name"] == run.name].assign(row=label))
+    return pd.DataFrame(lines), pd.concat(kept, ignore_index=True)
 
 
 def _check_own_files(folder, seen):
@@ -162,6 +212,12 @@ def mixed(runs, profile):
         lines.append("the runs mix CPU kernels (" + ", ".join(f"{k}: {n}" for k, n in kinds.items())
                      + "): their floats differ in the last bits, so comparisons pair two machines' rounding "
                        "(machine.csv says which run is which)")
+        kernels = {(r, s): k for r, s, k in zip(runs["row"], runs["seed"], runs["kernels"])}
+        for row, other in [*baselines_of(runs).items(), *(p for ps in profile.contrasts.values() for p in ps)]:
+            two = sorted(int(s) for (r, s) in kernels if r == row and kernels.get((other, s), kernels[r, s])
+                         != kernels[r, s])
+            if two:
+                lines.append(f"{row} against {other}: the pairs of seeds {two} were made on two kinds of kernels")
     return lines
 
 
