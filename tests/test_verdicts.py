@@ -168,3 +168,25 @@ def test_a_profile_names_only_its_own_comparisons(tmp_path, extra, match):
     (tmp_path / "b").mkdir()
     profile = load_profile(make_repo(tmp_path / "b", GOOD + "groups: {main: [MemVir + A]}\n" + ok))
     assert profile.headline[0]["order"] == 1
+
+
+def test_a_partial_report_leaves_out_a_regime_without_finished_pairs(tmp_path):
+    """A regime whose row has no finished run: out of a --partial report's report.json (it is not on the first
+    page until its pairs are there); a complete report of the same runs would fail, and once they finish it is in."""
+    import runfolders
+    from memvir.profile import load_profile
+
+    extra = ("groups: {main: [MemVir + A]}\n"
+             "headline: [{regime: r, order: 1, equal_budget: true, lines: [[MemVir + A, main]]}]\n")
+    profile = load_profile(runfolders.make_repo(tmp_path, runfolders.GOOD + extra))
+    for run in profile.runs:
+        runfolders.fake_run(run.folder, run.seed, runfolders.values_for(run.row, run.seed), params=run.params,
+                            finished=run.row == "A")
+    out = report.build_report(profile, partial=True, log=lambda s: None)
+    assert json.loads((out / "report.json").read_text())["headline"] == []
+    for run in profile.runs:
+        metrics = json.loads((run.folder / "metrics.json").read_text())
+        (run.folder / "metrics.json").write_text(json.dumps({**metrics, "finished": True}))
+    out = report.build_report(profile, log=lambda s: None)
+    (regime,) = json.loads((out / "report.json").read_text())["headline"]
+    assert [(c["row"], c["baseline"], c["pairs"]) for c in regime["lines"]] == [("MemVir + A", "A", 2)]

@@ -112,11 +112,23 @@ def summary_head(profile, runs):
 
 def rules_and_headline(profile, comparisons, summary):
     """The profile's rules evaluated on its comparisons, and its regimes for the book's first page, into
-    `summary` (report.json)."""
+    `summary` (report.json). A partial report (--partial) leaves out a rule or a regime whose comparisons have no
+    finished pair yet; a complete one fails on it."""
+    def unless_unfinished(make, *args):
+        try:
+            return make(*args)
+        except ValueError:
+            if summary.get("partial"):
+                return None
+            raise
+
     if profile.rules:  # the decisions the profile declared before its runs
-        summary["rules"] = {name: evaluate_rule(name, rule, comparisons) for name, rule in profile.rules.items()}
+        rules = {name: unless_unfinished(evaluate_rule, name, rule, comparisons)
+                 for name, rule in profile.rules.items()}
+        summary["rules"] = {name: rule for name, rule in rules.items() if rule is not None}
     if profile.headline:  # its regimes on the book's first page (memvir.report.answer)
-        summary["headline"] = [_headline(entry, comparisons) for entry in profile.headline]
+        regimes = [unless_unfinished(_headline, entry, comparisons) for entry in profile.headline]
+        summary["headline"] = [r for r in regimes if r is not None]
 
 
 def _headline(entry, comparisons):
