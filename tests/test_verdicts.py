@@ -190,3 +190,30 @@ def test_a_partial_report_leaves_out_a_regime_without_finished_pairs(tmp_path):
     out = report.build_report(profile, log=lambda s: None)
     (regime,) = json.loads((out / "report.json").read_text())["headline"]
     assert [(c["row"], c["baseline"], c["pairs"]) for c in regime["lines"]] == [("MemVir + A", "A", 2)]
+
+
+@pytest.mark.parametrize("highs,said", [
+    ((1.0, 2.0), "that excludes the paper's claimed +3.27 for Norm-SoftMax and +2.72 for Proxy-NCA."),
+    ((1.0, 3.0), "that excludes the paper's claimed +3.27 for Norm-SoftMax, not its +2.72 for Proxy-NCA."),
+    ((4.0, 3.0), "that does not exclude the paper's claimed +3.27 for Norm-SoftMax and +2.72 for Proxy-NCA."),
+])
+def test_the_answer_says_what_a_quiet_decisive_comparison_still_allows(highs, said):
+    """Each decisive comparison that is not significant: its interval's upper end, "at most", against the paper's
+    printed claim (+3.27 / +2.72 MAP@R, official README, CARS196)."""
+    lines = []
+    for loss, high in zip(("Norm-SoftMax", "Proxy-NCA"), highs):
+        c = line(0.5, 0.3, ahead=2)
+        lines.append(dict(c, loss=loss, ci_high=high))
+    entry = {"regime": "r", "equal_budget": True, "decisive": True, "lines": lines, "selection_name": "x",
+             "family": 2}
+    last = report.answer_sentences([entry])[-1]
+    assert last == (f"Trained as long, MemVir adds at most {highs[0]:+.2f} MAP@R points for Norm-SoftMax and at most "
+                    f"{highs[1]:+.2f} for Proxy-NCA to its baseline (the upper ends of the 95% intervals): " + said)
+
+
+def test_a_significant_decisive_comparison_is_said_as_the_gain_not_as_a_bound():
+    lines = [dict(line(2.0, 0.01, ahead=3), loss="Norm-SoftMax"), dict(line(2.0, 0.02, ahead=3), loss="Proxy-NCA")]
+    entry = {"regime": "r", "equal_budget": True, "decisive": True, "lines": lines, "selection_name": "x",
+             "family": 2}
+    sentences = report.answer_sentences([entry])
+    assert sentences[0] == "**MemVir delivers** (r)." and not any("at most" in s for s in sentences)

@@ -13,6 +13,8 @@ import json
 import textwrap
 from pathlib import Path
 
+import numpy as np
+
 from ..files import atomic_write
 from .tables import paper_results
 from .verdicts import detectable, epochs_share, number, plural, share_words, side, span
@@ -74,10 +76,11 @@ def answer_sentences(entries):
         first = f"**MemVir delivers** ({'; '.join(won)})."
     else:
         where = " or ".join(dict.fromkeys(e["selection_name"] for e in fair))
+        by = f", by {span([-c['diff_mean'] for c in losses], 'points')}" if losses else ""
         first = (f"**On this benchmark MemVir does not deliver.** Trained as long as its baseline, it was a "
-                 f"significant MAP@R gain (at the {where}, Holm-corrected) in none of the {len(lines)} comparisons of the {number(len(fair))} "
-                 f"regimes we ran: it was behind in {behind} and a significant loss in {len(losses)}, by "
-                 f"{span([-c['diff_mean'] for c in losses], 'points')}.")
+                 f"significant MAP@R gain (at the {where}, Holm-corrected) in none of the {len(lines)} comparisons "
+                 f"of the {number(len(fair))} regimes we ran: it was behind in {behind} and a significant loss in "
+                 f"{len(losses)}{by}.")
     sentences = [first]
     for e in fair:
         if len(e["lines"]) > 2 and all(side(c) == "loss" for c in e["lines"]):
@@ -91,7 +94,27 @@ def answer_sentences(entries):
     decisive = [e for e in fair if e.get("decisive")]
     if paper and decisive:
         sentences.append(_paper_sentence(paper[0], decisive[0]))
+    if decisive and any(side(c) == "noise" for c in decisive[0]["lines"]):
+        sentences.append(_excluded_sentence(decisive[0]))
     return sentences
+
+
+def _excluded_sentence(decisive):
+    """What the decisive comparisons still allow where they are not significant: the upper end of each interval, "at
+    most X points", and whether that excludes the paper's claimed effect (issue 31: what the data exclude is said,
+    not only what was found)."""
+    claim = paper_claim()
+    quiet = [c for c in decisive["lines"] if side(c) == "noise"]
+    most = [f"at most {c['ci_high']:+.2f} MAP@R points for {c['loss']}" if not k else
+            f"at most {c['ci_high']:+.2f} for {c['loss']}" for k, c in enumerate(quiet)]
+    out = [f"{claim[c['loss']]:+.2f} for {c['loss']}" for c in quiet if c["ci_high"] < claim.get(c["loss"], -np.inf)]
+    kept = [f"{claim[c['loss']]:+.2f} for {c['loss']}" for c in quiet if c["ci_high"] >= claim.get(c["loss"], np.inf)]
+    verdict = ("that excludes the paper's claimed " + " and ".join(out) if out else
+               "that does not exclude the paper's claimed " + " and ".join(kept))
+    if out and kept:
+        verdict += ", not its " + " and ".join(kept)
+    return (f"Trained as long, MemVir adds {' and '.join(most)} to its baseline (the upper ends of the 95% "
+            f"intervals): {verdict}.")
 
 
 def _first_up(text):
