@@ -20,13 +20,14 @@ One job per file:
     embedding.py  the mechanism's diagnostics and the t-SNE figures, from checkpoints
     reference.py  your report against the committed reference: bit for bit, then by the seeds
     answer.py     the book's answer on its first page, across the committed reports' regimes
+    validation.py how well the validation classes rank and pick like the test classes
     build.py      the report assembled and written atomically, and its command line
     chapter.py    what a chapter takes: comparisons, one said in words, a table shown
 
 The tables have the layout of the official README (Loss | 1 | 2 | 3 | 4 | 5 | Mean | Diff. | Std.), values in
 percent. Every name below is importable as `memvir.report.NAME`, as the chapters do.
 """
-from . import answer, build, chapter, embedding, figures, reference, rows, runs, stats, tables, verdicts
+from . import answer, build, chapter, embedding, figures, reference, rows, runs, stats, tables, validation, verdicts
 from .build import *  # noqa: F401,F403  (each room's __all__: the public names, importable from here)
 from .chapter import *  # noqa: F401,F403
 from .embedding import *  # noqa: F401,F403
@@ -38,7 +39,8 @@ from .stats import *  # noqa: F401,F403
 from .tables import *  # noqa: F401,F403
 from .verdicts import *  # noqa: F401,F403
 from .answer import *  # noqa: F401,F403
+from .validation import *  # noqa: F401,F403
 
 __all__ = [*runs.__all__, *stats.__all__, *tables.__all__, *figures.__all__, *embedding.__all__,
            *reference.__all__, *rows.__all__, *build.__all__, *chapter.__all__, *verdicts.__all__,
-           *answer.__all__]
+           *answer.__all__, *validation.__all__]
