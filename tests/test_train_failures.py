@@ -203,7 +203,11 @@ def test_ctrl_c_is_one_line_and_the_run_resumes(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "memvir", "train", "--data_name", "glyphs", *ARGS, "--epochs", "200",
            "--save_path", str(tmp_path)]
-    first = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C as a terminal sends it: the child's SIGINT at its default, also when the tests themselves run with it
+    # ignored (a shell's background job, `make test &`, ignores SIGINT, and a child inherits that: Python then
+    # never raises KeyboardInterrupt and the run would train to its end).
+    first = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while not (tmp_path / "metrics.json").exists() and time.time() < deadline:  # an epoch is saved: mid-run
         time.sleep(0.2)
