@@ -1,7 +1,8 @@
 """memvir: Memory-based Virtual Classes (Ko, Gu, Kim, ICCV 2021), reproduced and explained.
 
 The public API:
-    memvir.MemVir                       the memory of virtual classes (memvir/memory.py)
+    memvir.MemVir                       the memory of virtual classes (memvir/memory.py; through memvir.pml, which
+                                        lets it take pytorch-metric-learning's proxy losses too)
     memvir.losses.NormSoftmax, ProxyNCA proxy losses; each owns `proxies` (C, D); also Softmax, CosFace,
                                         ArcFace, ProxyAnchor, SoftTriple (the paper's Table 4)
     memvir.metrics.retrieval_metrics    Recall@K, R-Precision, MAP@R
@@ -24,7 +25,7 @@ __version__ = "0.1.0"
 _SUBMODULES = {"losses", "memory", "metrics", "data", "models", "config", "experiment", "train", "evaluation",
                "rundir", "report", "pipeline", "distributed", "pml", "registry", "profile", "files", "portable",
                "extras"}
-_NAMES = {"MemVir": "memory", "TakenStep": "memory", "NormSoftmax": "losses", "ProxyNCA": "losses",
+_NAMES = {"MemVir": "pml", "TakenStep": "memory", "NormSoftmax": "losses", "ProxyNCA": "losses",
           "Softmax": "losses", "CosFace": "losses", "ArcFace": "losses", "ProxyAnchor": "losses",
           "SoftTriple": "losses", "build_loss": "registry", "retrieval_metrics": "metrics",
           "query_gallery_metrics": "metrics"}

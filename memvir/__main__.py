@@ -14,7 +14,8 @@ from .extras import extra_for
 COMMANDS = {
     "prepare": ("memvir.data.prepare", "prepare a paper benchmark (cars196, cub200, sop, inshop) from its archives"),
     "train": ("memvir.train", "train (and periodically evaluate) a model; accepts the official main.py flags"),
-    "report": ("memvir.report.build", "build the result tables and figures from run folders"),
+    "report": ("memvir.trained", "build the result tables and figures from run folders"),  # the report, given a
+    # reader of checkpoints (memvir.trained.load): memvir.report imports no training code
     "pipeline": ("memvir.pipeline", "the runs, chapters and book of a profile (what `make reproduce` drives)"),
     "keep": ("memvir.kept", "keep a profile's finished runs' small files in results/kept/ (git), or --restore them"),
     "kernels": ("memvir.kernels", "hash the CPU kernels a training uses, op by op (compare two machines' tables)"),

@@ -64,7 +64,8 @@ def evaluate_checkpoint(path, device, data=None, workers=0) -> tuple[dict, list]
     Returns:
         (the evaluation: epoch, step and the metrics; the Recall@K list).
     """
-    from .config import parse_k_list, resolve_config
+    from .config import parse_k_list
+    from .resolve import resolve_config
     from .experiment import build
     from .rundir import load_checkpoint, load_state
 

@@ -62,7 +62,7 @@ def build_criterion(cfg, num_classes, steps_per_epoch=None):
 
     hyper = {k: getattr(cfg, k) for k in LOSS_HYPER if getattr(cfg, k) is not None}  # resolve_config set them
     if cfg.loss == "Contrastive":  # a pair loss, PML's whatever --pml says; XBM's memory with --xbm_size
-        from .pml import Contrastive
+        from .xbm import Contrastive
 
         loss = Contrastive(num_classes, cfg.dim, memory_size=cfg.xbm_size, warmup_epochs=cfg.warm_epoch,
                            normalize_embeddings=cfg.train_with_l2norm, **hyper)
@@ -155,7 +155,7 @@ def load_trained(run_dir, checkpoint="last", device="cpu"):
     Returns:
         (net in eval mode, criterion, Splits, config dict, checkpoint epoch).
     """
-    from .config import resolve_config
+    from .resolve import resolve_config
     from .rundir import epoch_checkpoints, load_checkpoint, load_state
 
     ckpt_dir = Path(run_dir) / "checkpoints"

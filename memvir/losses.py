@@ -28,23 +28,70 @@ all normalise, unless `normalize_embeddings=False`: the official `--train_with_l
 losses take the head's output as it comes (their comment "input is already l2_normalized" holds only with the
 flag on) and MemVir stores it raw.
 
-The losses by name (the official spellings, default scales, `build_loss`): memvir/registry.py.
+Each loss declares itself where it is defined: its official name (`name`, with `aliases`), its default scale (the
+default of its `scale_arg`) and its pytorch-metric-learning counterpart (`pml`, a PMLCounterpart). A subclass that
+declares a `name` is a new loss (`declare`, into DECLARED); memvir/registry.py, the `--loss` help and memvir/pml.py's
+table are derived from those declarations.
 Chapter: notebooks/03_losses.py.
 """
 import math
 import numbers
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 __all__ = ["ProxyLoss", "NormSoftmax", "ProxyNCA", "Softmax", "CosFace", "ArcFace", "ProxyAnchor", "SoftTriple",
-           "check_batch", "check_margin", "in_proxies_dtype", "LOGIT_LIMIT"]
+           "check_batch", "check_margin", "in_proxies_dtype", "LOGIT_LIMIT", "DECLARED", "declare", "loss_key",
+           "PMLCounterpart"]
 
 # The largest logit scale (and scale x margin, 1 / SoftTriple's gamma) a loss accepts. The papers use 1 to 100;
 # at 1e6 a row's loss is at most ~3e6, so logits, their differences and a batch's sum of row losses stay far inside
 # float32. Near float32's largest number they do not: SoftTriple(la=1e40) returned NaN without a word.
 LOGIT_LIMIT = 1e6
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Declarations: every spelling of every loss, and what pytorch-metric-learning calls it
+
+DECLARED = {}  # {loss_key(spelling): loss class}, in the order the losses are declared; memvir.registry reads it
+
+
+def loss_key(name):
+    """A loss name as matched: without case, "_" and "-" ("Proxy-Anchor", "proxy_anchor" -> "proxyanchor")."""
+    return str(name).lower().replace("_", "").replace("-", "")
+
+
+def declare(cls):
+    """Add a loss class to DECLARED under its `name` and `aliases` (a ProxyLoss that declares a name: by itself).
+
+    Returns the class, so that a loss outside ProxyLoss (XBM's pair loss) declares itself with `@declare`.
+    """
+    for spelling in (cls.name, *cls.__dict__.get("aliases", ())):
+        if DECLARED.get(loss_key(spelling), cls) is not cls:
+            raise ValueError(f"loss {cls.name}: the name {spelling!r} is taken by {DECLARED[loss_key(spelling)].name}")
+        DECLARED[loss_key(spelling)] = cls
+    return cls
+
+
+@dataclass(frozen=True)
+class PMLCounterpart:
+    """pytorch-metric-learning's implementation of one of our losses, and the units of each side.
+
+    Args:
+        name: the class in pytorch_metric_learning.losses.
+        weight: its attribute holding the proxies; transposed: True where it is (D, C*K), not (C*K, D).
+        to_pml: our hyper-parameters {scale, margin, centers_per_class, gamma} -> its constructor's keywords
+            (after C and D).
+        from_pml: (a PML loss, its normalize_embeddings) -> our constructor's keywords, C and D included.
+    """
+    name: str
+    weight: str
+    transposed: bool
+    to_pml: Callable
+    from_pml: Callable
 
 
 def check_batch(emb, labels, num_classes, dim, values="read"):
@@ -129,11 +176,19 @@ class ProxyLoss(nn.Module):
     """
 
     decomposable = True  # logit[i, c] depends on emb[i] and class c's proxies only; cross-entropy on top.
-    name = None  # the official README's spelling, set by each loss
-    scale_arg = "scale"  # the constructor argument that build_loss's `scale` (the --scale flag) sets
+    name = None  # the official README's spelling, set by each loss: a class that sets it is declared (DECLARED)
+    aliases = ()  # other spellings people use, each matched as loss_key matches
+    scale_arg = "scale"  # the constructor argument that build_loss's `scale` (the --scale flag) sets; its default
+    pml = None  # the PMLCounterpart, where pytorch-metric-learning has the loss
     # None: no margin. A loss with a margin defines `target_logit(z)`, mapping the logits z (n,) of rows' own
     # targets; `margin_targets` applies it (ProxyLoss.forward and both MemVir paths).
     target_logit = None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__:  # a new loss; a subclass that does not name itself is not one
+            cls.pml = cls.__dict__.get("pml")  # not its parent's: PML's class would be another loss's
+            declare(cls)
 
     def __init__(self, num_classes, embedding_size, scale, normalize_embeddings=True, proxies_per_class=1):
         super().__init__()
@@ -245,6 +300,9 @@ class NormSoftmax(ProxyLoss):
     """
 
     name = "Norm_SoftMax"
+    pml = PMLCounterpart("NormalizedSoftmaxLoss", "W", True, lambda h: {"temperature": 1.0 / h["scale"]},
+                         lambda p, norm: {"num_classes": p.W.shape[1], "embedding_size": p.W.shape[0],
+                                          "scale": 1.0 / p.temperature, "normalize_embeddings": norm})
 
     def __init__(self, num_classes, embedding_size, scale=23.0, normalize_embeddings=True):
         super().__init__(num_classes, embedding_size, scale, normalize_embeddings)
@@ -272,6 +330,9 @@ class ProxyNCA(ProxyLoss):
     """
 
     name = "Proxy_NCA"
+    pml = PMLCounterpart("ProxyNCALoss", "proxies", False, lambda h: {"softmax_scale": h["scale"]},
+                         lambda p, norm: {"num_classes": p.proxies.shape[0], "embedding_size": p.proxies.shape[1],
+                                          "scale": p.softmax_scale, "normalize_embeddings": norm})
 
     def __init__(self, num_classes, embedding_size, scale=12.0, normalize_embeddings=True):
         super().__init__(num_classes, embedding_size, scale, normalize_embeddings)
@@ -302,6 +363,7 @@ class Softmax(ProxyLoss):
     """
 
     name = "SoftMax_vanilla"
+    aliases = ("Softmax",)
 
     def __init__(self, num_classes, embedding_size, scale=1.0, normalize_embeddings=False):
         super().__init__(num_classes, embedding_size, scale, normalize_embeddings)
@@ -331,6 +393,9 @@ class CosFace(NormSoftmax):
     """
 
     name = "CosFace"
+    pml = PMLCounterpart("CosFaceLoss", "W", True, lambda h: {"margin": h["margin"], "scale": h["scale"]},
+                         lambda p, norm: {"num_classes": p.W.shape[1], "embedding_size": p.W.shape[0],
+                                          "scale": p.scale, "margin": p.margin})
 
     def __init__(self, num_classes, embedding_size, scale=64.0, margin=0.35, normalize_embeddings=True):
         super().__init__(num_classes, embedding_size, scale, normalize_embeddings)
@@ -363,6 +428,10 @@ class ArcFace(NormSoftmax):
     """
 
     name = "ArcFace"
+    # PML takes degrees and turns them into radians at construction (its init_margin): ours are radians
+    pml = PMLCounterpart("ArcFaceLoss", "W", True, lambda h: {"margin": math.degrees(h["margin"]), "scale": h["scale"]},
+                         lambda p, norm: {"num_classes": p.W.shape[1], "embedding_size": p.W.shape[0],
+                                          "scale": p.scale, "margin": float(p.margin)})
 
     def __init__(self, num_classes, embedding_size, scale=64.0, margin=0.5, normalize_embeddings=True):
         if normalize_embeddings is False:
@@ -400,6 +469,9 @@ class ProxyAnchor(ProxyLoss):
 
     decomposable = False
     name = "Proxy_Anchor"
+    pml = PMLCounterpart("ProxyAnchorLoss", "proxies", False, lambda h: {"margin": h["margin"], "alpha": h["scale"]},
+                         lambda p, norm: {"num_classes": p.proxies.shape[0], "embedding_size": p.proxies.shape[1],
+                                          "margin": p.margin, "alpha": p.alpha})
     scale_arg = "alpha"
 
     def __init__(self, num_classes, embedding_size, margin=0.1, alpha=32.0, normalize_embeddings=True):
@@ -449,6 +521,13 @@ class SoftTriple(ProxyLoss):
     """
 
     name = "Soft_Triple"
+    # PML's fc (D, C*K) is viewed (B, C, K), so its column c*K + k is our row c*K + k; PML keeps 1 / gamma
+    pml = PMLCounterpart("SoftTripleLoss", "fc", True,
+                         lambda h: {"centers_per_class": h["centers_per_class"], "la": h["scale"], "gamma": h["gamma"],
+                                    "margin": h["margin"]},
+                         lambda p, norm: {"num_classes": p.num_classes, "embedding_size": p.fc.shape[0],
+                                          "centers_per_class": p.centers_per_class, "la": p.la,
+                                          "gamma": 1.0 / p.gamma, "margin": p.margin})
     scale_arg = "la"
 
     def __init__(self, num_classes, embedding_size, centers_per_class=10, la=20.0, gamma=0.1, margin=0.01,

@@ -61,13 +61,19 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .losses import check_batch, in_proxies_dtype
-from .pml import adapt
 
 MEM_FILLS = ("curriculum", "full")  # how the memory fills: the paper's curriculum first (--mem_fill)
 # What a taken past step brings: MemVir's both first (--mem_virtual); "current" is the control of "proxies".
 MEM_VIRTUALS = ("both", "embeddings", "proxies", "current")
 
-__all__ = ["MemVir", "TakenStep"]
+__all__ = ["MemVir", "TakenStep", "ADAPTERS"]
+
+# What MemVir reads from a loss: `proxies` (C*K, D), `num_classes`, `proxies_per_class`, `embed`, `embed_proxies`,
+# `similarity`, `margin_targets`, `decomposable`, `normalize_embeddings` and a call `loss(emb, labels, proxies,
+# check=...)`: the interface of memvir.losses.ProxyLoss. Another library's loss comes through an adapter that gives
+# it this interface: {top-level package of the loss's class: adapter}. memvir.pml registers pytorch-metric-learning's
+# when imported (memvir.MemVir imports it), so the adapter depends on the memory and not the reverse.
+ADAPTERS = {}
 
 # The most a memory may ask for (bytes) once full: a bound on nonsense (N = 10**9), not on real settings, which the
 # device's own memory bounds first. SOP's paper setting (N=5, M=100) needs 11.7 GB.
@@ -144,9 +150,13 @@ class MemVir(nn.Module):
         super().__init__()
         for name, value in (("num_steps", num_steps), ("step_gap", step_gap), ("warmup_epochs", warmup_epochs)):
             _count(f"MemVir {name}", value)
-        loss = adapt(loss)  # a PML proxy loss: our formula over its own weight (memvir/pml.py)
+        package = type(loss).__module__.split(".")[0]
+        if package in ADAPTERS:  # e.g. a PML proxy loss: our formula over its own weight (memvir/pml.py)
+            loss = ADAPTERS[package](loss)
         if not isinstance(getattr(loss, "proxies", None), torch.Tensor) or loss.proxies.dim() != 2:
-            raise ValueError("MemVir loss: expected a loss with a `proxies` parameter of shape (C, D)")
+            raise ValueError("MemVir loss: expected a loss with a `proxies` parameter of shape (C, D)" +
+                             (f" (a {package} loss: import memvir.pml first, whose adapter MemVir then uses)"
+                              if package == "pytorch_metric_learning" else ""))
         self.loss = loss
         self.num_steps, self.step_gap, self.warmup_epochs = int(num_steps), int(step_gap), int(warmup_epochs)
         if self.num_steps == 0:  # legal (an ablation's control), but a run labelled MemVir that is the loss alone

@@ -289,9 +289,9 @@ def execute_defaults(paths, kernel="python3", log=print):
 
 def warm_data(profile, log=print):
     """Render (and cache) a glyph profile's data set once, before parallel runs would each render it."""
-    from .config import resolve_config
     from .experiment import build_splits
     from .pretrain import PRETRAINED_GLYPHS, pretrain_backbone
+    from .resolve import resolve_config
 
     profile = load_profile(profile) if not isinstance(profile, Profile) else profile
     seen, pretrained = set(), set()

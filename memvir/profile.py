@@ -377,7 +377,8 @@ def check_run_folder(run):
     import json
     from dataclasses import asdict
 
-    from .config import FIELDS, RESUME_MAY_DIFFER, resolve_config
+    from .config import FIELDS, RESUME_MAY_DIFFER
+    from .resolve import resolve_config
 
     try:
         saved = {k: v for k, v in json.loads((run.folder / "config.json").read_text()).items() if k in FIELDS}

@@ -1,5 +1,5 @@
-"""The losses by name: the official spellings and aliases, default scales, and `build_loss` (memvir.losses holds the
-formulas; memvir.pml the adapter for pytorch-metric-learning's losses and its pair loss).
+"""The losses by name, derived from their declarations (memvir.losses: `name`, `aliases`, `scale_arg`, `pml`):
+the spellings, default scales, the `--loss` help, `build_loss` and `build_pml_loss`.
 
     build_loss("Norm_SoftMax", num_classes=98, embedding_size=512)    # NormSoftmax(98, 512, scale=23.0)
     canonical_loss_name("proxy-anchor")                                # "Proxy_Anchor"
@@ -8,18 +8,18 @@ from __future__ import annotations
 
 import inspect
 
-from . import pml
-from .losses import ArcFace, CosFace, NormSoftmax, ProxyAnchor, ProxyNCA, Softmax, SoftTriple
+from . import losses, xbm  # noqa: F401 (xbm: its pair loss declares itself on import)
+from .losses import DECLARED, ProxyLoss, loss_key
 
-__all__ = ["LOSSES", "PAIR_LOSSES", "loss_class", "canonical_loss_name", "default_scale", "build_loss",
-           "build_pml_loss"]
+__all__ = ["LOSSES", "loss_class", "canonical_loss_name", "default_scale", "build_loss", "build_pml_loss",
+           "flag_help"]
 
-# Keyed by the name without case, "_" and "-": the official spellings and the ones people use.
-LOSSES = {"normsoftmax": NormSoftmax, "proxynca": ProxyNCA, "softmaxvanilla": Softmax, "softmax": Softmax,
-          "cosface": CosFace, "arcface": ArcFace, "proxyanchor": ProxyAnchor, "softtriple": SoftTriple}
-# Pair losses, keyed as LOSSES: no proxies; pytorch-metric-learning computes them (memvir/pml.py, which imports PML
-# only when one is built, so that the proxy losses above do not need it).
-PAIR_LOSSES = {"contrastive": "Contrastive"}
+LOSSES = DECLARED  # {spelling without case, "_" and "-": loss class}: every declared loss (memvir.losses)
+
+
+def _losses():
+    """The declared loss classes, each once, in the order they were declared."""
+    return list(dict.fromkeys(LOSSES.values()))
 
 
 def loss_class(name):
@@ -28,13 +28,11 @@ def loss_class(name):
     Args:
         name: loss name, case-insensitive, underscores and dashes ignored.
     """
-    key = str(name).lower().replace("_", "").replace("-", "")
-    if key in PAIR_LOSSES:
-        return getattr(pml, PAIR_LOSSES[key])
+    key = loss_key(name)
     if key not in LOSSES:
-        known = ", ".join(f"{cls.name} ({cls.__name__})" for cls in dict.fromkeys(LOSSES.values()))
-        pairs = ", ".join(PAIR_LOSSES.values())
-        raise ValueError(f"loss: unknown name {name!r}; known losses: {known}, {pairs} (a pair loss), in any case")
+        known = ", ".join(f"{cls.name} ({cls.__name__})" if issubclass(cls, ProxyLoss) else f"{cls.name} (a pair loss)"
+                          for cls in _losses())
+        raise ValueError(f"loss: unknown name {name!r}; known losses: {known}, in any case")
     return LOSSES[key]
 
 
@@ -83,26 +81,24 @@ def build_pml_loss(name, num_classes, embedding_size, scale, margin=None, center
     """Build pytorch-metric-learning's implementation of one of our losses, with our hyper-parameters and units.
 
     Args:
-        name: a loss name this registry knows (Norm_SoftMax, Proxy_NCA, CosFace, ArcFace, Proxy_Anchor, Soft_Triple).
+        name: a declared loss name with a PML counterpart (the loss's `pml`).
         scale: our scale (Norm-SoftMax: 1 / PML's temperature; Proxy-Anchor: alpha; SoftTriple: la).
         margin: ours (ArcFace in radians: PML takes degrees).
     """
-    import math
+    import pytorch_metric_learning.losses as L  # deferred: --pml only; PML is an optional extra
 
-    import pytorch_metric_learning.losses as L
+    cls = loss_class(name)
+    if cls.pml is None:
+        having = [c.name for c in _losses() if c.pml is not None]
+        raise ValueError(f"--pml: pytorch-metric-learning has no {cls.name} loss; it has {', '.join(having[:-1])} "
+                         f"and {having[-1]}")
+    hyper = {"scale": scale, "margin": margin, "centers_per_class": centers_per_class, "gamma": gamma}
+    return getattr(L, cls.pml.name)(num_classes, embedding_size, **cls.pml.to_pml(hyper))
 
-    loss, C, D = canonical_loss_name(name), num_classes, embedding_size
-    if loss == "Norm_SoftMax":
-        return L.NormalizedSoftmaxLoss(C, D, temperature=1.0 / scale)
-    if loss == "Proxy_NCA":
-        return L.ProxyNCALoss(C, D, softmax_scale=scale)
-    if loss == "CosFace":
-        return L.CosFaceLoss(C, D, margin=margin, scale=scale)
-    if loss == "ArcFace":
-        return L.ArcFaceLoss(C, D, margin=math.degrees(margin), scale=scale)
-    if loss == "Proxy_Anchor":
-        return L.ProxyAnchorLoss(C, D, margin=margin, alpha=scale)
-    if loss == "Soft_Triple":
-        return L.SoftTripleLoss(C, D, centers_per_class=centers_per_class, la=scale, gamma=gamma, margin=margin)
-    raise ValueError(f"--pml: pytorch-metric-learning has no {loss} loss; it has Norm_SoftMax, Proxy_NCA, CosFace, "
-                     f"ArcFace, Proxy_Anchor and Soft_Triple")
+
+def flag_help():
+    """The help of the flags that name losses, derived from the declarations: {flag: text} for config.build_parser."""
+    names = " | ".join(f"{c.name}{''.join(f' ({a})' for a in c.__dict__.get('aliases', ()))}" for c in _losses())
+    scales = ", ".join(f"{c.name} {default_scale(c.name):g}" for c in _losses())
+    return {"losses": names, "scales": scales}
+

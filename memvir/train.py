@@ -61,13 +61,13 @@ import torch
 import torch.nn as nn
 
 from . import distributed, portable
-from .config import (FIELDS, RESUME_MAY_DIFFER, TrainConfig, build_parser, config_from_argv, parse_k_list,
-                     resolve_config)
+from .config import FIELDS, RESUME_MAY_DIFFER, TrainConfig, parse_k_list
 from .evaluation import evaluate, evaluate_checkpoint
 from .experiment import build
 from .files import SIGPIPE_STATUS, atomic_json, interrupted, os_error_line, reader_gone
 from .memory import MEM_FILLS, MEM_VIRTUALS
 from .models import WeightsUnavailable
+from .resolve import build_parser, config_from_argv, resolve_config
 from .rundir import (CHECKPOINT_FORMAT, KERNELS_KEY, TRAINING_FIELDS, CheckpointError, RunFolderBusy, RunLock,
                      RunOutputs, check_same_run, get_rng_state, latest_checkpoint, link_best, new_history,
                      load_state, record_evaluation, repair_metrics, run_folder, save_checkpoint, set_rng_state,

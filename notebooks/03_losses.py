@@ -251,14 +251,12 @@ pd.DataFrame(rows)
 # %%
 import pytorch_metric_learning.losses as pml
 
-import memvir.memory
-
 torch.manual_seed(0)
 model = torch.nn.Linear(32, D)  # stands for an embedding network
 loss_func = pml.CosFaceLoss(num_classes=C, embedding_size=D)  # a PML loss, unchanged
 optimizer = torch.optim.Adam([*model.parameters(), *loss_func.parameters()], lr=1e-3)
 # the one line:
-criterion = memvir.memory.MemVir(loss_func, num_steps=3, step_gap=1, warmup_epochs=1)
+criterion = memvir.MemVir(loss_func, num_steps=3, step_gap=1, warmup_epochs=1)
 log = []
 for epoch in range(3):
     for step in range(5):

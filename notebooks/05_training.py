@@ -97,8 +97,9 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 # (not `import memvir`: the flag `memvir` above is a parameter)
-from memvir.config import FLAG_NAMES, config_from_parameters
+from memvir.config import FLAG_NAMES
 from memvir.report import METRICS
+from memvir.resolve import config_from_parameters
 from memvir.rundir import read_run, start_afresh
 from memvir.train import train
 

@@ -44,6 +44,7 @@ from IPython.display import Image, Markdown, display
 import memvir.report
 import memvir.rundir
 import memvir.train
+import memvir.trained
 
 # %% [markdown]
 # ## Two models
@@ -76,7 +77,8 @@ else:
     runs = {"with MemVir": Path(memvir_run) if memvir_run else small_run("memvir", True),
             "without MemVir": (Path(baseline_run) if baseline_run
                                else small_run("baseline", False))}
-    figures = memvir.report.tsne_figures(runs["with MemVir"], runs["without MemVir"],
+    figures = memvir.report.tsne_figures(memvir.trained.load(runs["with MemVir"]),
+                                         memvir.trained.load(runs["without MemVir"]),
                                          Path(save_dir) / "figures",
                                          test_classes=test_classes, perplexity=perplexity,
                                          seed=seed)

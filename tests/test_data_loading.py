@@ -624,7 +624,7 @@ def test_damaged_jpeg_names_its_file(tmp_path, decode):
 
 
 def test_decode_flag_is_checked(tmp_path):
-    from memvir.config import resolve_config
+    from memvir.resolve import resolve_config
 
     make_tree(tmp_path / "train", {"a": 1})
     make_tree(tmp_path / "test", {"b": 1})

@@ -88,3 +88,49 @@ def test_long_functions_are_found(tmp_path):
 @pytest.mark.parametrize("path", RESULTS_LAYER, ids=lambda p: p.name)
 def test_results_layer_files_stay_short(path):
     assert len(path.read_text().splitlines()) <= 400, f"{path.name}: one job per file (split it)"
+
+
+# ---- floors: the algorithm and the flag list stand on the ground, the results layer beside the training stack ----
+
+LOWER_FLOORS = ["memvir.config", "memvir.files", "memvir.losses", "memvir.memory", "memvir.metrics"]
+TRAINING = {"memvir.train", "memvir.experiment", "memvir.data.samplers"}
+
+
+def above_first_floor(graph, modules):
+    """{module: the memvir modules it imports that are not on the ground floor} for each of `modules` standing
+    higher than one floor above the ground (the ground floor: modules that import no memvir module)."""
+    ground = {m for m, deps in graph.items() if not deps}
+    return {m: sorted(graph[m] - ground) for m in modules if graph[m] - ground}
+
+
+def reachable(graph, start):
+    """Every module `start` imports, directly or through others."""
+    seen, todo = set(), [start]
+    while todo:
+        for dep in graph[todo.pop()] - seen:
+            seen.add(dep)
+            todo.append(dep)
+    return seen
+
+
+def test_the_lower_floors_stand_on_the_ground():
+    high = above_first_floor(import_graph(PACKAGE), LOWER_FLOORS)
+    assert not high, f"higher than one floor above the ground: {high}"
+
+
+def test_the_results_layer_imports_no_training_code():
+    graph = import_graph(PACKAGE)
+    found = {m: sorted(reachable(graph, m) & TRAINING) for m in graph if m.startswith("memvir.report")}
+    assert not {m: t for m, t in found.items() if t}, found
+
+
+def test_floors_and_reach_are_found(tmp_path):
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "ground.py").write_text("import os\n")
+    (pkg / "first.py").write_text("from . import ground\n")
+    (pkg / "second.py").write_text("def f():\n    from .first import g\n")  # a function-level import counts
+    graph = import_graph(pkg)
+    assert above_first_floor(graph, ["pkg.ground", "pkg.first", "pkg.second"]) == {"pkg.second": ["pkg.first"]}
+    assert reachable(graph, "pkg.second") == {"pkg.first", "pkg.ground"}

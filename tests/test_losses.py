@@ -741,3 +741,48 @@ def test_at_the_limit_every_loss_and_its_gradient_stay_finite(cls, arg, extra):
     value = loss(emb, torch.randint(0, 5, (64,)))
     value.backward()
     assert torch.isfinite(value) and torch.isfinite(emb.grad).all() and torch.isfinite(loss.proxies.grad).all()
+
+
+def test_a_loss_declared_in_one_place_is_in_the_registry_the_cli_and_memvir():
+    """A toy loss declares its name, an alias and its default scale in its class, nowhere else: the registry, the
+    `--loss` help and parser, build_loss, the PML table (it has no counterpart: refused in one line) and MemVir
+    all know it."""
+    from memvir import registry, resolve
+    from memvir.losses import DECLARED, ProxyLoss
+    from memvir.memory import MemVir
+    from memvir.pml import supported
+
+    class Toy(ProxyLoss):
+        name = "Toy_Loss"
+        aliases = ("Toy",)
+
+        def __init__(self, num_classes, embedding_size, scale=7.0, normalize_embeddings=True):
+            super().__init__(num_classes, embedding_size, scale, normalize_embeddings)
+            torch.nn.init.normal_(self.proxies)
+
+        def similarity(self, x, p):
+            return self.scale * x @ F.normalize(p, dim=1).T  # (B, C')
+
+    try:
+        assert registry.loss_class("toy-loss") is Toy and registry.loss_class("TOY") is Toy
+        assert registry.default_scale("toy") == 7.0
+        assert "Toy_Loss (Toy)" in " ".join(resolve.build_parser().format_help().split())
+        cfg = resolve.config_from_argv(["--loss", "toy", "--dim", "8"])
+        assert (cfg.loss, cfg.scale) == ("Toy_Loss", 7.0)
+        assert Toy not in supported().values()
+        with pytest.raises(ValueError, match="--pml: pytorch-metric-learning has no Toy_Loss loss"):
+            registry.build_pml_loss("toy", 5, 8, 7.0)
+        torch.manual_seed(0)
+        loss = registry.build_loss("Toy", num_classes=5, embedding_size=8)
+        criterion = MemVir(loss, num_steps=2, step_gap=0, warmup_epochs=0)
+        emb, labels = torch.randn(6, 8), torch.arange(6) % 5
+        logits = 7.0 * F.normalize(emb, dim=1) @ F.normalize(loss.proxies, dim=1).T  # the formula, written out
+        torch.testing.assert_close(criterion(emb, labels, 0), F.cross_entropy(logits, labels))  # memory empty
+        for _ in range(2):
+            criterion(torch.randn(6, 8), labels, 0)
+        assert (criterion.num_taken, criterion.num_classes_in_use) == (2, 15)  # 2 past steps: 5 + 2 x 5 classes
+    finally:
+        for key in [k for k, cls in DECLARED.items() if cls is Toy]:
+            del DECLARED[key]
+    with pytest.raises(ValueError, match="unknown name 'Toy'"):
+        registry.loss_class("Toy")

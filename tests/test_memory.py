@@ -649,7 +649,7 @@ def test_a_validation_loss_reads_the_memory_and_never_writes_it(how):
 
 
 def test_xbm_under_no_grad_leaves_its_queue_where_it_was():
-    from memvir.pml import Contrastive
+    from memvir.xbm import Contrastive
 
     loss = Contrastive(4, 8, memory_size=20)
     for _ in range(2):

@@ -214,7 +214,7 @@ def test_train_runs_each_mode(tmp_path, capsys, fill, virtual):
 
 def test_train_steps_per_epoch_is_the_loaders():
     """experiment.train_steps_per_epoch against the steps one epoch of memvir.train takes (counted in steps.csv)."""
-    from memvir.config import resolve_config
+    from memvir.resolve import resolve_config
     from memvir.experiment import build_splits, train_steps_per_epoch
 
     cfg = resolve_config({**TINY, "mem_fill": "full"})

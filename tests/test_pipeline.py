@@ -460,7 +460,8 @@ def test_a_glyph_profile_names_its_whole_benchmark(name, monkeypatch):
 def test_every_run_of_a_profile_is_a_valid_training_config(name, monkeypatch):
     """What the training notebook will build: its defaults, then the run's parameters (a default meant for one
     loss, such as Norm-SoftMax's scale, must not reach a row of another loss unchecked)."""
-    from memvir.config import FLAG_NAMES, config_from_parameters
+    from memvir.config import FLAG_NAMES
+    from memvir.resolve import config_from_parameters
 
     monkeypatch.setenv("DATA", "/data/x")
     monkeypatch.setenv("PRETRAINED", "/weights/y.pth")

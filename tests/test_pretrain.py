@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from memvir import pretrain
-from memvir.config import resolve_config
+from memvir.resolve import resolve_config
 from memvir.data import glyphs as G
 
 RANGES = ((0x0020, 0x017F), (0x0370, 0x03FF))  # Latin, Latin-1, Latin Extended-A, Greek

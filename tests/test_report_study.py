@@ -293,26 +293,22 @@ def test_calibration_in_the_report(tmp_path):
 # ---- the mechanism group (embedding_diagnostics stood in for) ----------------------------------------------
 
 
-def test_mechanism_diagnostics_paired_by_seed(study, monkeypatch):
-    import memvir.evaluation
-    from memvir.report import embedding
+def test_mechanism_diagnostics_paired_by_seed(study):
+    from types import SimpleNamespace
 
     study.groups["mechanism"] = ["B"]
     calls = []
     rank = {"A": 1.0, "B": 3.0, "C": 5.0}
 
-    def fake_load(folder, checkpoint="last", device="cpu"):
+    def fake_load(folder, checkpoint="last"):  # a trained run: its epoch and its diagnostics
         calls.append((folder.name, checkpoint))
-        return folder, None, "splits", {"k_list": "1,2"}, 6
+        run = next(r for r in study.runs if r.folder == folder)
+        found = {"test_recall@1": 0.5 + 0.1 * run.seed * rank[run.row], "test_effective_rank": rank[run.row]}
+        return SimpleNamespace(epoch=6, diagnostics=lambda: found)
 
-    def fake_diagnostics(net, splits, device, ks, workers=0):
-        assert (splits, str(device), ks) == ("splits", "cpu", [1, 2])
-        run = next(r for r in study.runs if r.folder == net)
-        return {"test_recall@1": 0.5 + 0.1 * run.seed * rank[run.row], "test_effective_rank": rank[run.row]}
-
-    monkeypatch.setattr(embedding, "load_trained", fake_load)
-    monkeypatch.setattr(memvir.evaluation, "embedding_diagnostics", fake_diagnostics, raising=False)
-    out = report.build_report(study, log=lambda s: None)
+    with pytest.raises(ValueError, match="reading a checkpoint needs a loader"):  # the report alone has none
+        report.build_report(study, log=lambda s: None)
+    out = report.build_report(study, log=lambda s: None, load=fake_load)
     assert {c[1] for c in calls} == {"last"} and len(calls) == 6  # B and its baseline A, three seeds each
     diag = pd.read_csv(out / "diagnostics.csv")
     assert list(diag.columns) == ["row", "seed", "epoch", "test_recall@1", "test_effective_rank"]
@@ -354,12 +350,13 @@ def tiny_run(tmp_path_factory):
 def test_tsne_epochs_figure_on_a_tiny_run(tiny_run, tmp_path, monkeypatch):
     run = tiny_run
     from memvir.report import embedding
+    from memvir.trained import load
 
-    loaded, original = [], embedding.load_trained
+    loaded = []
 
-    def spy(folder, checkpoint="last", device="cpu"):
+    def spy(folder, checkpoint="last"):
         loaded.append(checkpoint)
-        return original(folder, checkpoint, device)
+        return load(folder, checkpoint)
 
     taken, panel = [], embedding._tsne_steps_panel
 
@@ -367,9 +364,8 @@ def test_tsne_epochs_figure_on_a_tiny_run(tiny_run, tmp_path, monkeypatch):
         taken.append(panel(*args, **kwargs))
         return taken[-1]
 
-    monkeypatch.setattr(embedding, "load_trained", spy)
     monkeypatch.setattr(embedding, "_tsne_steps_panel", count)
-    png = report.tsne_epochs_figure(run, tmp_path / "figures", perplexity=5.0)
+    png = report.tsne_epochs_figure(run, tmp_path / "figures", spy, perplexity=5.0)
     assert loaded == ["epoch_00001.pt", "epoch_00002.pt", "epoch_00003.pt"]
     # Epoch 1 is the warm-up (U = 1): the memory is empty. Epoch 2 pushed its 4 steps: N = 2 are taken.
     assert taken == [0, 2, 2]
@@ -380,9 +376,10 @@ def test_mechanism_diagnostics_of_a_real_checkpoint(tiny_run):
     from types import SimpleNamespace
 
     from memvir.rundir import read_run
+    from memvir.trained import load
 
     profile = SimpleNamespace(runs=[SimpleNamespace(row="B", seed=0, name="tiny", folder=tiny_run)])
-    got = report.mechanism_diagnostics(profile, pd.DataFrame({"name": ["tiny"]}), {"B"})
+    got = report.mechanism_diagnostics(profile, pd.DataFrame({"name": ["tiny"]}), {"B"}, load)
     last = read_run(tiny_run)[1]["last"]  # the training loop's own evaluation of the same (last) network
     assert (got.loc[0, "row"], got.loc[0, "seed"], got.loc[0, "epoch"]) == ("B", 0, 3)
     assert got.loc[0, "test_recall@1"] == pytest.approx(last["recall@1"])
@@ -406,10 +403,12 @@ def test_tsne_figures_are_the_same_every_time(tiny_run, tmp_path):
     # is compared bit for bit): here torch's and numpy's global generators are left in two different states.
     import torch
 
+    from memvir.trained import load
+
     for i, seed in enumerate((1, 2)):
         torch.manual_seed(seed)
         np.random.seed(seed)
-        report.tsne_figures(tiny_run, tiny_run, tmp_path / str(i), test_classes=5, perplexity=5.0)
+        report.tsne_figures(load(tiny_run), load(tiny_run), tmp_path / str(i), test_classes=5, perplexity=5.0)
     for name in ("tsne_steps.png", "tsne_steps.svg", "tsne_test.png", "tsne_test.svg"):
         assert (tmp_path / "0" / name).read_bytes() == (tmp_path / "1" / name).read_bytes(), name
 

@@ -1,4 +1,4 @@
-"""XBM's reference row (memvir/pml.py `Contrastive`, --loss Contrastive --xbm_size K): the contrastive loss and the
+"""XBM's reference row (memvir/xbm.py `Contrastive`, --loss Contrastive --xbm_size K): the contrastive loss and the
 cross-batch memory against a formula written here, its flags, and training runs that finish and resume exactly.
 
 The oracle reads PML's definitions (pytorch-metric-learning 2.x: ContrastiveLoss, AvgNonZeroReducer,
@@ -17,10 +17,10 @@ import torch.nn.functional as F
 
 pytest.importorskip("pytorch_metric_learning")
 
-from memvir.config import resolve_config  # noqa: E402
+from memvir.resolve import resolve_config  # noqa: E402
 from memvir.registry import build_loss, canonical_loss_name, default_scale, loss_class  # noqa: E402
 from memvir.memory import MemVir  # noqa: E402
-from memvir.pml import Contrastive  # noqa: E402
+from memvir.xbm import Contrastive  # noqa: E402
 from memvir.train import train  # noqa: E402
 
 C, D = 4, 6

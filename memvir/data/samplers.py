@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from ..config import batches_per_epoch
+
 
 class BatchSampler(Sampler):
     """Yield lists of dataset indices, one per (local part of a) mini-batch.
@@ -104,11 +106,7 @@ class BatchSampler(Sampler):
             yield np.array_split(batch, self.world_size)[self.rank].tolist()
 
     def __len__(self):
-        n, B = len(self.labels), self.batch_size
-        if self.n_instance > 1:
-            return n // B
-        rest = n % B
-        return n // B + int(rest > 0 and not self.drop_last and rest >= self.world_size)
+        return batches_per_epoch(len(self.labels), self.batch_size, self.n_instance, self.world_size, self.drop_last)
 
 
 class EpochSeeded(Dataset):

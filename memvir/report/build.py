@@ -62,7 +62,7 @@ def _mechanism_markdown(compared):
             "diagnostics.csv; paired: mechanism.csv).", "", markdown_table(mechanism_table(compared)), ""]
 
 
-def build_report(profile, out=None, partial=False, log=print):
+def build_report(profile, out=None, partial=False, log=print, load=None):
     """Write runs.csv, evaluations.csv, the tables (CSV + tables.md) and the figures of a profile.
 
     What a profile's keys add: groups (a study): comparisons.csv (study_comparisons), a table per group in
@@ -84,6 +84,8 @@ def build_report(profile, out=None, partial=False, log=print):
         profile: a Profile or a name for load_profile.
         out: output folder (default: the profile's report_dir, results/report/<profile>).
         partial: report only the finished runs instead of failing on the first unfinished one.
+        load: `load(folder, checkpoint)` -> a trained run, for the mechanism and the t-SNE figures
+            (memvir.trained.load; `python -m memvir report` passes it).
     Returns:
         the output folder.
     """
@@ -96,7 +98,7 @@ def build_report(profile, out=None, partial=False, log=print):
     if runs.empty:
         raise ValueError(f"no finished run in {profile.runs_dir}: nothing to report")
     with atomic_folder(final, _check_report, "--out: the report's folder") as tmp:
-        _write_report(profile, Path(tmp), runs, evaluations, log)
+        _write_report(profile, Path(tmp), runs, evaluations, log, _checkpoint_reader(load))
     log(f"report: {len(runs)} of {profile.expected_runs} runs -> {final}")
     for line in mixed(runs, profile):  # what the tables leave out or mix, one line each
         log(f"report: warning: {line}")
@@ -192,7 +194,15 @@ def promote(out, reference):
         shutil.copytree(out, tmp, dirs_exist_ok=True)
 
 
-def _write_report(profile, out, runs, evaluations, log):
+def _checkpoint_reader(load):
+    """`load`, or a stand-in that says in one line who has one (the results layer imports no training code)."""
+    def missing(folder, checkpoint="last"):
+        raise ValueError(f"{folder}: reading a checkpoint needs a loader; build the report with "
+                         f"`python -m memvir report` or build_report(..., load=memvir.trained.load)")
+    return load or missing
+
+
+def _write_report(profile, out, runs, evaluations, log, load):
     """Every file of the report, into the (temporary) folder `out`."""
     (out / "figures").mkdir(parents=True, exist_ok=True)
     write_csv(runs[["row", "seed", "name", *MACHINE_COLUMNS]], out / MACHINE_FILE, "%.1f")
@@ -200,9 +210,9 @@ def _write_report(profile, out, runs, evaluations, log):
     write_csv(runs, out / "runs.csv", "%.6f")
     write_csv(evaluations, out / "evaluations.csv", "%.6f")
     summary = summary_head(profile, runs)
-    md = _main_tables(profile, runs, out) + _study_sections(profile, runs, evaluations, out, summary)
+    md = _main_tables(profile, runs, out) + _study_sections(profile, runs, evaluations, out, summary, load)
     atomic_write(out / "tables.md", lambda fh: fh.write("\n".join(md)), mode="w")
-    _figures(profile, runs, evaluations, out / "figures", log)
+    _figures(profile, runs, evaluations, out / "figures", log, load)
     atomic_write(out / "report.json", lambda fh: fh.write(json.dumps(summary, indent=1) + "\n"), mode="w")
 
 
@@ -241,7 +251,7 @@ def _main_tables(profile, runs, out):
     return md
 
 
-def _study_sections(profile, runs, evaluations, out, summary):
+def _study_sections(profile, runs, evaluations, out, summary, load):
     """A study's comparisons (groups; a profile with baselines and no groups: one group "main" of its rows with a
     baseline), its rules and its headline, a calibration's choice, a converged budget, the mechanism's diagnostics:
     files, sections and their records in `summary` (report.json)."""
@@ -277,7 +287,7 @@ def _study_sections(profile, runs, evaluations, out, summary):
     if "mechanism" in profile.groups:
         rows = set(profile.groups["mechanism"])
         rows |= {profile.baselines[r] for r in rows if r in profile.baselines}
-        diagnostics = mechanism_diagnostics(profile, runs, rows)
+        diagnostics = mechanism_diagnostics(profile, runs, rows, load)
         write_csv(diagnostics, out / "diagnostics.csv", "%.6f")
         compared = mechanism_comparisons(diagnostics, profile.baselines)
         write_csv(compared, out / "mechanism.csv", "%.6f")
@@ -287,7 +297,7 @@ def _study_sections(profile, runs, evaluations, out, summary):
     return md
 
 
-def _figures(profile, runs, evaluations, folder, log):
+def _figures(profile, runs, evaluations, folder, log, load):
     """Bars, learning curves, budget curves, the curriculum and the t-SNE figures (chapter 07 only reads them)."""
     import matplotlib.pyplot as plt
 
@@ -323,13 +333,15 @@ def _figures(profile, runs, evaluations, folder, log):
         if not all(epoch_checkpoints(r.folder / "checkpoints") for r in (run, base)):
             log(f"report: no t-SNE figures: {run.folder} or {base.folder} has no checkpoint")
         elif {run.name, base.name} <= set(runs["name"]):
-            tsne_figures(run.folder, base.folder, folder)
+            tsne_figures(load(run.folder, "last"), load(base.folder, "last"), folder)
         if len(epoch_checkpoints(run.folder / "checkpoints")) > 1 and run.name in set(runs["name"]):
-            tsne_epochs_figure(run.folder, folder)  # a run that kept its epochs (max_to_keep 0)
+            tsne_epochs_figure(run.folder, folder, load)  # a run that kept its epochs (max_to_keep 0)
 
 
-def main(argv=None):
-    """`python -m memvir report --profile P`: write the tables and figures of a profile's finished runs."""
+def main(argv=None, load=None):
+    """`python -m memvir report --profile P`: write the tables and figures of a profile's finished runs.
+
+    `load` reads the checkpoints of the mechanism and the t-SNE figures: memvir.trained.main passes it."""
     parser = argparse.ArgumentParser(prog="python -m memvir report", description=__doc__.split("\n", 1)[0],
                                      epilog="Writes results/report/<profile>/: runs.csv, tables, figures, and says "
                                             "whether it equals the committed results/reference/<profile>/. The "
@@ -362,7 +374,7 @@ def main(argv=None):
         if args.rebuild:
             rebuild_report(profile, args.rebuild, log=lambda s: print(s, flush=True))
             return 0
-        out = build_report(profile, args.out, partial=args.partial, log=lambda s: print(s, flush=True))
+        out = build_report(profile, args.out, partial=args.partial, log=lambda s: print(s, flush=True), load=load)
         reference = profile.reference_dir
         if args.promote:
             promote(out, reference)

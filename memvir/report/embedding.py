@@ -1,5 +1,9 @@
 """The embedding space of trained runs: the mechanism's diagnostics (seen against unseen classes, uniformity, the
-spectrum) paired by seed, and the t-SNE figures of chapter 07, drawn from checkpoints (memvir.experiment.load_trained).
+spectrum) paired by seed, and the t-SNE figures of chapter 07, drawn from the embeddings of trained runs.
+
+The runs come loaded: `load(folder, checkpoint="last")` returns a trained run (memvir.trained.TrainedRun: its
+embeddings, taken steps, proxies and diagnostics), so the results layer imports no training code; the caller
+(`python -m memvir report`, a chapter) hands it `memvir.trained.load`.
 """
 from __future__ import annotations
 
@@ -8,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..experiment import load_trained
 from ..rundir import epoch_checkpoints, read_run
 from .figures import save_figure
 from .stats import paired_comparison
@@ -17,30 +20,26 @@ __all__ = ["mechanism_diagnostics", "mechanism_comparisons", "tsne_figures", "ts
            "tsne_epochs_figure"]
 
 
-def mechanism_diagnostics(profile, runs, rows, device="cpu"):
-    """Diagnose the last checkpoint of every finished run of `rows`: memvir.evaluation.embedding_diagnostics.
+def mechanism_diagnostics(profile, runs, rows, load):
+    """Diagnose the last checkpoint of every finished run of `rows`: its `diagnostics()`
+    (memvir.evaluation.embedding_diagnostics).
 
     Args:
         profile: the Profile the runs belong to.
         runs: collect's runs (which runs are finished).
         rows: the row labels to diagnose (a study's "mechanism" group and the baselines of its rows).
+        load: `load(folder, checkpoint)` -> a trained run (memvir.trained.load).
     Returns:
         DataFrame: row, seed, epoch (of the checkpoint), and embedding_diagnostics' keys (train_/test_/gap_
         retrieval metrics, uniformity, alignment, PCA share, effective rank, items and classes measured), in its
         units (fractions, not percent).
     """
-    import torch
-
-    from ..config import parse_k_list
-    from ..evaluation import embedding_diagnostics  # here: a report without a mechanism group never needs it
-
     finished = set(runs["name"])
     records = []
     for run in profile.runs:
         if run.row in rows and run.name in finished:
-            net, _, splits, cfg, epoch = load_trained(run.folder, "last", device)
-            found = embedding_diagnostics(net, splits, torch.device(device), parse_k_list(cfg["k_list"]))
-            records.append({"row": run.row, "seed": run.seed, "epoch": epoch, **found})
+            trained = load(run.folder, "last")
+            records.append({"row": run.row, "seed": run.seed, "epoch": trained.epoch, **trained.diagnostics()})
     return pd.DataFrame(records)
 
 
@@ -66,29 +65,25 @@ def mechanism_comparisons(diagnostics, baselines):
     return pd.DataFrame(records)
 
 
-def _tsne_steps_panel(ax, net, criterion, splits, cfg, epoch, perplexity=30.0, seed=0):
+def _check_memvir(run):
+    if not run.is_memvir:
+        raise ValueError(f"{run.folder}: not a MemVir run (its criterion is {run.criterion_name})")
+
+
+def _tsne_steps_panel(ax, run, perplexity=30.0, seed=0):
     """Draw one t-SNE panel of a MemVir checkpoint: the next training batch, the taken past steps, the proxies.
 
-    The next batch is the first of the epoch after the checkpoint, embedded by its network; each past step
-    MemVir would take next (criterion.taken(), none before the warm-up ends) has its colour; the current proxies
-    are black stars (MemVir Fig. 3).
+    The next batch is the first of the epoch after the checkpoint, embedded by its network (run.next_batch());
+    each past step MemVir would take next (run.taken(), none before the warm-up ends) has its colour; the current
+    proxies are black stars (MemVir Fig. 3).
     """
     import matplotlib.pyplot as plt
-    import torch
     from sklearn.manifold import TSNE
 
-    from ..data.samplers import BatchSampler, EpochSeeded
-
-    sampler = BatchSampler(splits.train.labels, cfg["batch_size"], cfg["n_instance"], seed=cfg["seed"])
-    sampler.set_epoch(epoch)  # the first batch of the epoch after the checkpoint
-    train = EpochSeeded(splits.train, cfg["seed"])  # augmented as training would: the same figure every time
-    train.set_epoch(epoch)
-    with torch.no_grad():
-        images = torch.stack([train[i][0] for i in next(iter(sampler))])  # (B, channels, H, W)
-        groups = {"current step": net(images, l2_norm=True).numpy()}  # (B, D)
-    for k, step in enumerate(criterion.taken(), start=1):
-        groups[f"t-{k * (cfg['mem_step_gap'] + 1)} (k={k})"] = step.embeddings.numpy()  # (n, D)
-    proxies = criterion.loss.embed_proxies(criterion.loss.proxies.detach()).numpy()  # (C, D)
+    groups = {"current step": run.next_batch()}  # (B, D)
+    for k, emb in enumerate(run.taken(), start=1):
+        groups[f"t-{k * (run.cfg['mem_step_gap'] + 1)} (k={k})"] = emb  # (n, D)
+    proxies = run.proxies()  # (C, D)
     points = np.concatenate([*groups.values(), proxies])
     xy = TSNE(perplexity=min(perplexity, len(points) - 1), init="pca", random_state=seed).fit_transform(points)
     few = len(groups) <= 10  # a colour (and a legend entry) per step; more steps: a colour ramp, oldest lightest
@@ -107,14 +102,15 @@ def _tsne_steps_panel(ax, net, criterion, splits, cfg, epoch, perplexity=30.0, s
 
 
 def tsne_figures(memvir_run, baseline_run, out_dir, test_classes=20, perplexity=30.0, seed=0):
-    """Draw chapter 07's two t-SNE figures from two run folders and save them (PNG and SVG) in out_dir.
+    """Draw chapter 07's two t-SNE figures from two trained runs and save them (PNG and SVG) in out_dir.
 
     tsne_steps: the MemVir run's next training batch (embedded by the trained network) with the past steps its
     memory would take as virtual classes, one colour per step, and the current proxies (the paper's Fig. 3).
     tsne_test: `test_classes` unseen classes as embedded by the MemVir run and by its baseline.
 
     Args:
-        memvir_run, baseline_run: run folders (same loss and seed, with and without MemVir).
+        memvir_run, baseline_run: trained runs, their last checkpoints (memvir.trained.load of two run folders:
+            same loss and seed, with and without MemVir).
     Returns:
         {"tsne_steps": png path, "tsne_test": png path}.
     """
@@ -122,31 +118,26 @@ def tsne_figures(memvir_run, baseline_run, out_dir, test_classes=20, perplexity=
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import torch
     from sklearn.manifold import TSNE
 
-    from ..evaluation import embed
-
-    runs = {"with MemVir": Path(memvir_run), "without MemVir": Path(baseline_run)}
-    models = {name: load_trained(folder) for name, folder in runs.items()}
-    net, criterion, splits, cfg, epoch = models["with MemVir"]
-    if not hasattr(criterion, "taken"):
-        raise ValueError(f"{memvir_run}: not a MemVir run (its criterion is {type(criterion).__name__})")
+    models = {"with MemVir": memvir_run, "without MemVir": baseline_run}
+    _check_memvir(memvir_run)
+    cfg = memvir_run.cfg
     fig_steps, ax = plt.subplots(figsize=(7, 6))
-    _tsne_steps_panel(ax, net, criterion, splits, cfg, epoch, perplexity, seed)
+    _tsne_steps_panel(ax, memvir_run, perplexity, seed)
     ax.set_title(f"training embeddings by step: MemVir N={cfg['mem_num_step']}, M={cfg['mem_step_gap']}")
 
     rng = np.random.default_rng(seed)
-    labels = splits.test.labels
+    labels = memvir_run.test_labels
     chosen = np.sort(rng.choice(int(labels.max()) + 1, size=min(test_classes, int(labels.max()) + 1),
                                 replace=False))
     idx = np.flatnonzero(np.isin(labels, chosen))
     fig_test, axes = plt.subplots(1, 2, figsize=(12, 5.5))
-    for ax, (name, (net, _, splits, _, _)) in zip(axes, models.items()):
-        emb = embed(net, torch.utils.data.Subset(splits.test, idx), torch.device("cpu")).numpy()
+    for ax, (name, run) in zip(axes, models.items()):
+        emb = run.embed_test(idx)  # (n, D)
         xy = TSNE(perplexity=min(perplexity, len(idx) - 1), init="pca", random_state=seed).fit_transform(emb)
         ax.scatter(*xy.T, c=np.searchsorted(chosen, labels[idx]), cmap="tab20", s=12)
-        last = read_run(runs[name])[1]["last"]
+        last = read_run(run.folder)[1]["last"]
         ax.set_title(f"{name}: R@1 {100 * last['recall@1']:.1f}, MAP@R {100 * last['map_at_r']:.1f}")
         ax.set_xticks([])
         ax.set_yticks([])
@@ -175,11 +166,12 @@ def tsne_epoch_choice(epochs, warm_epoch):
     return list(dict.fromkeys([*before[-1:], *after[:1], *epochs[-1:]]))
 
 
-def tsne_epochs_figure(run_dir, out_dir, perplexity=30.0, seed=0):
+def tsne_epochs_figure(run_dir, out_dir, load, perplexity=30.0, seed=0):
     """Draw `tsne_epochs`: one _tsne_steps_panel per checkpoint of tsne_epoch_choice, saved (PNG, SVG) in out_dir.
 
     Args:
         run_dir: a MemVir run folder that keeps its epoch checkpoints (max_to_keep 0).
+        load: `load(folder, checkpoint)` -> a trained run (memvir.trained.load).
     Returns:
         the PNG's path.
     """
@@ -195,10 +187,9 @@ def tsne_epochs_figure(run_dir, out_dir, perplexity=30.0, seed=0):
     epochs = tsne_epoch_choice(paths, warm)
     fig, axes = plt.subplots(1, len(epochs), figsize=(6 * len(epochs), 5.5), squeeze=False)
     for ax, epoch in zip(axes[0], epochs):
-        net, criterion, splits, cfg, _ = load_trained(run_dir, paths[epoch])
-        if not hasattr(criterion, "taken"):
-            raise ValueError(f"{run_dir}: not a MemVir run (its criterion is {type(criterion).__name__})")
-        taken = _tsne_steps_panel(ax, net, criterion, splits, cfg, epoch, perplexity, seed)
+        run = load(run_dir, paths[epoch])
+        _check_memvir(run)
+        taken = _tsne_steps_panel(ax, run, perplexity, seed)
         ax.set_title(f"after epoch {epoch} (U = {warm}): {taken} past steps taken")
     fig.tight_layout()
     save_figure(fig, out_dir, "tsne_epochs")

@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 
+from ..config import batches_per_epoch
 from .runs import selections
 from .stats import COMPARISON_COLUMNS
 from .verdicts import TRUSTED_RULE, evaluate_rule, lines_of, trusted_selection
@@ -36,13 +37,9 @@ def memory_schedule(params):
     is full after `span` pushes, one per step; what metrics.json's full_memory_steps counts), spans (that over
     span); the paper's CARS196 runs: official_schedule.
     """
-    import numpy as np
-
-    from ..data.samplers import BatchSampler
-
     train_classes = int(params["num_classes"]) // 2 - int(params.get("val_classes", 0))
-    labels = np.repeat(np.arange(train_classes), int(params["instances_per_class"]))
-    steps = len(BatchSampler(labels, int(params["batch_size"]), int(params.get("n_instance", 1))))
+    images = train_classes * int(params["instances_per_class"])
+    steps = batches_per_epoch(images, int(params["batch_size"]), int(params.get("n_instance", 1)))
     N, M, U = (int(params.get(k) or 0) for k in ("mem_num_step", "mem_step_gap", "warm_epoch"))
     span = N * (M + 1)
     full = max(0, (int(params["epochs"]) - U) * steps - span) if params.get("memvir") else 0
