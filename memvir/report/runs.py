@@ -168,7 +168,9 @@ def reused(profile):
                 raise ValueError(f"{profile.path}: reuse: PROFILE={other.name} has no finished run of row {label!r} "
                                  f"at seed {seed} with the same flags in {folder / 'runs.csv'}; expected one, or "
                                  f"drop that seed from reuse.seeds")
-            made = machine[machine["name"] == run.name].iloc[0]
+            made = machine[machine["name"] == run.name]  # what the machine did: empty in a report without it
+            made = made.iloc[0] if len(made) else {"wall_time": np.nan, "kernels": "unrecorded",
+                                                   "cpu_capability": "", "machine": ""}
             lines.append(dict(line.iloc[0], row=label, baseline=profile.baselines.get(label, ""),
                               wall_time=made["wall_time"], cpu_capability=made["cpu_capability"],
                               machine=made["machine"], kernels=f"{made['kernels']} (PROFILE={other.name}'s reference)"))
@@ -212,10 +214,10 @@ def mixed(runs, profile):
         lines.append("the runs mix CPU kernels (" + ", ".join(f"{k}: {n}" for k, n in kinds.items())
                      + "): their floats differ in the last bits, so comparisons pair two machines' rounding "
                        "(machine.csv says which run is which)")
-        kernels = {(r, s): k for r, s, k in zip(runs["row"], runs["seed"], runs["kernels"])}
+        kernels = {(r, s): k for r, s, k in zip(runs["row"], runs["seed"], runs["kernels"])}  # (row, seed) -> kind
         for row, other in [*baselines_of(runs).items(), *(p for ps in profile.contrasts.values() for p in ps)]:
-            two = sorted(int(s) for (r, s) in kernels if r == row and kernels.get((other, s), kernels[r, s])
-                         != kernels[r, s])
+            two = sorted(int(s) for (r, s), kind in kernels.items()
+                         if r == row and (other, s) in kernels and kernels[other, s] != kind)  # a pair, two kinds
             if two:
                 lines.append(f"{row} against {other}: the pairs of seeds {two} were made on two kinds of kernels")
     return lines
