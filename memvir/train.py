@@ -22,7 +22,7 @@ and its main.py):
   * evaluation on the test classes when e % check_epoch == 0 and, unlike the official code, also after the last
     epoch, so that every run ends with an evaluation.
 
-The run folder's format (config.json, metrics.json, steps.csv, TensorBoard events, checkpoints) is memvir/rundir.py.
+The run folder's format (config.json, metrics.json, steps.csv, TensorBoard events, checkpoints) is memvir/rundir/.
 Every epoch ends with a checkpoint. Running the same command again resumes from the newest readable one and ends
 with the same numbers as an uninterrupted run (bitwise on a CPU with --deterministic): the batches and the data
 augmentation are pure functions of (seed, epoch, image index), and the checkpoint holds everything else that
