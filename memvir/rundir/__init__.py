@@ -18,7 +18,7 @@ file the project writes. One job per file:
     checkpoints.py  checkpoints/epoch_NNNNN.pt and best_<metric>.pt: written whole, read with tensors only, checked
     history.py      metrics.json: every evaluation, the best per metric, the last
     outputs.py      writing while training: config.json, steps.csv, TensorBoard events
-    resume.py       resuming: the same run (its flags), the random generators
+    resume.py       resuming: the same run (flags, data, kernels), the checkpoint restored, the random generators
     reading.py      reading a run folder (the report, the pipeline)
 """
 from .checkpoints import (CHECKPOINT_FORMAT, OPTIONAL_FIELDS, TRAINING_FIELDS, CheckpointError, CheckpointRefused,
@@ -29,7 +29,8 @@ from .folder import (CHECKPOINT_FILES, RUN_FILES, RUN_KEYS, RunFolderBusy, RunLo
 from .history import BEST_METRICS, check_history, new_history, read_metrics, record_evaluation, repair_metrics
 from .outputs import KERNELS_KEY, RunOutputs, StepLog, write_eval_scalars
 from .reading import read_run, run_state
-from .resume import check_same_run, get_rng_state, set_rng_state
+from .resume import (Progress, check_same_kernels, check_same_run, data_fingerprint, get_rng_state, restore,
+                     restore_newest, set_rng_state)
 
 __all__ = ["run_name", "run_folder", "RunLock", "RunFolderBusy", "remove_stale_temporaries",
            "CHECKPOINT_FORMAT", "BEST_METRICS", "CheckpointError", "CheckpointRefused", "TRAINING_FIELDS",
@@ -37,4 +38,5 @@ __all__ = ["run_name", "run_folder", "RunLock", "RunFolderBusy", "remove_stale_t
            "load_state", "latest_checkpoint", "new_history", "record_evaluation", "check_history", "read_metrics",
            "repair_metrics", "StepLog", "get_rng_state", "set_rng_state", "run_state", "read_run", "RunOutputs",
            "write_eval_scalars", "check_same_run", "KERNELS_KEY", "is_run_config", "start_afresh",
-           "RUN_FILES", "CHECKPOINT_FILES", "RUN_KEYS", "OPTIONAL_FIELDS"]
+           "RUN_FILES", "CHECKPOINT_FILES", "RUN_KEYS", "OPTIONAL_FIELDS", "Progress", "check_same_kernels",
+           "data_fingerprint", "restore", "restore_newest"]

@@ -10,6 +10,7 @@ from ..files import atomic_json, atomic_write
 
 KERNELS_KEY = "kernels"  # config.json's one key that is not a flag: the CPU kernels of the run
 
+
 class RunOutputs:
     """The files rank 0 writes while training: config.json, steps.csv and TensorBoard events (closed on exit)."""
 

@@ -6,6 +6,7 @@ import os
 
 from .history import _kind, read_metrics
 
+
 def run_state(folder):
     """Return "finished", "partial" (metrics.json says finished: false) or "missing" (no metrics.json)."""
     path = os.path.join(folder, "metrics.json")
