@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "from_env", "pick_device", "determinism", "init", "gather_batch", "broadcast_object",
+__all__ = ["DistInfo", "from_env", "pick_device", "determinism", "init", "wrap", "gather_batch", "broadcast_object",
            "barrier", "shutdown"]
 
 TIMEOUT = datetime.timedelta(minutes=60)  # rank 0 evaluates alone while the others wait at a barrier
@@ -146,6 +146,20 @@ class _GatherRows(torch.autograd.Function):
         dist.all_reduce(grad)  # sum over the ranks' losses (each rank computed the same L)
         start = dist.get_rank() * ctx.rows
         return grad[start:start + ctx.rows]  # (m, D)
+
+
+def wrap(net, freeze_bn: bool, info: DistInfo, device: torch.device):
+    """The network the loop calls: DDP around `net` under torchrun (SyncBatchNorm on CUDA unless BatchNorm is
+    frozen), else `net` itself."""
+    if not info.enabled:
+        return net
+    if not freeze_bn:
+        if device.type == "cuda":  # the BatchNorm statistics of the global batch, as one GPU would see it
+            net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
+        else:
+            warnings.warn("several CPU processes without --freeze_BN: BatchNorm statistics are per process (PyTorch "
+                          "has no SyncBatchNorm on CPU), so the run differs from a one-process run", stacklevel=3)
+    return torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def gather_batch(emb: torch.Tensor, labels: torch.Tensor, info: DistInfo):

@@ -78,7 +78,7 @@ def build_criterion(cfg, num_classes, steps_per_epoch=None):
         if isinstance(loss, ProxyNCA) and cfg.init_type == "uniform":  # the official kaiming_uniform_(a=sqrt(5))
             nn.init.uniform_(loss.proxies, -1 / math.sqrt(num_classes), 1 / math.sqrt(num_classes))
     # check=False: MemVir asserts on the device instead of reading it (no wait per step on a GPU). The training
-    # loop checks the embeddings itself just before (train._check_embeddings, its one-line error), and the labels
+    # loop checks the embeddings itself just before (failures.check_embeddings, its one-line error), and the labels
     # are the data set's own, in [0, C).
     criterion = MemVir(loss, cfg.mem_num_step, cfg.mem_step_gap, cfg.warm_epoch, fill=cfg.mem_fill,
                        virtual=cfg.mem_virtual, steps_per_epoch=steps_per_epoch, check=False) if cfg.memvir else loss

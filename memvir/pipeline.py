@@ -7,7 +7,7 @@
     python -m memvir pipeline --profile P --chapters DIR     execute the chapters on P's runs and report
     python -m memvir pipeline --profile P --stage-book SRC   the book's source: exactly P's executed chapters
 
-A run folder (memvir/rundir.py) counts as finished when its metrics.json says so *and* the executed training
+A run folder (memvir/rundir/) counts as finished when its metrics.json says so *and* the executed training
 notebook in it is complete: a pipeline killed between the two is run again (the training resumes as finished).
 A chapter declares what it takes in its `parameters` cell; the pipeline offers every value it knows of a profile
 (`known_values`) to the chapters that declare it, as paths relative to the chapter, so no page shows where it

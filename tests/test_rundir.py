@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from memvir import rundir as R
+from memvir.files import atomic_json
 
 
 def ckpt(epoch, value=1.0):
@@ -26,20 +27,20 @@ def ckpt(epoch, value=1.0):
 
 def test_atomic_json_keeps_the_old_file_when_the_rename_fails(tmp_path, monkeypatch):
     path = tmp_path / "metrics.json"
-    R.atomic_json({"version": 1}, path)
+    atomic_json({"version": 1}, path)
 
     def fail(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(R.os, "replace", fail)
+    monkeypatch.setattr(os, "replace", fail)
     with pytest.raises(OSError, match="disk full"):
-        R.atomic_json({"version": 2, "big": list(range(10000))}, path)
+        atomic_json({"version": 2, "big": list(range(10000))}, path)
     assert json.loads(path.read_text()) == {"version": 1}
     assert os.listdir(tmp_path) == ["metrics.json"]  # no temporary file left behind
 
 
 def test_atomic_json_writes_nan_as_null(tmp_path):
-    R.atomic_json({"a": float("nan"), "b": [1.0, float("inf")]}, tmp_path / "m.json")
+    atomic_json({"a": float("nan"), "b": [1.0, float("inf")]}, tmp_path / "m.json")
     assert json.loads((tmp_path / "m.json").read_text()) == {"a": None, "b": [1.0, None]}
 
 
@@ -226,7 +227,7 @@ def test_a_checkpoint_the_caller_found_damaged_is_set_aside(tmp_path):
     ('{"evaluations": 3, "best": {}, "last": null, "finished": true}', "'evaluations' is the number 3; expected a "
                                                                        "list"),
     ('{"evaluations": [], "best": {}, "last": null}', "missing key 'finished'; expected evaluations, best, last, "
-                                                      "finished (see memvir/rundir.py)"),
+                                                      "finished (see memvir/rundir/history.py)"),
     ('{"evaluations": [{"epoch": "1"}], "best": {}, "last": null, "finished": false}',
      "'evaluations'[0]: 'epoch' is the text '1'; expected an integer"),
     ('{"evaluations": [], "best": {"recall@1": 0.5}, "last": null, "finished": true}',
@@ -237,7 +238,7 @@ def test_a_checkpoint_the_caller_found_damaged_is_set_aside(tmp_path):
 def test_a_damaged_metrics_json_is_named_and_rebuilt_from_the_history(tmp_path, text, words):
     history = training_checkpoint(2)["history"]
     history["finished"] = True
-    R.atomic_json(history, tmp_path / "metrics.json")
+    atomic_json(history, tmp_path / "metrics.json")
     written = (tmp_path / "metrics.json").read_bytes()
     (tmp_path / "metrics.json").write_text(text)
     with pytest.raises(ValueError) as err:

@@ -233,18 +233,18 @@ def test_run_survives_a_failed_metrics_write(uninterrupted, tmp_path, monkeypatc
 
 
 def test_best_links_are_made_on_resume_after_a_kill_between(tmp_path, monkeypatch):
-    real_link = rundir.link_best
+    real_link = rundir.checkpoints.link_best  # where save_checkpoint finds it
 
     def killed_before_linking(path, ckpt_dir, metrics):
         raise Killed("killed between the checkpoint and its best_* links")
 
-    monkeypatch.setattr(rundir, "link_best", killed_before_linking)
+    monkeypatch.setattr(rundir.checkpoints, "link_best", killed_before_linking)
     flags = {**RUN, "epochs": 1, "save_path": str(tmp_path)}
     with pytest.raises(Killed):
         train(flags)
     ckpt_dir = tmp_path / "checkpoints"
     assert sorted(os.listdir(ckpt_dir)) == ["epoch_00001.pt"]
-    monkeypatch.setattr(rundir, "link_best", real_link)
+    monkeypatch.setattr(rundir.checkpoints, "link_best", real_link)
     train(flags)  # finished already: nothing to train, but the first evaluation is the best of every metric
     for name in ("best_recall_1.pt", "best_r_precision.pt", "best_map_at_r.pt"):
         assert os.path.samefile(ckpt_dir / name, ckpt_dir / "epoch_00001.pt")

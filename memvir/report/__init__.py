@@ -2,7 +2,7 @@
 
 Results flow one way:
 
-    results/runs/<profile>/<run>/     one folder per run (memvir/rundir.py), trained by memvir/pipeline.py
+    results/runs/<profile>/<run>/     one folder per run (memvir/rundir/), trained by memvir/pipeline.py
     results/report/<profile>/         runs.csv, evaluations.csv, tables (CSV and Markdown), figures (PNG and SVG);
                                       machine.csv: each run's wall time and CPU kernels, which no comparison reads
     results/reference/<profile>/      the same, committed: the report we made, that yours is compared with

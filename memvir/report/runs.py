@@ -4,7 +4,7 @@ the budget at which a row stops improving (plateau_budget), the runs a profile r
 
 What a value of a run is: SELECTIONS (best test value, test value at the best validation epoch, last), named in
 SELECTION_NAMES and explained in SELECTION_MEANING, the one place the three are defined. Everything here reads
-only the files of the run folder's format (memvir/rundir.py); nothing scrapes notebooks.
+only the files of the run folder's format (memvir/rundir/); nothing scrapes notebooks.
 """
 from __future__ import annotations
 
