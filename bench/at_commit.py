@@ -2,8 +2,8 @@
 
     losses, memory = modules_at("eaace4d")   # memory.MemVir, losses.NormSoftmax of then
 
-The two files are read with `git show`, written to a temporary folder and imported under other names
-(memvir_losses_<tag>, memvir_memory_<tag>); the rest of the package (pml, config) is today's. Raises OSError or
+The two files (and checks.py, declare.py where the commit has them) are read with `git show`, written to a temporary
+folder and imported under other names (memvir_losses_<tag>, memvir_memory_<tag>, ...); the rest of the package (pml, config) is today's. Raises OSError or
 subprocess.CalledProcessError without git history (a copy of the working tree, as on a GPU machine).
 """
 import importlib.util
@@ -25,10 +25,18 @@ def modules_at(commit, tag="then"):
 
 
 def _import_both(commit, tag, folder):
-    for name in ("losses", "memory"):
-        source = subprocess.run(["git", "show", f"{commit}:memvir/{name}.py"], capture_output=True, text=True,
-                                check=True).stdout
-        source = source.replace("from .losses import", f"from memvir_losses_{tag} import")
+    # checks.py and declare.py (split out of losses.py by issue 33) come from the commit too, where it has them:
+    # today's DECLARED would refuse a second class under a taken name.
+    loaded = []
+    for name in ("checks", "declare", "losses", "memory"):
+        shown = subprocess.run(["git", "show", f"{commit}:memvir/{name}.py"], capture_output=True, text=True,
+                               check=name in ("losses", "memory"))
+        if shown.returncode:
+            continue
+        source = shown.stdout
+        for earlier in loaded:
+            source = source.replace(f"from .{earlier} import", f"from memvir_{earlier}_{tag} import")
+        loaded.append(name)
         # The memory's option names lived in config.py before they moved into memory.py (today's are the same).
         source = source.replace("from .config import MEM_FILLS, MEM_VIRTUALS", "from memvir.memory import MEM_FILLS, "
                                 "MEM_VIRTUALS")

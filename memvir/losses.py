@@ -28,132 +28,23 @@ all normalise, unless `normalize_embeddings=False`: the official `--train_with_l
 losses take the head's output as it comes (their comment "input is already l2_normalized" holds only with the
 flag on) and MemVir stores it raw.
 
-Each loss declares itself where it is defined: its official name (`name`, with `aliases`), its default scale (the
-default of its `scale_arg`) and its pytorch-metric-learning counterpart (`pml`, a PMLCounterpart). A subclass that
-declares a `name` is a new loss (`declare`, into DECLARED); memvir/registry.py, the `--loss` help and memvir/pml.py's
-table are derived from those declarations.
+Each loss declares itself where it is defined (`name`, `aliases`, `scale_arg`, `pml`; memvir/declare.py says how),
+and checks what it is given with memvir/checks.py (both re-exported here).
 Chapter: notebooks/03_losses.py.
 """
 import math
 import numbers
-from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .checks import LOGIT_LIMIT, check_batch, check_margin, in_proxies_dtype
+from .declare import DECLARED, PMLCounterpart, declare, loss_key
+
 __all__ = ["ProxyLoss", "NormSoftmax", "ProxyNCA", "Softmax", "CosFace", "ArcFace", "ProxyAnchor", "SoftTriple",
            "check_batch", "check_margin", "in_proxies_dtype", "LOGIT_LIMIT", "DECLARED", "declare", "loss_key",
            "PMLCounterpart"]
-
-# The largest logit scale (and scale x margin, 1 / SoftTriple's gamma) a loss accepts. The papers use 1 to 100;
-# at 1e6 a row's loss is at most ~3e6, so logits, their differences and a batch's sum of row losses stay far inside
-# float32. Near float32's largest number they do not: SoftTriple(la=1e40) returned NaN without a word.
-LOGIT_LIMIT = 1e6
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Declarations: every spelling of every loss, and what pytorch-metric-learning calls it
-
-DECLARED = {}  # {loss_key(spelling): loss class}, in the order the losses are declared; memvir.registry reads it
-
-
-def loss_key(name):
-    """A loss name as matched: without case, "_" and "-" ("Proxy-Anchor", "proxy_anchor" -> "proxyanchor")."""
-    return str(name).lower().replace("_", "").replace("-", "")
-
-
-def declare(cls):
-    """Add a loss class to DECLARED under its `name` and `aliases` (a ProxyLoss that declares a name: by itself).
-
-    Returns the class, so that a loss outside ProxyLoss (XBM's pair loss) declares itself with `@declare`.
-    """
-    for spelling in (cls.name, *cls.__dict__.get("aliases", ())):
-        if DECLARED.get(loss_key(spelling), cls) is not cls:
-            raise ValueError(f"loss {cls.name}: the name {spelling!r} is taken by {DECLARED[loss_key(spelling)].name}")
-        DECLARED[loss_key(spelling)] = cls
-    return cls
-
-
-@dataclass(frozen=True)
-class PMLCounterpart:
-    """pytorch-metric-learning's implementation of one of our losses, and the units of each side.
-
-    Args:
-        name: the class in pytorch_metric_learning.losses.
-        weight: its attribute holding the proxies; transposed: True where it is (D, C*K), not (C*K, D).
-        to_pml: our hyper-parameters {scale, margin, centers_per_class, gamma} -> its constructor's keywords
-            (after C and D).
-        from_pml: (a PML loss, its normalize_embeddings) -> our constructor's keywords, C and D included.
-    """
-    name: str
-    weight: str
-    transposed: bool
-    to_pml: Callable
-    from_pml: Callable
-
-
-def check_batch(emb, labels, num_classes, dim, values="read"):
-    """Return the labels as int64 (what cross-entropy indexes with); raise a ValueError when the batch does not fit.
-
-    The shapes and dtypes are checked on the host. The values (label range, finite embeddings) need the tensors'
-    contents: one device->host read for the three numbers (min, max, all finite), a synchronisation on CUDA.
-
-    Args:
-        emb: (B, D) float embeddings.
-        labels: (B,) labels in [0, num_classes), any integer dtype (int32, uint8, ...); bool and float are refused.
-        num_classes: C, the number of classes (label range).
-        dim: D, the embedding size the proxies have.
-        values: "read" checks the values as above, with the ValueErrors below; "assert" asserts the same on the
-            device, reading nothing (torch._assert_async: a RuntimeError on the CPU, on CUDA a device-side assert,
-            which ends the process's CUDA context); None checks shapes and dtypes only, for a caller that checks the
-            values elsewhere (MemVir leaves them to the wrapped loss when it hands it this very batch).
-    Returns:
-        (B,) int64 labels (the same tensor when it already is int64).
-    """
-    if not torch.is_tensor(emb) or emb.dim() != 2:
-        raise ValueError(f"embeddings: expected a 2-D tensor (B, D={dim}), got {tuple(getattr(emb, 'shape', ()))}")
-    if emb.shape[1] != dim:
-        raise ValueError(f"embeddings: expected {dim} columns (the proxies' D), got shape {tuple(emb.shape)}")
-    if emb.shape[0] == 0:
-        raise ValueError("embeddings: expected at least one row, got an empty batch")
-    if not torch.is_tensor(labels) or labels.dim() != 1 or labels.shape[0] != emb.shape[0]:
-        raise ValueError(
-            f"labels: expected a 1-D tensor of length B={emb.shape[0]}, got {tuple(getattr(labels, 'shape', ()))}")
-    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
-        raise ValueError(f"labels: expected an integer tensor, got {labels.dtype}")
-    labels = labels.long()  # before the range check: min/max exist for every dtype in int64
-    if values is None:
-        return labels
-    if values not in ("read", "assert"):
-        raise ValueError(f"check_batch values: expected 'read', 'assert' or None, got {values!r}")
-    lo, hi = torch.aminmax(labels)  # () each, on the labels' device
-    # One number that is finite iff every embedding is: a float64 sum of narrower floats cannot overflow (NaN and
-    # inf carry through it); float64 embeddings take the largest magnitude instead. Fewer kernels than isfinite().
-    x = emb.detach()
-    total = (x.sum(dtype=torch.float64) if x.dtype != torch.float64 else x.abs().amax()).to(labels.device)  # ()
-    if values == "assert":  # the device checks; nothing is read
-        torch._assert_async((lo >= 0) & (hi < num_classes) & (total - total == 0),  # inf - inf, NaN: not 0
-                            f"labels: expected values in [0, {num_classes}) and finite embeddings (asserted)")
-        return labels
-    lo, hi, total = torch.stack([lo, hi, total]).tolist()  # the one device->host read (float64: labels exact)
-    if lo < 0 or hi >= num_classes:
-        raise ValueError(f"labels: expected values in [0, {num_classes}), got min {int(lo)}, max {int(hi)}")
-    if not math.isfinite(total):
-        raise ValueError("embeddings: expected finite values, got NaN or inf")
-    return labels
-
-
-def in_proxies_dtype(emb, proxies):
-    """The embeddings in the proxies' dtype (a (B, D) cast, differentiable).
-
-    A network run in float16 or bfloat16 without autocast (`model.half()`), or in float64, emits embeddings of
-    another dtype than the float32 proxies; the logits are computed in the proxies' dtype, as pytorch-metric-learning
-    does, and the gradient flows back to the embeddings in their own dtype. Under autocast the matrix products are
-    autocast as usual.
-    """
-    return emb if emb.dtype == proxies.dtype else emb.to(proxies.dtype)
 
 
 class ProxyLoss(nn.Module):
@@ -374,15 +265,6 @@ class Softmax(ProxyLoss):
         if x.shape[0] <= p.shape[0]:
             return (self.scale * x) @ p.T  # (B, C')
         return x @ (self.scale * p).T
-
-
-def check_margin(margin, name, below=math.inf, scale=1.0):
-    """Return the margin as a float; raise a ValueError unless 0 <= margin < below and scale * margin, which the
-    loss adds to its logits, stays finite in float32 (beyond LOGIT_LIMIT, inf - inf is a NaN loss)."""
-    if isinstance(margin, bool) or not 0 <= float(margin) < below or float(margin) * scale > LOGIT_LIMIT:
-        raise ValueError(f"{name} margin: expected a number in [0, {min(below, LOGIT_LIMIT / scale):g}), got "
-                         f"{margin!r}")
-    return float(margin)
 
 
 class CosFace(NormSoftmax):

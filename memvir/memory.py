@@ -60,7 +60,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .losses import check_batch, in_proxies_dtype
+from .checks import check_batch, in_proxies_dtype
 
 MEM_FILLS = ("curriculum", "full")  # how the memory fills: the paper's curriculum first (--mem_fill)
 # What a taken past step brings: MemVir's both first (--mem_virtual); "current" is the control of "proxies".

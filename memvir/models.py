@@ -15,25 +15,22 @@ ImageNet-pretrained BN-Inception whose 1024-channel feature map is globally pool
 `build_model` assembles them and loads pretrained weights; `freeze_bn` reproduces the official `--freeze_BN`;
 `input_size_problem` says, before any training, when an input side does not go through a backbone.
 Each backbone expects its own input normalisation; `MODEL_INPUT` says which (see `INPUT_NORMALIZATION`).
+The three backbones live in memvir/backbones.py, reading and downloading weights in memvir/weights.py.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import http.client
-import io
 import os
-import pickle
-import socket
-import sys
-import warnings
-from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from .backbones import BNInception, GlyphCNN, ResNetBackbone
+from .weights import BNINCEPTION_URL, DOWNLOAD_TIMEOUT_S, WeightsUnavailable  # noqa: F401 (memvir.models.X, as before)
+from .weights import _download_imagenet_weights, _read_state_dict_file, load_backbone_weights
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Which input each backbone expects. The data pipeline reads this to pick its normalisation.
@@ -55,24 +52,6 @@ INPUT_NORMALIZATION = {
     "imagenet": {"order": "RGB", "scale": 1.0, "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)},
 }
 
-# Public ImageNet weights. BN-Inception: Cadene's pretrainedmodels port of Xiong et al.'s Caffe model (the file the
-# official MemVir code downloads). ResNets: torchvision's IMAGENET1K_V1, the weights `pretrained=True` gave when the
-# official code was written.
-BNINCEPTION_URL = "http://data.lip6.fr/cadene/pretrainedmodels/bn_inception-52deb4733.pth"
-DOWNLOAD_TIMEOUT_S = 20.0  # seconds without a byte from the server before a download gives up
-
-
-class WeightsUnavailable(RuntimeError):
-    """Public weights that cannot be had here (offline, a failed or damaged download).
-
-    Attributes: url (where they are published), file (its name: what to pass as a local copy), cache (the folder
-    torch.hub takes them from), reason (what went wrong, in one line).
-    """
-
-    def __init__(self, message, url, cache, reason):
-        super().__init__(message)
-        self.url, self.file, self.cache, self.reason = url, url.rsplit("/", 1)[-1], cache, reason
-
 
 def model_input(backbone: str) -> str:
     """Return the input normalisation `backbone` expects: "bgr255", "imagenet" or "glyph".
@@ -81,193 +60,6 @@ def model_input(backbone: str) -> str:
         backbone: one of `BACKBONES`.
     """
     return MODEL_INPUT[_check_backbone(backbone)]
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# BN-Inception (Ioffe & Szegedy 2015, "Inception-v2"): a stem, then ten inception blocks.
-#
-# Every convolution is followed by BatchNorm and ReLU. Parameters live flat on the module, named exactly as in the
-# published weights file: conv `inception_3a_1x1`, its BatchNorm `inception_3a_1x1_bn`, and so on.
-
-# Inception blocks, in order. Each block concatenates up to four branches along channels:
-#   1x1:    1x1 conv                                  (absent when n1x1 == 0)
-#   3x3:    1x1 reduce -> 3x3 conv                    (the 3x3 has the block's stride)
-#   double: 1x1 reduce -> 3x3 conv -> 3x3 conv        (the second 3x3 has the block's stride)
-#   pool:   3x3 avg/max pool -> 1x1 projection        (no projection when proj == 0; stride-2 pools pass through)
-# name, in_ch, n1x1, n3x3_reduce, n3x3, ndouble_reduce, ndouble, pool, proj, stride -> out_ch
-_INCEPTION_BLOCKS = (
-    ("3a", 192, 64, 64, 64, 64, 96, "avg", 32, 1),  # -> 256 channels, 28x28 at 224 px input
-    ("3b", 256, 64, 64, 96, 64, 96, "avg", 64, 1),  # -> 320
-    ("3c", 320, 0, 128, 160, 64, 96, "max", 0, 2),  # -> 576, 14x14
-    ("4a", 576, 224, 64, 96, 96, 128, "avg", 128, 1),  # -> 576
-    ("4b", 576, 192, 96, 128, 96, 128, "avg", 128, 1),  # -> 576
-    ("4c", 576, 160, 128, 160, 128, 160, "avg", 128, 1),  # -> 608
-    ("4d", 608, 96, 128, 192, 160, 192, "avg", 128, 1),  # -> 608
-    ("4e", 608, 0, 128, 192, 192, 256, "max", 0, 2),  # -> 1056, 7x7
-    ("5a", 1056, 352, 192, 320, 160, 224, "avg", 128, 1),  # -> 1024
-    ("5b", 1024, 352, 192, 320, 192, 224, "max", 128, 1),  # -> 1024
-)
-
-
-class BNInception(nn.Module):
-    """BN-Inception feature extractor: (B, 3, H, W) -> (B, 1024, H/32, W/32), e.g. 7x7 at 224 px.
-
-    The state_dict has the keys and shapes of `bn_inception-52deb4733.pth` minus its ImageNet classifier
-    (`last_linear.*`). Inputs are BGR in 0..255 minus (104, 117, 128) (`INPUT_NORMALIZATION["bgr255"]`).
-    The smallest input that runs is 32x32 px. Paper: MemVir, implementation details (backbone); Ioffe & Szegedy 2015.
-    """
-
-    feature_dim = 1024
-    first_conv = "conv1_7x7_s2"
-    classifier_prefixes = ("last_linear.",)  # the weights file's ImageNet head, not part of this module
-
-    def __init__(self, in_channels: int = 3):
-        super().__init__()
-        # Stem: 224 -> 112 (7x7/2 conv) -> 56 (3x3/2 max pool) -> 56 (1x1, 3x3 convs) -> 28 (3x3/2 max pool).
-        self._add_conv_bn("conv1_7x7_s2", in_channels, 64, 7, stride=2)
-        self.pool1_3x3_s2 = nn.MaxPool2d(3, stride=2, ceil_mode=True)
-        self._add_conv_bn("conv2_3x3_reduce", 64, 64, 1)
-        self._add_conv_bn("conv2_3x3", 64, 192, 3)
-        self.pool2_3x3_s2 = nn.MaxPool2d(3, stride=2, ceil_mode=True)
-
-        # Inception blocks. self.blocks[i] = (list of conv chains, pool module name, pool projection name or None).
-        self.blocks: list[tuple[list[list[str]], str, str | None]] = []
-        for name, cin, n1x1, n3r, n3, ndr, nd, pool, proj, stride in _INCEPTION_BLOCKS:
-            p = f"inception_{name}"
-            chains = []
-            if n1x1:
-                self._add_conv_bn(f"{p}_1x1", cin, n1x1, 1)
-                chains.append([f"{p}_1x1"])
-            self._add_conv_bn(f"{p}_3x3_reduce", cin, n3r, 1)
-            self._add_conv_bn(f"{p}_3x3", n3r, n3, 3, stride=stride)
-            chains.append([f"{p}_3x3_reduce", f"{p}_3x3"])
-            self._add_conv_bn(f"{p}_double_3x3_reduce", cin, ndr, 1)
-            self._add_conv_bn(f"{p}_double_3x3_1", ndr, nd, 3)
-            self._add_conv_bn(f"{p}_double_3x3_2", nd, nd, 3, stride=stride)
-            chains.append([f"{p}_double_3x3_reduce", f"{p}_double_3x3_1", f"{p}_double_3x3_2"])
-            # Stride-1 pools keep the size (padding 1); stride-2 pools halve it (no padding, ceil mode).
-            padding = 1 if stride == 1 else 0
-            if pool == "avg":  # count_include_pad=True (the default) matches the Caffe model
-                self.add_module(f"{p}_pool", nn.AvgPool2d(3, stride=stride, padding=padding, ceil_mode=True))
-            else:
-                self.add_module(f"{p}_pool", nn.MaxPool2d(3, stride=stride, padding=padding, ceil_mode=True))
-            if proj:
-                self._add_conv_bn(f"{p}_pool_proj", cin, proj, 1)
-            self.blocks.append((chains, f"{p}_pool", f"{p}_pool_proj" if proj else None))
-
-    def _add_conv_bn(self, name: str, cin: int, cout: int, k: int, stride: int = 1) -> None:
-        # Conv keeps its bias (the published weights have one) although BatchNorm follows.
-        self.add_module(name, nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2))
-        self.add_module(f"{name}_bn", nn.BatchNorm2d(cout))
-
-    def _conv_bn_relu(self, name: str, x: torch.Tensor) -> torch.Tensor:
-        x = getattr(self, f"{name}_bn")(getattr(self, name)(x))
-        return F.relu(x, inplace=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Compute the feature map.
-
-        Args:
-            x: (B, 3, H, W) images, BGR 0..255 minus mean; H, W >= 32.
-        Returns:
-            (B, 1024, h, w) features, h = w = 7 at 224 px.
-        """
-        x = self._conv_bn_relu("conv1_7x7_s2", x)  # (B, 64, H/2, W/2)
-        x = self.pool1_3x3_s2(x)  # (B, 64, H/4, W/4)
-        x = self._conv_bn_relu("conv2_3x3", self._conv_bn_relu("conv2_3x3_reduce", x))  # (B, 192, H/4, W/4)
-        x = self.pool2_3x3_s2(x)  # (B, 192, H/8, W/8)
-        for chains, pool, proj in self.blocks:
-            outs = []
-            for chain in chains:
-                y = x
-                for name in chain:
-                    y = self._conv_bn_relu(name, y)
-                outs.append(y)
-            y = getattr(self, pool)(x)
-            outs.append(self._conv_bn_relu(proj, y) if proj else y)
-            x = torch.cat(outs, dim=1)  # (B, out_ch, h, w)
-        return x
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# ResNets from torchvision, without the classifier. Attribute names equal torchvision's, so torchvision weight files
-# load into it once their `fc.*` keys are dropped.
-
-
-class ResNetBackbone(nn.Module):
-    """ResNet feature extractor: (B, C, H, W) -> (B, 512 or 2048, H/32, W/32).
-
-    Inputs are RGB in 0..1, ImageNet mean/std normalised (`INPUT_NORMALIZATION["imagenet"]`).
-    Official code: `--backbone resnet18..resnet101`. Paper: He et al. 2016.
-    """
-
-    first_conv = "conv1"
-    classifier_prefixes = ("fc.",)  # torchvision's ImageNet head, not part of this module
-
-    def __init__(self, depth: int, in_channels: int = 3):
-        super().__init__()
-        import torchvision  # the ResNets only: the glyph CNN and BN-Inception train without it (the `vision` extra)
-
-        net = getattr(torchvision.models, f"resnet{depth}")(weights=None)
-        self.feature_dim = net.fc.in_features  # 512 (ResNet-18/34) or 2048 (ResNet-50/101)
-        self.conv1 = net.conv1
-        if in_channels != 3:
-            self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
-        self.bn1, self.relu, self.maxpool = net.bn1, net.relu, net.maxpool
-        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Compute the feature map.
-
-        Args:
-            x: (B, C, H, W) normalised images.
-        Returns:
-            (B, feature_dim, H/32, W/32) features.
-        """
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (B, 64, H/4, W/4)
-        x = self.layer2(self.layer1(x))  # (B, 128 or 512, H/8, W/8)
-        return self.layer4(self.layer3(x))  # (B, feature_dim, H/32, W/32)
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# A small CNN for the glyph benchmark: four 3x3 conv-BN-ReLU stages of 16-32-64-128 channels, 2x2 max pool between
-# them, so a 32 px glyph becomes a (128, 4, 4) map. About 0.1 M parameters; fast enough to train on one CPU core.
-
-
-class GlyphCNN(nn.Module):
-    """Glyph feature extractor: (B, 1, 32, 32) -> (B, 128, 4, 4).
-
-    Args:
-        in_channels: input channels (1 for glyphs).
-        widths: channels of the four conv stages.
-    """
-
-    classifier_prefixes = ()
-
-    def __init__(self, in_channels: int = 1, widths: tuple[int, ...] = (16, 32, 64, 128)):
-        super().__init__()
-        layers: list[nn.Module] = []
-        cin = in_channels
-        for i, cout in enumerate(widths):
-            if i > 0:
-                layers.append(nn.MaxPool2d(2))  # halve the map before widening: keeps every stage equally cheap
-            layers += [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
-            cin = cout
-        self.features = nn.Sequential(*layers)
-        self.feature_dim = widths[-1]
-        # Channels-last (NHWC) tensors make CPU max pooling and BatchNorm markedly faster (fwd+bwd at batch 128 on
-        # one core: about 0.55 -> 0.4 ms/image). Only the memory layout changes; values and state_dict keys do not.
-        self.to(memory_format=torch.channels_last)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Compute the feature map.
-
-        Args:
-            x: (B, in_channels, H, W) glyphs.
-        Returns:
-            (B, 128, H/8, W/8) features.
-        """
-        return self.features(x.contiguous(memory_format=torch.channels_last))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -448,54 +240,6 @@ def freeze_bn(module: nn.Module) -> nn.Module:
     return module
 
 
-def load_backbone_weights(backbone: nn.Module, state: Mapping[str, torch.Tensor], where: str = "state_dict") -> None:
-    """Load a state_dict into a backbone strictly, after two harmless normalisations.
-
-    Dropped: the ImageNet classifier keys (`last_linear.*` in the BN-Inception file, `fc.*` in torchvision's).
-    Reshaped: BatchNorm tensors stored as (1, C), as in some Caffe-converted BN-Inception files, become (C,).
-    Anything else that does not match (missing or unexpected keys, other shapes) raises ValueError.
-
-    Args:
-        backbone: a BNInception, ResNetBackbone or GlyphCNN.
-        state: the weights, name -> tensor.
-        where: where the weights came from, for error messages.
-    """
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{where} is not a state_dict (a mapping from parameter name to tensor); got {type(state)}")
-    own = backbone.state_dict()
-    fixed: OrderedDict[str, torch.Tensor] = OrderedDict()
-    for key, value in state.items():
-        if key.startswith(tuple(backbone.classifier_prefixes)):
-            continue
-        if key in own and value.dim() == 2 and value.shape[0] == 1 and own[key].shape == value.shape[1:]:
-            value = value.reshape(own[key].shape)  # (1, C) -> (C,)
-        fixed[key] = value
-    if hasattr(state, "_metadata"):  # module versions, e.g. whether BatchNorm had num_batches_tracked yet
-        fixed._metadata = state._metadata  # type: ignore[attr-defined]
-
-    missing = [k for k in own if k not in fixed and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in fixed if k not in own]
-    wrong = [
-        f"{k}: file {tuple(fixed[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in fixed
-        if k in own and fixed[k].shape != own[k].shape
-    ]
-    if missing or unexpected or wrong:
-        problems = []
-        for what, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", wrong)):
-            if items:
-                more = f", ... ({len(items) - 5} more)" if len(items) > 5 else ""
-                problems.append(f"{len(items)} {what} ({', '.join(items[:5])}{more})")
-        raise ValueError(
-            f"{where} does not fit backbone {type(backbone).__name__}: {'; '.join(problems)}. Pass a state_dict of "
-            f"this backbone (or its published ImageNet weights file), or pretrained='none' for random init."
-        )
-    for k in own:  # files saved before PyTorch 0.4 have no BatchNorm step counter; start it at 0
-        if k.endswith("num_batches_tracked") and k not in fixed:
-            fixed[k] = torch.zeros_like(own[k])
-    backbone.load_state_dict(fixed, strict=True)
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # Helpers.
 
@@ -534,96 +278,6 @@ def _make_backbone(backbone: str, in_channels: int) -> nn.Module:
     if backbone == "glyphcnn":
         return GlyphCNN(in_channels)
     return ResNetBackbone(int(backbone.removeprefix("resnet")), in_channels)
-
-
-def _read_state_dict_file(path: str | os.PathLike) -> Mapping[str, torch.Tensor]:
-    """Read a weights file with torch.load(weights_only=True): zip files (torch >= 1.6) and the legacy format alike.
-
-    Python 2 wrote `str` keys as byte strings (pickle opcode SHORT_BINSTRING); torch.load decodes them as UTF-8, which
-    fails on a non-UTF-8 byte. Such a file is read again with encoding="latin1" (every byte is a latin1 character), as
-    torch.load's documentation advises for Python 2 files; still weights_only, so nothing but tensors, plain
-    containers and torch's own rebuild functions is ever constructed, and no code in the file runs.
-    """
-    with open(path, "rb") as fh:
-        head = fh.read(16)
-    if not head.startswith((b"PK\x03\x04", b"\x80")):  # neither torch's zip format nor a legacy pickle
-        kind = "an empty file" if not head else f"it starts with {head!r}" + (
-            ": a text file" if all(32 <= b < 127 or b in (9, 10, 13) for b in head) else "")
-        raise ValueError(f"pretrained file {str(path)!r} is not a torch weights file ({kind}); expected a "
-                         f"state_dict saved with torch.save (.pt, .pth)")
-    try:
-        return _torch_load_weights(path, encoding="utf-8")  # torch.load's own default
-    except UnicodeDecodeError:  # a Python 2 byte string that is not UTF-8
-        return _torch_load_weights(path, encoding="latin1")  # never fails to decode: every byte is a character
-
-
-def _torch_load_weights(path: str | os.PathLike, encoding: str) -> Mapping[str, torch.Tensor]:
-    try:
-        with warnings.catch_warnings():
-            # torch warns that pickle_load_args need weights_only=False, but its restricted unpickler does honour
-            # `encoding` (it decodes byte strings with it).
-            warnings.filterwarnings("ignore", message="pickle_load_args only works")
-            return torch.load(path, map_location="cpu", weights_only=True, encoding=encoding)
-    except UnicodeDecodeError:
-        raise
-    except pickle.UnpicklingError as e:
-        # torch's message is paragraphs of advice around one line that says what was refused; keep that line.
-        paragraphs = [p.strip() for p in str(e).split("\n\n") if p.strip()]
-        reason = paragraphs[-2] if len(paragraphs) >= 2 else (paragraphs or [type(e).__name__])[-1]
-        what = "holds more than tensors" if "GLOBAL" in reason else "is not a torch weights file"
-        raise ValueError(
-            f"pretrained file {str(path)!r} {what} (torch.load with weights_only=True: {' '.join(reason.split())}); "
-            f"expected a state_dict of tensors"
-        ) from None
-    except Exception as e:  # truncated archives, empty files, text files, ...
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0]  # torch's advice cut
-        raise ValueError(
-            f"cannot read pretrained file {str(path)!r} as a state_dict with torch.load ({type(e).__name__}: {first}"
-            f"; a truncated or damaged file?)"
-        ) from None
-
-
-@contextlib.contextmanager
-def _socket_timeout(seconds: float) -> Iterator[None]:
-    # torch.hub's downloader calls urlopen without a timeout; a default socket timeout makes it fail fast offline.
-    old = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(seconds)
-    try:
-        yield
-    finally:
-        socket.setdefaulttimeout(old)
-
-
-def _download_imagenet_weights(backbone: str) -> Mapping[str, torch.Tensor]:
-    if backbone == "bninception":
-        url = BNINCEPTION_URL
-    else:
-        import torchvision
-
-        weights = torchvision.models.get_model_weights(backbone)
-        url = weights.IMAGENET1K_V1.url
-    cache = os.path.join(torch.hub.get_dir(), "checkpoints")
-    said = io.StringIO()  # torch.hub's "Downloading: ..." line: shown once the download worked, else only our error
-    try:
-        with _socket_timeout(DOWNLOAD_TIMEOUT_S), contextlib.redirect_stdout(said):
-            # Uses the file in torch.hub's cache (~/.cache/torch/hub/checkpoints) when it is there; the hash prefix in
-            # the file name is checked after a download.
-            state = torch.hub.load_state_dict_from_url(
-                url, map_location="cpu", progress=False, check_hash=True, weights_only=True
-            )
-        sys.stdout.write(said.getvalue())
-        return state
-    except UnicodeDecodeError:  # downloaded, but a Python 2 file with non-UTF-8 strings: read it as latin1
-        return _read_state_dict_file(os.path.join(cache, url.rsplit("/", 1)[-1]))
-    except (OSError, http.client.HTTPException) as e:  # URLError, timeouts and refused connections are OSErrors
-        reason = " ".join(str(e).split()) or type(e).__name__
-    except (RuntimeError, EOFError, pickle.UnpicklingError) as e:  # a hash that does not match, a damaged cache file
-        reason = f"the file does not read as the published weights: {' '.join(str(e).split())[:160]}"
-    raise WeightsUnavailable(
-        f"cannot download the ImageNet weights for backbone {backbone!r} from {url} ({reason}). Either download "
-        f"that file on a machine with internet and put it in {cache}, or pass its path as pretrained='/path/to/"
-        f"{url.rsplit('/', 1)[-1]}', or pass pretrained='none' to train from random initialisation.",
-        url, cache, reason) from None
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -11,9 +11,10 @@ Read by the pipeline (which runs the profile) and by the report (which reads its
 """
 from __future__ import annotations
 
+import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .plainyaml import load_plain
@@ -374,9 +375,6 @@ def check_run_folder(run):
     hand into the folder) is never taken for this run: run names hold only some of the flags. The pipeline
     refuses to skip such a folder and the report refuses to read it as the profile's run.
     """
-    import json
-    from dataclasses import asdict
-
     from .config import FIELDS, RESUME_MAY_DIFFER
     from .resolve import resolve_config
 

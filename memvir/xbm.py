@@ -2,12 +2,13 @@
 pytorch-metric-learning's ContrastiveLoss, in PML's CrossBatchMemory with `--xbm_size` (Wang et al., CVPR 2020).
 
 It owns no proxies, so MemVir cannot take it; the memory's queue position, which PML keeps outside `state_dict`,
-is saved with it. It declares itself (memvir.losses.declare), so `--loss Contrastive` names it.
+is saved with it. It declares itself (memvir.declare.declare), so `--loss Contrastive` names it.
 """
 import torch
 import torch.nn as nn
 
-from .losses import check_batch, check_margin, declare
+from .checks import check_batch, check_margin
+from .declare import declare
 
 __all__ = ["Contrastive"]
 

@@ -482,14 +482,14 @@ def test_device_reads_counts_each_kind(code, expected):
 
 
 @pytest.mark.parametrize("case,reads", [
-    ("fast", ["memvir/losses.py check_batch"]),  # MemVir's one check; the fast path calls no loss
+    ("fast", ["memvir/checks.py check_batch"]),  # MemVir's one check; the fast path calls no loss
     ("fast, check=False", []),
-    ("fast, a short batch", ["memvir/losses.py check_batch"]),  # padding rows: the sizes stay on the device
-    ("warm-up", ["memvir/losses.py check_batch"]),  # the loss's check of this very batch, not MemVir's too
+    ("fast, a short batch", ["memvir/checks.py check_batch"]),  # padding rows: the sizes stay on the device
+    ("warm-up", ["memvir/checks.py check_batch"]),  # the loss's check of this very batch, not MemVir's too
     ("warm-up, check=False", []),  # asserted by MemVir, the loss told not to read
-    ("plain", ["memvir/losses.py check_batch"]),  # MemVir's; the loss checks the concatenation's shapes only
+    ("plain", ["memvir/checks.py check_batch"]),  # MemVir's; the loss checks the concatenation's shapes only
     ("plain, check=False", []),
-    ("plain, embeddings only", ["memvir/losses.py check_batch"]),  # the ablations take the plain path
+    ("plain, embeddings only", ["memvir/checks.py check_batch"]),  # the ablations take the plain path
     ("plain, proxies only, check=False", []),
 ])
 def test_one_step_reads_the_device_at_most_once(case, reads):

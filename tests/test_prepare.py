@@ -19,6 +19,7 @@ import scipy.io
 from PIL import Image
 
 from memvir.data import prepare as P
+from memvir.data import source
 
 # The split sizes every paper reports (the table), written out independently of prepare.EXPECTED.
 PAPER = {
@@ -594,7 +595,7 @@ def test_archive_members_are_streamed_not_held_in_memory(tmp_path, capsys, kind,
 
 
 def test_an_annotation_file_the_size_of_a_bomb_is_refused(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(P, "TEXT_LIMIT", 1 << 20)  # a 1 MB limit stands for the 256 MB one
+    monkeypatch.setattr(source, "TEXT_LIMIT", 1 << 20)  # a 1 MB limit stands for the 256 MB one
     src = tmp_path / "src"
     make_inshop(str(src))
     listing = src / "Eval" / "list_eval_partition.txt"

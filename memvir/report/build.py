@@ -8,6 +8,7 @@ import argparse
 import json
 import math
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -118,8 +119,6 @@ def rebuild_report(profile, folder, log=print):
     for byte: runs.csv holds rounded values, so the files computed from unrounded ones are not computed again.
     For the committed references when the report's format changes: their run folders are not in git.
     """
-    import shutil
-
     import matplotlib
     import matplotlib.pyplot as plt
 
@@ -188,8 +187,6 @@ def _check_report(folder):
 
 def promote(out, reference):
     """Copy the report `out` over the committed reference, as a whole (atomic_folder)."""
-    import shutil
-
     with atomic_folder(reference, _check_report, "the reference report's folder") as tmp:
         shutil.copytree(out, tmp, dirs_exist_ok=True)
 

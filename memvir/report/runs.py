@@ -9,6 +9,7 @@ only the files of the run folder's format (memvir/rundir/); nothing scrapes note
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pandas as pd
@@ -181,8 +182,6 @@ def reused(profile):
 def _check_own_files(folder, seen):
     """Refuse a run whose config.json or metrics.json is not its own: a link (to another seed's, say), or the file
     of a run already read. memvir.train writes both in place (memvir.files.atomic_write), never as links."""
-    import os
-
     for name in ("config.json", "metrics.json"):
         path = folder / name
         st = os.stat(path)  # through a link: the file that would be read
