@@ -522,6 +522,7 @@ def test_no_loss_reads_the_device_with_check_false(name, fast):
     be a wait on every CUDA step."""
     import pytorch_metric_learning.losses as pml_losses
 
+    import memvir.pml  # noqa: F401  (registers PML's adapter with the memory, as memvir.MemVir does: not by test order)
     from device_reads import device_reads
     from memvir.registry import build_loss
 

@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import re
 import shutil
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from ..files import SIGPIPE_STATUS, atomic_folder, atomic_write, os_error_line, parse_bool, reader_gone
