@@ -217,3 +217,10 @@ def test_a_significant_decisive_comparison_is_said_as_the_gain_not_as_a_bound():
              "family": 2}
     sentences = report.answer_sentences([entry])
     assert sentences[0] == "**MemVir delivers** (r)." and not any("at most" in s for s in sentences)
+
+
+def test_a_loss_the_paper_claims_nothing_for_gets_its_bound_without_a_verdict():
+    entry = {"regime": "r", "equal_budget": True, "decisive": True, "selection_name": "x", "family": 1,
+             "lines": [dict(line(0.5, 0.3, ahead=2), loss="Softmax", ci_high=1.5)]}
+    assert report.answer_sentences([entry])[-1] == ("Trained as long, MemVir adds at most +1.50 MAP@R points for "
+                                                    "Softmax to its baseline (the upper ends of the 95% intervals).")

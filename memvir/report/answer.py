@@ -110,11 +110,11 @@ def _excluded_sentence(decisive):
     out = [f"{claim[c['loss']]:+.2f} for {c['loss']}" for c in quiet if c["ci_high"] < claim.get(c["loss"], -np.inf)]
     kept = [f"{claim[c['loss']]:+.2f} for {c['loss']}" for c in quiet if c["ci_high"] >= claim.get(c["loss"], np.inf)]
     verdict = ("that excludes the paper's claimed " + " and ".join(out) if out else
-               "that does not exclude the paper's claimed " + " and ".join(kept))
+               "that does not exclude the paper's claimed " + " and ".join(kept) if kept else "")
     if out and kept:
         verdict += ", not its " + " and ".join(kept)
     return (f"Trained as long, MemVir adds {' and '.join(most)} to its baseline (the upper ends of the 95% "
-            f"intervals): {verdict}.")
+            f"intervals){': ' + verdict if verdict else ''}.")  # a loss the paper claims nothing for: no verdict
 
 
 def _first_up(text):
