@@ -2,9 +2,9 @@
 do, and do they pick the epoch the test classes would (issue 31, part 1: "a validation set that ranks like the
 test").
 
-Read from a report's evaluations (evaluations.csv: one line per evaluation, test and validation metrics), so that it
-measures a committed report as well as a fresh one: the validation value of a run is that of its last evaluation,
-as a search chooses (memvir.report.runs.validation_choice); its epochs are those of its evaluations.
+Read from a report's files (runs.csv and evaluations.csv), so that it measures a committed report as well as a fresh
+one: the validation value of a run is that of its last evaluation, as a search chooses
+(memvir.report.runs.validation_choice); the epoch validation picks is the one runs.csv holds (memvir.report.runs).
 """
 from __future__ import annotations
 
@@ -14,10 +14,12 @@ import pandas as pd
 __all__ = ["validation_agreement"]
 
 
-def validation_agreement(evaluations, groups, metric="map_at_r"):
+def validation_agreement(runs, evaluations, groups, metric="map_at_r"):
     """Per group of rows (a search's loss), how the validation classes agree with the test classes.
 
     Args:
+        runs: a report's runs (runs.csv: best_<metric>, best_<metric>_epoch, val_<metric>, val_<metric>_epoch per
+            run, the selections memvir.report.runs.collect made), fractions.
         evaluations: a report's evaluations (row, seed, epoch, <metric>, val_<metric>), fractions.
         groups: {group: [row labels]}, e.g. a search's rows by loss.
         metric: recall@1, r_precision or map_at_r.
@@ -41,12 +43,9 @@ def validation_agreement(evaluations, groups, metric="map_at_r"):
             raise ValueError(f"group {group!r}: none of its rows {members} is in the evaluations")
         last = e.groupby(["row", "seed"], sort=False).tail(1)  # (runs,) each run's last evaluation
         means = 100 * last.groupby("row", sort=False)[[val, col]].mean()  # (rows, 2)
-        per_run = []
-        for _, run in e.groupby(["row", "seed"], sort=False):
-            picked = run.iloc[int(np.argmax(run[val].to_numpy()))]  # the earliest of ties, as runs._val_selected
-            best = run.iloc[int(np.argmax(run[col].to_numpy()))]
-            per_run.append((picked["epoch"] == best["epoch"], 100 * (best[col] - picked[col])))
-        same, cost = zip(*per_run)
+        r = runs[runs["row"].isin(members)]  # (runs,) the best test and the validation-picked epoch, as collected
+        same = r[f"val_{metric}_epoch"] == r[f"best_{metric}_epoch"]
+        cost = 100 * (r[f"best_{metric}"] - r[f"val_{metric}"])
         rho = stats.spearmanr(means[val], means[col]).statistic if len(means) > 2 else np.nan
         chosen, test_best = means[val].idxmax(), means[col].idxmax()
         records.append({"group": group, "rows": len(means), "spearman": round(float(rho), 4),
