@@ -126,6 +126,12 @@ def _is_int(value):
     return isinstance(value, int) and not isinstance(value, bool)  # YAML's `true` is not the seed 1
 
 
+def _is_seed_list(value):
+    """A non-empty list of distinct integers >= 0 (a row's seeds, the seeds a profile reuses)."""
+    return (isinstance(value, list) and bool(value) and len(set(value)) == len(value)
+            and all(_is_int(s) and s >= 0 for s in value))
+
+
 def _is_number(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -193,8 +199,7 @@ def _rows(spec, path):
             raise ValueError(f"{path}: rows[{i}] has unknown keys {sorted(extra)}; expected label, params, "
                              f"baseline, tag, seeds")
         seeds = r.get("seeds")
-        if seeds is not None and not (isinstance(seeds, list) and seeds and len(set(seeds)) == len(seeds) and all(
-                type(s) is int and s >= 0 for s in seeds)):
+        if seeds is not None and not _is_seed_list(seeds):
             raise ValueError(f"{path}: rows[{i}].seeds must be a non-empty list of distinct integers >= 0, got "
                              f"{seeds!r}")
         for k in ("label", "baseline"):
@@ -299,11 +304,10 @@ def _reuse(reuse, path, rows, seeds):
     by_label = {r.label: r for r in rows}
     if not (isinstance(reuse, dict) and set(reuse) == {"profile", "seeds", "rows"}
             and isinstance(reuse["profile"], str) and re.fullmatch(r"[A-Za-z0-9_-]+", reuse["profile"])
-            and isinstance(reuse["seeds"], list) and reuse["seeds"]
-            and all(_is_int(s) and s >= 0 for s in reuse["seeds"])
+            and _is_seed_list(reuse["seeds"])
             and isinstance(reuse["rows"], list) and reuse["rows"] and all(isinstance(r, str) for r in reuse["rows"])):
-        raise ValueError(f"{path}: reuse must be {{profile: another profile's name, seeds: [integers >= 0], rows: "
-                         f"[row labels]}}, got {reuse!r}")
+        raise ValueError(f"{path}: reuse must be {{profile: another profile's name, seeds: [distinct integers >= 0], "
+                         f"rows: [row labels]}}, got {reuse!r}")
     if reuse["profile"] == path.stem:
         raise ValueError(f"{path}: reuse names this profile itself; expected another profile")
     for label in reuse["rows"]:
